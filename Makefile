@@ -1,0 +1,45 @@
+# waconnect: `make run` (development server) and `make test` (everything CI runs).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ADDR   ?= 127.0.0.1:8000
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint unit bench chromium services venv
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+## run: set up (venv, database, an admin user) and start the app with the supervisor inside
+run: venv
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py runserver $(ADDR)
+
+## chromium: Debian's Chromium for the browser tests (Playwright never downloads one)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+## services: start PostgreSQL and Redis if they are not running
+services:
+	@bash .ci/services.sh
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+## test: lint, then every test tier (unit, integration, e2e); nothing may skip
+test: venv chromium services lint
+	$(BIN)/python -m pytest
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+## bench: the QR latency benchmark (results go in docs/benchmarks.md)
+bench: venv chromium
+	$(BIN)/python benchmarks/bench_qr_latency.py --sessions 50

@@ -1,0 +1,152 @@
+"""Django admin: inspect sessions and their history; act through intents only.
+
+Observed and lease columns are read-only here: an admin form that saved the whole
+row would overwrite the supervisor's observation with a stale copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from sessions_app import intents, snapshots
+from sessions_app.models import SessionEvent, WaSession
+from sessions_app.states import State
+
+BADGE_COLOURS = {
+    State.CONNECTED: "#1a7f37",
+    State.QR_REQUIRED: "#9a6700",
+    State.PAIRING: "#9a6700",
+    State.CONNECTING: "#0969da",
+    State.DEGRADED: "#bc4c00",
+    State.DISCONNECTED: "#bc4c00",
+    State.ERROR: "#cf222e",
+    State.BANNED: "#cf222e",
+    State.REPLACED: "#8250df",
+    State.LOGGED_OUT: "#57606a",
+    State.QR_TIMEOUT: "#57606a",
+    State.STOPPED: "#57606a",
+}
+
+
+class SessionEventInline(admin.TabularInline):
+    model = SessionEvent
+    fields = ["at", "kind", "from_state", "to_state", "message", "actor"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-at", "-id"]
+    max_num = 0
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WaSession)
+class WaSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "state_badge",
+        "desired_state",
+        "phone",
+        "push_name",
+        "lease_owner",
+        "state_changed_at",
+    ]
+    list_filter = ["state", "desired_state"]
+    search_fields = ["name", "jid", "push_name"]
+    inlines = [SessionEventInline]
+    actions = ["start_sessions", "stop_sessions", "logout_sessions"]
+    fields = [
+        "name",
+        "desired_state",
+        "state",
+        "state_changed_at",
+        "jid",
+        "push_name",
+        "last_error",
+        "retry_count",
+        "next_retry_at",
+        "banned_until",
+        "qr_expires_at",
+        "lease_owner",
+        "lease_expires_at",
+        "lease_epoch",
+        "pair_request",
+        "pair_served",
+        "connect_request",
+        "connect_served",
+        "created_at",
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: WaSession | None = None) -> list[str]:
+        editable = {"name"}
+        return [f for f in self.fields if f not in editable]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: WaSession) -> str:
+        colour = BADGE_COLOURS.get(obj.state, "#57606a")
+        return format_html(
+            '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px">{}</span>',
+            colour,
+            snapshots.STATE_LABELS.get(obj.state, obj.state),
+        )
+
+    @admin.display(description="phone")
+    def phone(self, obj: WaSession) -> str:
+        return snapshots.phone_number(obj.jid) if obj.jid else ""
+
+    def save_model(self, request: HttpRequest, obj: WaSession, form: Any, change: bool) -> None:
+        if change:
+            obj.save(update_fields=["name"])
+        else:
+            created = intents.create_session(obj.name, request.user.get_username())
+            obj.pk = created.pk
+
+    def delete_model(self, request: HttpRequest, obj: WaSession) -> None:
+        intents.delete(obj, request.user.get_username())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
+        for obj in queryset:
+            intents.delete(obj, request.user.get_username())
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[WaSession], func: Any, verb: str
+    ) -> None:
+        for obj in queryset:
+            func(obj, request.user.get_username())
+        self.message_user(request, f"{verb} requested for {queryset.count()} session(s).")
+
+    @admin.action(description="Start selected sessions")
+    def start_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
+        self._each(request, queryset, intents.start, "Start")
+
+    @admin.action(description="Stop selected sessions")
+    def stop_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
+        self._each(request, queryset, intents.stop, "Stop")
+
+    @admin.action(description="Log out selected sessions")
+    def logout_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
+        self._each(request, queryset, intents.logout, "Log out")
+
+
+@admin.register(SessionEvent)
+class SessionEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "session", "kind", "from_state", "to_state", "message", "actor"]
+    list_filter = ["kind", "to_state"]
+    search_fields = ["session__name", "message", "actor"]
+    list_select_related = ["session"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,84 @@
+"""Channel-layer group names and the messages rung through them.
+
+The channel layer is a doorbell, not a mailbox: a message may be lost (a process
+restarting, Redis dropping a connection) and nothing breaks, because the database
+holds the truth and the supervisor's periodic reconcile reads it again. So every
+function here swallows a layer failure after logging it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+SUPERVISORS_GROUP = "waconnect.supervisors"
+LIST_GROUP = "waconnect.sessions"
+
+
+def session_group(pk: int) -> str:
+    """The group of browsers watching one session."""
+    return f"waconnect.session.{int(pk)}"
+
+
+async def ring_supervisors(session_id: int, reason: str) -> None:
+    """Tell every supervisor that a session's intent changed (owner acts, others claim)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(
+            SUPERVISORS_GROUP,
+            {"type": "intent.changed", "session": int(session_id), "reason": reason},
+        )
+    except Exception:
+        logger.warning(
+            "could not ring the supervisors; the reconcile will catch up",
+            exc_info=True,
+            extra={"session": session_id},
+        )
+
+
+def ring_supervisors_sync(session_id: int, reason: str) -> None:
+    async_to_sync(ring_supervisors)(session_id, reason)
+
+
+async def publish(snapshot: dict[str, Any], row: dict[str, Any] | None) -> None:
+    """Push a session's new snapshot to its watchers and its row to the list page."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    session_id = snapshot["id"]
+    try:
+        await layer.group_send(
+            session_group(session_id), {"type": "session.update", "snapshot": snapshot}
+        )
+        if row is not None:
+            await layer.group_send(LIST_GROUP, {"type": "session.row", "row": row})
+    except Exception:
+        logger.warning(
+            "could not push a session update; browsers will resync on reconnect",
+            exc_info=True,
+            extra={"session": session_id},
+        )
+
+
+async def publish_removed(session_id: int) -> None:
+    """Tell watchers a session is gone (deleted)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": "session.removed", "id": int(session_id)}
+    try:
+        await layer.group_send(session_group(session_id), message)
+        await layer.group_send(LIST_GROUP, message)
+    except Exception:
+        logger.warning("could not push a removal", exc_info=True, extra={"session": session_id})
+
+
+def publish_removed_sync(session_id: int) -> None:
+    async_to_sync(publish_removed)(session_id)

@@ -1,0 +1,136 @@
+"""Every SQL statement a supervisor runs about ownership: claim, renew, release and
+fenced writes of observed state.
+
+A lease is three columns on the session row: ``lease_owner``, ``lease_expires_at``
+and ``lease_epoch`` (the fencing number, grown by every claim). Every write a
+supervisor makes about a session ends in ``AND lease_owner = me AND lease_epoch =
+e``; an update that matches no row means the lease was lost, and the caller must
+drop that session's connection at once.
+
+These functions are synchronous (they run in Django's thread pool through
+``database_sync_to_async``) and hold no state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from sessions_app.models import SessionEvent, WaSession
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Proof of ownership: carry it into every write about the session."""
+
+    session_id: int
+    owner: str
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EventRecord:
+    """An event-log line written in the same transaction as a fenced update."""
+
+    kind: str
+    message: str
+    from_state: str = ""
+    to_state: str = ""
+
+
+def _table() -> str:
+    return connection.ops.quote_name(WaSession._meta.db_table)
+
+
+def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
+    """Take up to ``limit`` sessions that need an owner and have none, in one statement.
+
+    On PostgreSQL the inner SELECT is ``FOR UPDATE SKIP LOCKED``, so concurrent
+    claimers never wait on each other and never take the same row; on SQLite
+    (one process) the statement is serialised by the database lock instead.
+    """
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    inner = (
+        WaSession.objects.claimable()
+        .order_by("lease_expires_at", "id")
+        .select_for_update(skip_locked=True)
+        .values("id")[:limit]
+    )
+    inner_sql, inner_params = inner.query.sql_with_params()
+    sql = (
+        f"UPDATE {_table()} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
+        f"lease_expires_at = %s WHERE id IN ({inner_sql}) RETURNING id, lease_epoch"
+    )
+    params = [owner, now + dt.timedelta(seconds=ttl), *inner_params]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
+
+
+def renew(owner: str, ttl: float) -> list[Lease]:
+    """Extend every lease ``owner`` still holds, in one statement; return them."""
+    sql = (
+        f"UPDATE {_table()} SET lease_expires_at = %s "
+        f"WHERE lease_owner = %s RETURNING id, lease_epoch"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [timezone.now() + dt.timedelta(seconds=ttl), owner])
+        rows = cursor.fetchall()
+    return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
+
+
+def _fenced(lease: Lease) -> Any:
+    return WaSession.objects.filter(
+        pk=lease.session_id, lease_owner=lease.owner, lease_epoch=lease.epoch
+    )
+
+
+def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None = None) -> bool:
+    """Update observed columns if ``lease`` is still current; log ``event`` with it.
+
+    Returns False when the lease was lost (or the session deleted): nothing was
+    written, and the caller must stop the connection.
+    """
+    with transaction.atomic():
+        updated = _fenced(lease).update(**fields, version=F("version") + 1)
+        if updated and event is not None:
+            SessionEvent.objects.create(
+                session_id=lease.session_id,
+                kind=event.kind,
+                message=event.message[:500],
+                from_state=event.from_state,
+                to_state=event.to_state,
+                actor=f"supervisor:{lease.owner}",
+            )
+    return bool(updated)
+
+
+def release(lease: Lease, fields: Mapping[str, Any] | None = None) -> bool:
+    """Give the lease back (with a last fenced write); False if it was already lost."""
+    return bool(
+        _fenced(lease).update(
+            **(fields or {}),
+            version=F("version") + 1,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+    )
+
+
+def release_all(owner: str) -> int:
+    """Give back every lease ``owner`` holds: a clean shutdown's last statement."""
+    return WaSession.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+def load(session_id: int) -> WaSession | None:
+    """The session row as it is now, or None once it was deleted."""
+    return WaSession.objects.filter(pk=session_id).first()

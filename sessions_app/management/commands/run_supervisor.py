@@ -1,0 +1,28 @@
+"""``manage.py run_supervisor``: the connection supervisor as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from sessions_app.service import serve
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the WhatsApp connection supervisor until SIGTERM/SIGINT. Any number may "
+        "run at once: leases in the database give each session exactly one owner."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--max-sessions",
+            type=int,
+            default=None,
+            help="Own at most this many sessions (default: WACONNECT_MAX_SESSIONS).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        asyncio.run(serve(max_sessions=options["max_sessions"]))

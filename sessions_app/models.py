@@ -1,0 +1,195 @@
+"""Session state as the database holds it: intent, observation, lease, event log.
+
+Intent columns (``desired_state``, ``pair_request``, ``connect_request``) are
+written by the web side only, through :mod:`sessions_app.intents`. Observation
+and lease columns are written by the supervisor that holds the lease only,
+through :mod:`sessions_app.leases`. Nothing else writes either.
+"""
+
+from __future__ import annotations
+
+from django.core.validators import MinLengthValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
+
+
+class SessionQuerySet(models.QuerySet["WaSession"]):
+    def needing_owner(self) -> SessionQuerySet:
+        """Sessions for which an owner has something to do.
+
+        The SQL twin of :func:`sessions_app.policy.needs_owner`; a unit test
+        checks the two agree on every combination of inputs.
+        """
+        now = timezone.now()
+        has_creds = ~Q(jid="")
+        pair_pending = Q(pair_request__gt=F("pair_served"))
+        connect_pending = Q(connect_request__gt=F("connect_served"))
+        ban_active = Q(state=State.BANNED, banned_until__gt=now)
+        waiting = Q(state__in=list(WAITS_FOR_ADMIN))
+        running = Q(desired_state=Desired.RUNNING) & (
+            pair_pending
+            | (
+                ~ban_active
+                & (
+                    (waiting & connect_pending & has_creds)
+                    | (~waiting & has_creds)
+                    | (~waiting & Q(state__in=list(LIVE_STATES)))
+                )
+            )
+        )
+        stopping = Q(desired_state=Desired.STOPPED) & ~Q(state=State.STOPPED)
+        logging_out = Q(desired_state=Desired.LOGGED_OUT) & (has_creds | ~Q(state=State.LOGGED_OUT))
+        return self.filter(running | stopping | logging_out)
+
+    def lease_free(self) -> SessionQuerySet:
+        """Sessions nobody holds a live lease on."""
+        now = timezone.now()
+        return self.filter(Q(lease_owner="") | Q(lease_expires_at__lt=now))
+
+    def claimable(self) -> SessionQuerySet:
+        """Sessions a supervisor may claim now."""
+        return self.needing_owner().lease_free()
+
+
+class WaSession(models.Model):
+    """One WhatsApp linked device that waconnect keeps connected."""
+
+    name = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[
+            MinLengthValidator(2),
+            RegexValidator(
+                NAME_RE,
+                "Use letters, digits, dots, dashes and underscores, "
+                "starting with a letter or digit.",
+            ),
+        ],
+        help_text="2–64 characters: letters, digits, '.', '-', '_'.",
+    )
+
+    # Intent: written by pages, the admin and management commands only.
+    desired_state = models.CharField(
+        max_length=16,
+        choices=[(d.value, d.name.title()) for d in Desired],
+        default=Desired.RUNNING,
+    )
+    pair_request = models.PositiveIntegerField(
+        default=0, help_text="Bumped each time an admin asks for a QR round."
+    )
+    connect_request = models.PositiveIntegerField(
+        default=0, help_text="Bumped each time an admin presses start or reconnect."
+    )
+
+    # Observation: written by the lease holder only.
+    state = models.CharField(
+        max_length=16,
+        choices=[(s.value, s.value.replace("_", " ")) for s in State],
+        default=State.STOPPED,
+        db_index=True,
+    )
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    pair_served = models.PositiveIntegerField(default=0)
+    connect_served = models.PositiveIntegerField(default=0)
+    qr_code = models.TextField(blank=True)
+    qr_issued_at = models.DateTimeField(null=True, blank=True)
+    qr_expires_at = models.DateTimeField(null=True, blank=True)
+    pairing_code = models.CharField(max_length=16, blank=True)
+    jid = models.CharField("JID", max_length=128, blank=True)
+    push_name = models.CharField(max_length=128, blank=True)
+    last_error = models.TextField(blank=True)
+    retry_count = models.PositiveIntegerField(default=0)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    banned_until = models.DateTimeField(null=True, blank=True)
+    version = models.PositiveBigIntegerField(
+        default=0, help_text="Grows with every observed change; browsers drop stale pushes."
+    )
+
+    # Lease: written by supervisors through sessions_app.leases only.
+    lease_owner = models.CharField(max_length=128, blank=True, db_index=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_epoch = models.PositiveBigIntegerField(
+        default=0, help_text="Fencing number: grows with every claim."
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "WhatsApp session"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def pair_pending(self) -> bool:
+        return self.pair_request > self.pair_served
+
+    @property
+    def connect_pending(self) -> bool:
+        return self.connect_request > self.connect_served
+
+
+class SessionEvent(models.Model):
+    """One line of a session's append-only history: what happened, why, who asked."""
+
+    class Kind(models.TextChoices):
+        INTENT = "intent", "Intent"
+        STATE = "state", "State change"
+        ERROR = "error", "Error"
+        LEASE = "lease", "Lease"
+        INFO = "info", "Info"
+
+    session = models.ForeignKey(WaSession, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16, blank=True)
+    message = models.CharField(max_length=500)
+    actor = models.CharField(
+        max_length=150, help_text="Who caused it: a username, or supervisor:<owner>."
+    )
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["session", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}: {self.message}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValueError("session events are append-only")
+        super().save(*args, **kwargs)
+
+
+class PhoneAction(models.Model):
+    """A gesture of the simulated phone (scan, log out, …) waiting for the supervisor.
+
+    Exists only for the simulated driver: the web page and the ``simulate_phone``
+    command may run in another process than the supervisor, so the gesture is a
+    row (truth) plus a ring (doorbell), like every other request.
+    """
+
+    class Gesture(models.TextChoices):
+        SCAN = "scan", "Scan the QR code"
+        LOGOUT = "logout", "Log out from the phone"
+        DISCONNECT = "disconnect", "Drop the network connection"
+        REPLACE = "replace", "Connect the device somewhere else"
+
+    session = models.ForeignKey(WaSession, on_delete=models.CASCADE, related_name="+")
+    gesture = models.CharField(max_length=16, choices=Gesture.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.gesture} on {self.session_id}"

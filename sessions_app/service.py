@@ -1,0 +1,45 @@
+"""Starting the supervisor: alone (``run_supervisor``) or inside ``runserver``.
+
+Both build the same :class:`~sessions_app.supervisor.Supervisor` with the driver
+the settings name; only who owns the event loop and the signals differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from sessions_app import conf
+from sessions_app.drivers import build_driver
+from sessions_app.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+def build_supervisor(*, max_sessions: int | None = None) -> Supervisor:
+    overrides = {"max_sessions": max_sessions} if max_sessions else {}
+    return Supervisor(build_driver(), config=conf.supervisor_config(**overrides))
+
+
+async def serve(*, max_sessions: int | None = None) -> None:
+    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over."""
+    supervisor = build_supervisor(max_sessions=max_sessions)
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, supervisor.stop)
+    await supervisor.run()
+
+
+def start_inline() -> Supervisor:
+    """Start a supervisor as a task on the running loop (the web server's).
+
+    Returns it so the caller can ``stop()`` it and await ``finished`` on shutdown.
+    """
+    supervisor = build_supervisor()
+    task = asyncio.get_running_loop().create_task(supervisor.run(), name="waconnect-supervisor")
+    supervisor.task = task  # type: ignore[attr-defined]
+    logger.info("supervisor running inside the web process (%s)", supervisor.owner)
+    return supervisor

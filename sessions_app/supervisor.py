@@ -1,0 +1,734 @@
+"""The connection supervisor: the only code that opens WhatsApp connections.
+
+One asyncio component, used the same way inside ``runserver`` and alone in
+``manage.py run_supervisor``. It claims the sessions that need an owner (a lease
+with a fencing number), runs one :class:`SessionRunner` per owned session, renews
+all its leases in one statement, fences itself when it cannot renew in time,
+listens for intent changes on the channel layer (the doorbell) and reconciles
+with the database periodically (the safety net).
+
+Side tasks are named; if one dies, the supervisor stops rather than limp along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.utils import timezone
+
+from sessions_app import doorbell, leases, snapshots
+from sessions_app.conf import SupervisorConfig, supervisor_config
+from sessions_app.drivers.base import (
+    Banned,
+    Connected,
+    ConnectError,
+    ConnectSpec,
+    Disconnected,
+    Driver,
+    DriverEvent,
+    KeepAliveRestored,
+    KeepAliveTimeout,
+    LoggedOut,
+    PairingCode,
+    PairSuccess,
+    QrCode,
+    QrTimeout,
+    Replaced,
+)
+from sessions_app.leases import EventRecord, Lease
+from sessions_app.models import PhoneAction, SessionEvent, WaSession
+from sessions_app.policy import Action, Backoff, SessionView, plan
+from sessions_app.states import LIVE_STATES, Desired, State, Trigger, is_allowed, transition
+
+logger = logging.getLogger(__name__)
+
+
+def make_owner_id() -> str:
+    """Unique per supervisor process start: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class LeaseLost(Exception):
+    """A fenced write matched no row: someone else owns the session now (or it is gone)."""
+
+
+class _Exit(Exception):
+    """The runner has nothing more to do."""
+
+
+_QR_CLEARED: dict[str, Any] = {
+    "qr_code": "",
+    "qr_issued_at": None,
+    "qr_expires_at": None,
+    "pairing_code": "",
+}
+
+
+@database_sync_to_async
+def _db_write(
+    lease: Lease, fields: dict[str, Any], event: EventRecord | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Fenced write; on success the fresh snapshot and list row to publish."""
+    if not leases.write(lease, fields, event):
+        return None
+    session = leases.load(lease.session_id)
+    if session is None:
+        return None
+    return snapshots.snapshot(session), snapshots.row(session)
+
+
+@database_sync_to_async
+def _db_release(
+    lease: Lease, fields: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    if not leases.release(lease, fields):
+        return None
+    session = leases.load(lease.session_id)
+    if session is None:
+        return None
+    return snapshots.snapshot(session), snapshots.row(session)
+
+
+_db_load = database_sync_to_async(leases.load)
+_db_claim = database_sync_to_async(leases.claim)
+_db_renew = database_sync_to_async(leases.renew)
+_db_release_all = database_sync_to_async(leases.release_all)
+
+
+GESTURE_MAX_AGE = dt.timedelta(seconds=30)
+
+
+@database_sync_to_async
+def _db_take_gestures(session_id: int) -> list[str]:
+    """Take the simulated phone's pending gestures; stale ones are dropped unapplied."""
+    actions = list(PhoneAction.objects.filter(session_id=session_id))
+    PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
+    fresh_since = timezone.now() - GESTURE_MAX_AGE
+    return [a.gesture for a in actions if a.created_at >= fresh_since]
+
+
+@database_sync_to_async
+def _db_log(session_id: int, kind: str, message: str, actor: str) -> None:
+    SessionEvent.objects.create(session_id=session_id, kind=kind, message=message, actor=actor)
+
+
+class SessionRunner:
+    """Owns one session for as long as its lease holds: one inbox, one step at a time.
+
+    Everything that happens to the session (an intent ring, a driver event, a
+    retry timer, a phone gesture) is a message in the inbox, processed in order,
+    so the runner never races itself and never opens a second connection.
+    """
+
+    def __init__(self, supervisor: Supervisor, lease: Lease) -> None:
+        self.sup = supervisor
+        self.lease = lease
+        self.session_id = lease.session_id
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.connection_open = False
+        self.attempt = 0  # tags driver callbacks; stale ones are dropped
+        self.round_for: int | None = None  # the pair_request this connection serves
+        self.last_pair_attempt = 0  # the pair_request last tried (for backoff)
+        self.fresh = True  # just claimed: the DB state is the previous owner's
+        self.exit_reason = "done"
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._finishing = False
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"waconnect-session-{self.session_id}"
+        )
+
+    # -- called from outside ------------------------------------------------------------
+
+    def poke(self, reason: str = "poke") -> None:
+        self.inbox.put_nowait(("poke", reason))
+
+    def abandon(self, reason: str) -> None:
+        """Drop the connection at once, write nothing (lease lost or self-fenced)."""
+        if not self._finishing:
+            self.exit_reason = reason
+            self.task.cancel()
+
+    def hand_over(self) -> None:
+        """Clean shutdown: close the connection, record it, release the lease."""
+        if not self._finishing:
+            self.exit_reason = "handover"
+            self.task.cancel()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _extra(self) -> dict[str, Any]:
+        return {"session": self.session_id}
+
+    async def _run(self) -> None:
+        try:
+            await self._step(gestures=True)
+            while True:
+                kind, payload = await self.inbox.get()
+                if kind == "event":
+                    attempt, event = payload
+                    if attempt != self.attempt or not self.connection_open:
+                        continue  # from a connection we already closed
+                    await self._on_event(event)
+                gestures = kind == "poke" and payload.startswith(("phone", "periodic"))
+                await self._step(gestures=gestures)
+        except _Exit:
+            pass
+        except LeaseLost:
+            self.exit_reason = "lost"
+            logger.warning("lost the lease; dropping the connection", extra=self._extra())
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            self.exit_reason = "crashed"
+            logger.exception("session runner failed", extra=self._extra())
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        self._finishing = True
+        try:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+            await self._close_connection()
+            if self.exit_reason in ("handover", "crashed"):
+                await self._release_with_handover_state()
+        except Exception:
+            logger.warning(
+                "could not hand the session over cleanly", exc_info=True, extra=self._extra()
+            )
+        finally:
+            self.sup._runner_done(self)
+
+    async def _release_with_handover_state(self) -> None:
+        session = await _db_load(self.session_id)
+        if session is None:
+            return
+        fields: dict[str, Any] = {}
+        event = None
+        state = State(session.state)
+        if state in LIVE_STATES and state is not State.DISCONNECTED:
+            why = (
+                "supervisor shutting down; handing over"
+                if self.exit_reason == "handover"
+                else "supervisor error"
+            )
+            fields = {
+                "state": State.DISCONNECTED,
+                "state_changed_at": timezone.now(),
+                **_QR_CLEARED,
+            }
+            event = EventRecord(SessionEvent.Kind.STATE, why, state, State.DISCONNECTED)
+        if event is not None and not await _db_write(self.lease, fields, event):
+            return
+        self.sup._runner_done(self)  # before the release: a re-claim gets a new runner
+        published = await _db_release(self.lease, {})
+        if published:
+            await doorbell.publish(*published)
+
+    # -- deciding ----------------------------------------------------------------------
+
+    async def _step(self, *, gestures: bool = False) -> None:
+        """Read the session, decide with the pure policy, act."""
+        while True:
+            session = await _db_load(self.session_id)
+            if session is None:
+                self.exit_reason = "deleted"
+                raise _Exit
+            if (session.lease_owner, session.lease_epoch) != (self.lease.owner, self.lease.epoch):
+                raise LeaseLost
+            if gestures and self.sup.driver.simulated:
+                gestures = False
+                await self._apply_gestures()
+            now = timezone.now()
+            view = SessionView(
+                desired=Desired(session.desired_state),
+                state=State(session.state),
+                has_credentials=bool(session.jid),
+                pair_pending=session.pair_pending and session.pair_request != self.round_for,
+                connect_pending=session.connect_pending,
+                connection_open=self.connection_open,
+                retry_due=(
+                    session.next_retry_at is None
+                    or session.next_retry_at <= now
+                    # An admin's new request skips the backoff of an old failure.
+                    or session.connect_pending
+                    or session.pair_request > self.last_pair_attempt
+                ),
+                ban_over=session.banned_until is None or session.banned_until <= now,
+            )
+            action = plan(view)
+            if action is Action.WAIT:
+                self._arm_retry_timer(session)
+                return
+            if action is Action.RELEASE:
+                self.exit_reason = "released"
+                # Deregister before the release is visible, so that a claim racing
+                # it starts a fresh runner instead of finding this one.
+                self.sup._runner_done(self)
+                published = await _db_release(
+                    self.lease, {"connect_served": session.connect_request}
+                )
+                if published:
+                    await doorbell.publish(*published)
+                self.exit_reason = "released"
+                raise _Exit
+            await self._act(action, session)
+            self.fresh = False
+
+    async def _act(self, action: Action, session: WaSession) -> None:
+        if action is Action.PAIR:
+            await self._close_connection()
+            self.round_for = self.last_pair_attempt = session.pair_request
+            await self._connect(session, ConnectSpec(self.session_id), "QR round requested")
+        elif action is Action.RESUME:
+            await self._connect(
+                session, ConnectSpec(self.session_id, jid=session.jid), "resuming the linked device"
+            )
+        elif action is Action.CLOSE:
+            await self._close_connection()
+            await self._transition(
+                session,
+                Trigger.STOP,
+                "stopped as asked",
+                {"pair_served": session.pair_request, "next_retry_at": None, **_QR_CLEARED},
+            )
+        elif action is Action.LOGOUT:
+            await self._logout(session)
+
+    async def _connect(self, session: WaSession, spec: ConnectSpec, why: str) -> None:
+        trigger = Trigger.CONNECT
+        if not is_allowed(session.state, Trigger.CONNECT):
+            if not self.fresh:
+                raise RuntimeError(f"cannot connect from {session.state!r}")
+            trigger = Trigger.TAKE_OVER
+            why = f"{why} (taken over from the previous owner)"
+        await self._transition(
+            session,
+            trigger,
+            why,
+            {"connect_served": session.connect_request, "banned_until": None, **_QR_CLEARED},
+        )
+        self.attempt += 1
+        attempt = self.attempt
+        self.connection_open = True
+        logger.info(
+            "connecting (%s)", "new device" if spec.pairing else "resume", extra=self._extra()
+        )
+        try:
+            await self.sup.driver.start(spec, lambda event: self._deliver(attempt, event))
+        except Exception as exc:
+            logger.warning("driver could not start: %s", exc, extra=self._extra())
+            self._deliver(attempt, ConnectError(self.session_id, f"could not start: {exc}"))
+
+    def _deliver(self, attempt: int, event: DriverEvent) -> None:
+        self.inbox.put_nowait(("event", (attempt, event)))
+
+    async def _logout(self, session: WaSession) -> None:
+        self.attempt += 1
+        self.connection_open = False
+        self.round_for = None
+        try:
+            await asyncio.wait_for(
+                self.sup.driver.logout(self.session_id, session.jid), self.sup.config.stop_timeout
+            )
+        except Exception as exc:
+            logger.warning("logout did not finish cleanly: %s", exc, extra=self._extra())
+        fields = {
+            "jid": "",
+            "push_name": "",
+            "pair_served": session.pair_request,
+            "next_retry_at": None,
+            **_QR_CLEARED,
+        }
+        if session.state == State.LOGGED_OUT:
+            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, "credentials removed"))
+        else:
+            await self._transition(session, Trigger.LOGGED_OUT, "logged out as asked", fields)
+
+    async def _close_connection(self) -> None:
+        if not self.connection_open:
+            return
+        self.connection_open = False
+        self.attempt += 1
+        self.round_for = None
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self.sup.driver.stop(self.session_id)), self.sup.config.stop_timeout
+            )
+        except Exception as exc:
+            logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
+
+    def _arm_retry_timer(self, session: WaSession) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if session.next_retry_at is None or self.connection_open:
+            return
+        delay = max(0.0, (session.next_retry_at - timezone.now()).total_seconds())
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self.poke, "retry due")
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def _write(self, fields: dict[str, Any], event: EventRecord | None) -> None:
+        published = await _db_write(self.lease, fields, event)
+        if published is None:
+            raise LeaseLost
+        await doorbell.publish(*published)
+
+    async def _transition(
+        self, session: WaSession | State | str, trigger: Trigger, why: str, fields: dict[str, Any]
+    ) -> None:
+        current = State(session.state if isinstance(session, WaSession) else session)
+        target = transition(current, trigger)
+        fields = {"state": target, **fields}
+        event = None
+        if target is not current or trigger in (Trigger.CONNECT, Trigger.TAKE_OVER):
+            fields["state_changed_at"] = timezone.now()
+            event = EventRecord(SessionEvent.Kind.STATE, why, current, target)
+            logger.info("%s → %s: %s", current, target, why, extra=self._extra())
+        await self._write(fields, event)
+
+    # -- driver events -----------------------------------------------------------------
+
+    async def _on_event(self, event: DriverEvent) -> None:
+        session = await _db_load(self.session_id)
+        if session is None:
+            self.exit_reason = "deleted"
+            raise _Exit
+        state = State(session.state)
+        now = timezone.now()
+        trigger, why, fields, close = self._map_event(event, session, now)
+        if trigger is None:
+            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why) if why else None)
+            return
+        if not is_allowed(state, trigger):
+            logger.warning("ignored %s in state %s", trigger, state, extra=self._extra())
+            await self._write(
+                {}, EventRecord(SessionEvent.Kind.INFO, f"ignored {trigger} while {state}")
+            )
+            return
+        if close:
+            await self._close_connection()
+        await self._transition(state, trigger, why, fields)
+
+    def _backoff_fields(self, session: WaSession, now: dt.datetime, message: str) -> dict[str, Any]:
+        attempt = session.retry_count + 1
+        delay = self.sup.backoff.delay(attempt)
+        return {
+            "retry_count": attempt,
+            "next_retry_at": now + dt.timedelta(seconds=delay),
+            "last_error": message[:1000],
+            **_QR_CLEARED,
+        }
+
+    def _map_event(
+        self, event: DriverEvent, session: WaSession, now: dt.datetime
+    ) -> tuple[Trigger | None, str, dict[str, Any], bool]:
+        """(trigger, why, fields, close the connection first)."""
+        if isinstance(event, QrCode):
+            expires = now + dt.timedelta(seconds=event.valid_for)
+            fields = {"qr_code": event.code, "qr_issued_at": now, "qr_expires_at": expires}
+            return Trigger.QR, "QR code issued; waiting for a scan", fields, False
+        if isinstance(event, PairingCode):
+            return None, "pairing code issued", {"pairing_code": event.code}, False
+        if isinstance(event, PairSuccess):
+            fields = {
+                "jid": event.jid,
+                "push_name": event.push_name,
+                "pair_served": self.round_for or session.pair_request,
+                **_QR_CLEARED,
+            }
+            self.round_for = None
+            return Trigger.PAIR_SUCCESS, "the phone scanned the code", fields, False
+        if isinstance(event, Connected):
+            fields = {"retry_count": 0, "next_retry_at": None, "last_error": "", **_QR_CLEARED}
+            return Trigger.CONNECTED, "connected to WhatsApp", fields, False
+        if isinstance(event, KeepAliveTimeout):
+            return Trigger.KEEPALIVE_TIMEOUT, "keep-alives failing", {}, False
+        if isinstance(event, KeepAliveRestored):
+            return Trigger.KEEPALIVE_RESTORED, "keep-alives restored", {}, False
+        if isinstance(event, Disconnected):
+            why = f"disconnected: {event.reason or 'no reason given'}"
+            if event.will_retry:
+                return Trigger.DISCONNECTED, why + " (the driver reconnects)", {}, False
+            return Trigger.DISCONNECTED, why, self._backoff_fields(session, now, why), True
+        if isinstance(event, LoggedOut):
+            fields = {"jid": "", "push_name": "", "next_retry_at": None, **_QR_CLEARED}
+            return Trigger.LOGGED_OUT, f"logged out: {event.reason or 'by the phone'}", fields, True
+        if isinstance(event, Replaced):
+            fields = {"next_retry_at": None, **_QR_CLEARED}
+            return Trigger.REPLACED, "another connection took this device over", fields, True
+        if isinstance(event, Banned):
+            fields = {"banned_until": event.until, "next_retry_at": None, **_QR_CLEARED}
+            return (
+                Trigger.BANNED,
+                f"temporarily banned: {event.reason or 'no reason given'}",
+                fields,
+                True,
+            )
+        if isinstance(event, QrTimeout):
+            fields = {"pair_served": self.round_for or session.pair_request, **_QR_CLEARED}
+            return Trigger.QR_TIMEOUT, "every QR code expired unscanned", fields, True
+        if isinstance(event, ConnectError):
+            why = f"error: {event.message}"
+            return Trigger.ERROR, why, self._backoff_fields(session, now, event.message), True
+        raise TypeError(f"unknown driver event {type(event).__name__}")
+
+    async def _apply_gestures(self) -> None:
+        gestures = await _db_take_gestures(self.session_id)
+        for gesture in gestures:
+            applied = await self.sup.driver.gesture(self.session_id, gesture)  # type: ignore[attr-defined]
+            if not applied:
+                await _db_log(
+                    self.session_id,
+                    SessionEvent.Kind.INFO,
+                    f"simulated phone: '{gesture}' had nothing to act on",
+                    f"supervisor:{self.lease.owner}",
+                )
+
+
+class Supervisor:
+    """Claims sessions, runs them, keeps its leases, and fences itself if it can't."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        owner: str | None = None,
+        config: SupervisorConfig | None = None,
+        layer: BaseChannelLayer | bool | None = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.driver = driver
+        self.owner = owner or make_owner_id()
+        self.config = config or supervisor_config()
+        self.backoff = Backoff(base=self.config.backoff_base, cap=self.config.backoff_cap)
+        self._layer_arg = layer
+        self.clock = clock
+        self.runners: dict[int, SessionRunner] = {}
+        self.fenced = False
+        self._last_renewal = clock()
+        self.layer: BaseChannelLayer | None = None
+        self._channel: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        #: Set after the first reconcile pass: the supervisor is listening and has
+        #: claimed what was waiting.
+        self.ready = asyncio.Event()
+
+    def _extra(self) -> dict[str, Any]:
+        return {"owner": self.owner}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; then hand every session over and return."""
+        self._loop = asyncio.get_running_loop()
+        self._last_renewal = self.clock()
+        self.layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
+        logger.info(
+            "supervisor %s starting (driver %s, lease TTL %ss)",
+            self.owner,
+            self.driver.name,
+            self.config.lease_ttl,
+            extra=self._extra(),
+        )
+        side = [
+            asyncio.create_task(self._doorbell_loop(), name="waconnect-doorbell"),
+            asyncio.create_task(self._renew_loop(), name="waconnect-renew"),
+            asyncio.create_task(self._fence_watchdog(), name="waconnect-fence-watchdog"),
+            asyncio.create_task(self._reconcile_loop(), name="waconnect-reconcile"),
+        ]
+        stop_wait = asyncio.create_task(self._stop.wait(), name="waconnect-stop-wait")
+        try:
+            done, _ = await asyncio.wait([stop_wait, *side], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and not task.cancelled() and task.exception():
+                    logger.error(
+                        "supervisor task %s died; stopping",
+                        task.get_name(),
+                        exc_info=task.exception(),
+                        extra=self._extra(),
+                    )
+        finally:
+            for task in [stop_wait, *side]:
+                task.cancel()
+            await asyncio.gather(stop_wait, *side, return_exceptions=True)
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the supervisor to shut down; idempotent, callable from any thread."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _shutdown(self) -> None:
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.hand_over()
+        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await _db_release_all(self.owner)
+        with contextlib.suppress(Exception):
+            await self.driver.aclose()
+        logger.info(
+            "supervisor %s stopped; %d sessions handed over",
+            self.owner,
+            len(runners),
+            extra=self._extra(),
+        )
+
+    def _runner_done(self, runner: SessionRunner) -> None:
+        """Forget a runner (idempotent); it may still be closing its last write."""
+        if self.runners.get(runner.session_id) is not runner:
+            return
+        del self.runners[runner.session_id]
+        if runner.exit_reason in ("released", "deleted"):
+            # An intent may have changed while it was finishing: look again.
+            self._wake.set()
+
+    # -- the doorbell ---------------------------------------------------------------------
+
+    async def _doorbell_loop(self) -> None:
+        if self.layer is None:
+            await asyncio.Event().wait()
+            return
+        channel = await self.layer.new_channel("waconnect.supervisor.")
+        await self.layer.group_add(doorbell.SUPERVISORS_GROUP, channel)
+        self._channel = channel
+        try:
+            failures = 0
+            while True:
+                try:
+                    message = await self.layer.receive(channel)
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    logger.warning(
+                        "doorbell receive failed; retrying", exc_info=True, extra=self._extra()
+                    )
+                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                    continue
+                self.ring(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(doorbell.SUPERVISORS_GROUP, channel)
+
+    def ring(self, message: dict[str, Any]) -> None:
+        """Act on a doorbell message: poke the owner's runner, or look for work."""
+        session_id = message.get("session")
+        runner = self.runners.get(session_id) if isinstance(session_id, int) else None
+        if runner is not None:
+            runner.poke(str(message.get("reason", "ring")))
+        else:
+            self._wake.set()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.renew_interval)
+            started = self.clock()
+            try:
+                held = await _db_renew(self.owner, self.config.lease_ttl)
+            except Exception:
+                logger.warning("lease renewal failed", exc_info=True, extra=self._extra())
+                continue
+            self._last_renewal = started
+            if self.fenced:
+                logger.info("lease renewal works again; claiming resumes", extra=self._extra())
+                self.fenced = False
+            held_ids = {lease.session_id: lease for lease in held}
+            for session_id, runner in list(self.runners.items()):
+                lease = held_ids.get(session_id)
+                if lease is None or lease.epoch != runner.lease.epoch:
+                    runner.abandon("lease lost")
+            for lease in held:
+                if lease.session_id not in self.runners:
+                    # We self-fenced (or crashed a runner) but the DB still says ours.
+                    await database_sync_to_async(leases.release)(lease)
+                    self._wake.set()
+
+    async def _fence_watchdog(self) -> None:
+        """Drop every connection before our leases can expire if renewal stalls."""
+        limit = self.config.lease_ttl - self.config.self_fence_margin
+        while True:
+            deadline = self._last_renewal + limit
+            remaining = deadline - self.clock()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 0.5))
+                continue
+            if not self.fenced:
+                self.fenced = True
+                logger.error(
+                    "could not renew leases for %.1fs; dropping %d connections (self-fencing)",
+                    limit,
+                    len(self.runners),
+                    extra=self._extra(),
+                )
+                for runner in list(self.runners.values()):
+                    runner.abandon("self-fenced")
+            await asyncio.sleep(0.5)
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        self._wake.set()  # the first pass runs at once
+        while True:
+            periodic = False
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
+            except TimeoutError:
+                periodic = True
+            self._wake.clear()
+            try:
+                await self.reconcile(periodic=periodic)
+            except Exception:
+                logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
+            self.ready.set()
+
+    async def reconcile(self, *, periodic: bool = True) -> int:
+        """Claim what needs an owner; on the periodic pass, re-check owned sessions too."""
+        if periodic:
+            for runner in self.runners.values():
+                runner.poke("periodic reconcile")
+            if self.layer is not None and self._channel is not None:
+                # Group membership expires (a day by default): renew it.
+                with contextlib.suppress(Exception):
+                    await self.layer.group_add(doorbell.SUPERVISORS_GROUP, self._channel)
+        if self.fenced:
+            return 0
+        claimed = 0
+        while True:
+            room = self.config.max_sessions - len(self.runners)
+            batch = min(room, self.config.claim_batch)
+            if batch <= 0:
+                break
+            got = await _db_claim(self.owner, self.config.lease_ttl, batch)
+            for lease in got:
+                if lease.session_id in self.runners:  # cannot happen; be loud if it does
+                    logger.error(
+                        "claimed a session we already run", extra={"session": lease.session_id}
+                    )
+                    continue
+                logger.info("claimed (epoch %d)", lease.epoch, extra={"session": lease.session_id})
+                self.runners[lease.session_id] = SessionRunner(self, lease)
+            claimed += len(got)
+            if len(got) < batch:
+                break
+        return claimed

@@ -1,0 +1,16 @@
+"""Pages: list, create, detail, and one POST endpoint per admin action."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from sessions_app import views
+
+app_name = "sessions"
+
+urlpatterns = [
+    path("", views.SessionListView.as_view(), name="list"),
+    path("new/", views.SessionCreateView.as_view(), name="create"),
+    path("<int:pk>/", views.SessionDetailView.as_view(), name="detail"),
+    path("<int:pk>/<slug:action>/", views.SessionActionView.as_view(), name="action"),
+]

@@ -1,0 +1,105 @@
+"""Pages for admins. Every view requires an active staff user and writes intent only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin, UserPassesTestMixin
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.views import View
+from django.views.generic import CreateView, DetailView, ListView
+
+from sessions_app import conf, intents, snapshots
+from sessions_app.forms import SessionCreateForm
+from sessions_app.models import PhoneAction, WaSession
+
+
+class StaffRequiredMixin(LoginRequiredMixin, UserPassesTestMixin):
+    """Anonymous users go to the login page; logged-in non-staff get 403."""
+
+    def test_func(self) -> bool:
+        user = self.request.user
+        return bool(user.is_active and user.is_staff)
+
+
+def _actor(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+class SessionListView(StaffRequiredMixin, ListView):
+    model = WaSession
+    template_name = "sessions_app/list.html"
+    context_object_name = "sessions"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["rows"] = [snapshots.row(s) for s in context["sessions"]]
+        return context
+
+
+class SessionCreateView(StaffRequiredMixin, CreateView):
+    model = WaSession
+    form_class = SessionCreateForm
+    template_name = "sessions_app/create.html"
+
+    def form_valid(self, form: SessionCreateForm) -> HttpResponse:
+        self.object = intents.create_session(form.cleaned_data["name"], _actor(self.request))
+        return redirect("sessions:detail", pk=self.object.pk)
+
+
+class SessionDetailView(StaffRequiredMixin, DetailView):
+    model = WaSession
+    template_name = "sessions_app/detail.html"
+    context_object_name = "session"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["snapshot"] = snapshots.snapshot(self.object)
+        context["gestures"] = PhoneAction.Gesture.choices if conf.is_simulated() else []
+        return context
+
+
+ACTIONS: dict[str, tuple[Callable[[WaSession, str], None], str]] = {
+    "start": (intents.start, "Start requested."),
+    "stop": (intents.stop, "Stop requested."),
+    "new-qr": (intents.new_qr, "New QR code requested."),
+    "logout": (intents.logout, "Log out requested."),
+}
+
+
+class SessionActionView(StaffRequiredMixin, View):
+    """POST-only (CSRF-protected) endpoint for the buttons on the detail page.
+
+    Answers JSON to the page's script (``Accept: application/json``) and a
+    redirect to a plain form post.
+    """
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
+        session = get_object_or_404(WaSession, pk=pk)
+        actor = _actor(request)
+        target = reverse("sessions:detail", args=[pk])
+        if action in ACTIONS:
+            func, message = ACTIONS[action]
+            func(session, actor)
+        elif action == "delete":
+            intents.delete(session, actor)
+            message = f"Session {session.name!r} deleted."
+            target = reverse("sessions:list")
+        elif action.startswith("simulate-") and conf.is_simulated():
+            gesture = action.removeprefix("simulate-")
+            if gesture not in PhoneAction.Gesture.values:
+                raise Http404("unknown gesture")
+            intents.phone_gesture(session, gesture, actor)
+            message = f"Simulated phone: {PhoneAction.Gesture(gesture).label.lower()}."
+        else:
+            raise Http404("unknown action")
+        if "application/json" in request.headers.get("Accept", ""):
+            return JsonResponse({"ok": True, "message": message, "redirect": target})
+        messages.success(request, message)
+        return redirect(target)

@@ -1,0 +1,216 @@
+/* waconnect: shared helpers for the live pages (no framework, no build step).
+ *
+ * waconnect.liveSocket(path, handlers) keeps one WebSocket open: it reconnects
+ * with backoff (0.5 s doubling to 10 s) after any unexpected close, pings every
+ * 25 s, sends anonymous users to the login page (close code 4401) and gives up
+ * on 4403 (not staff) and 4404 (session gone).
+ * waconnect.enhanceActionForms(root) posts the action forms with fetch.
+ */
+(function () {
+  "use strict";
+
+  const waconnect = (window.waconnect = window.waconnect || {});
+
+  /** Wall-clock milliseconds, with sub-millisecond resolution. */
+  waconnect.now = function () {
+    return performance.timeOrigin + performance.now();
+  };
+
+  const CLOSE_UNAUTHENTICATED = 4401;
+  const CLOSE_FORBIDDEN = 4403;
+  const CLOSE_NOT_FOUND = 4404;
+  const BACKOFF_FIRST = 500;
+  const BACKOFF_MAX = 10000;
+  const PING_EVERY = 25000;
+
+  waconnect.loginUrl = function () {
+    const base = document.body.dataset.loginUrl || "/accounts/login/";
+    return base + "?next=" + encodeURIComponent(location.pathname + location.search);
+  };
+
+  /**
+   * handlers.onMessage(msg)  every message except pongs
+   * handlers.onStatus(bool)  true once the first message arrived, false when the socket dropped
+   * handlers.onFatal(code)   4403 / 4404: the socket will not reconnect
+   */
+  waconnect.liveSocket = function (path, handlers) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = scheme + "//" + location.host + path;
+    let ws = null;
+    let delay = BACKOFF_FIRST;
+    let retryTimer = null;
+    let pingTimer = null;
+    let stopped = false;
+    let online = null;
+
+    function setOnline(value) {
+      if (online === value) return;
+      online = value;
+      if (handlers.onStatus) handlers.onStatus(value);
+    }
+
+    function connect() {
+      retryTimer = null;
+      let socket;
+      try {
+        socket = new WebSocket(url);
+      } catch (err) {
+        scheduleReconnect();
+        return;
+      }
+      ws = socket;
+      socket.onmessage = function (event) {
+        if (socket !== ws) return;
+        let msg;
+        try {
+          msg = JSON.parse(event.data);
+        } catch (err) {
+          return;
+        }
+        // Only a message proves the server accepted us (it accepts, then closes
+        // with 4401/4403/4404 when it refuses), so reset the backoff here.
+        delay = BACKOFF_FIRST;
+        setOnline(true);
+        if (msg && msg.type !== "pong" && handlers.onMessage) handlers.onMessage(msg);
+      };
+      socket.onopen = function () {
+        clearInterval(pingTimer);
+        pingTimer = setInterval(function () {
+          if (socket.readyState === WebSocket.OPEN) socket.send('{"type":"ping"}');
+        }, PING_EVERY);
+      };
+      socket.onclose = function (event) {
+        if (socket !== ws) return;
+        ws = null;
+        clearInterval(pingTimer);
+        pingTimer = null;
+        if (stopped) return;
+        if (event.code === CLOSE_UNAUTHENTICATED) {
+          stopped = true;
+          location.assign(waconnect.loginUrl());
+          return;
+        }
+        if (event.code === CLOSE_FORBIDDEN || event.code === CLOSE_NOT_FOUND) {
+          stopped = true;
+          setOnline(false);
+          if (handlers.onFatal) handlers.onFatal(event.code);
+          return;
+        }
+        setOnline(false);
+        scheduleReconnect();
+      };
+    }
+
+    function scheduleReconnect() {
+      if (stopped || retryTimer !== null) return;
+      retryTimer = setTimeout(connect, delay);
+      delay = Math.min(delay * 2, BACKOFF_MAX);
+    }
+
+    // Leaving the page closes the socket on purpose: don't flash "offline".
+    window.addEventListener("pagehide", function () {
+      stopped = true;
+      clearTimeout(retryTimer);
+      if (ws) ws.close(1000);
+    });
+    // Back/forward cache restored the page: its socket is gone, start again.
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted && stopped) {
+        stopped = false;
+        delay = BACKOFF_FIRST;
+        connect();
+      }
+    });
+
+    connect();
+    return {
+      stop: function () {
+        stopped = true;
+        clearTimeout(retryTimer);
+        clearInterval(pingTimer);
+        if (ws) ws.close(1000);
+        ws = null;
+      },
+    };
+  };
+
+  /** Reflect the socket state in a #socket-status element. */
+  waconnect.showSocketStatus = function (el, online, text) {
+    if (!el) return;
+    el.dataset.online = online ? "true" : "false";
+    const label = el.querySelector(".socket-status-text") || el;
+    label.textContent = text || (online ? "live" : "offline — reconnecting…");
+    el.title = online ? "Live: changes appear as they happen." : "The live connection dropped; reconnecting.";
+  };
+
+  let toastTimer = null;
+  /** A short message at the bottom of the page (kind: "ok" | "error"). */
+  waconnect.toast = function (message, kind) {
+    const el = document.getElementById("toast");
+    if (!el || !message) return;
+    el.textContent = message;
+    el.dataset.kind = kind || "ok";
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () {
+      el.hidden = true;
+    }, kind === "error" ? 6000 : 3000);
+  };
+
+  /**
+   * Post every <form data-action-form> under root with fetch instead of a page load.
+   * The answer is {ok, message, redirect}; the new state arrives over the socket.
+   */
+  waconnect.enhanceActionForms = function (root, options) {
+    const opts = options || {};
+    root.addEventListener("submit", function (event) {
+      const form = event.target.closest("form[data-action-form]");
+      if (!form) return;
+      event.preventDefault();
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+      const button = form.querySelector("button");
+      if (button) button.disabled = true;
+      const token = form.elements.csrfmiddlewaretoken ? form.elements.csrfmiddlewaretoken.value : "";
+      fetch(form.action, {
+        method: "POST",
+        body: new FormData(form),
+        headers: { "X-CSRFToken": token, Accept: "application/json" },
+        credentials: "same-origin",
+      })
+        .then(function (response) {
+          const type = response.headers.get("Content-Type") || "";
+          if (response.ok && type.indexOf("application/json") !== -1) {
+            return response.json().then(function (data) {
+              if (opts.onResult) opts.onResult(form.dataset.action, data);
+              if (form.dataset.action === "delete" && data.redirect) {
+                location.assign(data.redirect);
+                return;
+              }
+              waconnect.toast(data.message, data.ok === false ? "error" : "ok");
+            });
+          }
+          if (response.redirected && response.url.indexOf(document.body.dataset.loginUrl || "/accounts/login/") !== -1) {
+            location.assign(waconnect.loginUrl()); // the login session expired
+            return;
+          }
+          const reason = response.status === 404 ? "the session no longer exists" : "HTTP " + response.status;
+          waconnect.toast("Could not " + (button ? button.textContent.trim().toLowerCase() : "do that") + ": " + reason + ".", "error");
+        })
+        .catch(function () {
+          waconnect.toast("Network error: the request did not reach the server.", "error");
+        })
+        .finally(function () {
+          if (button) button.disabled = false;
+        });
+    });
+  };
+
+  /** "12:34:56" in the browser's time zone; the full date in the tooltip. */
+  waconnect.formatTime = function (ms) {
+    const d = new Date(ms);
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  };
+  waconnect.formatDateTime = function (ms) {
+    return new Date(ms).toLocaleString([], { hour12: false });
+  };
+})();

@@ -1,0 +1,28 @@
+"""Fixtures shared by every tier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from channels.layers import channel_layers
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layers() -> Iterator[None]:
+    """A new channel-layer instance per test: its queues belong to one event loop."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def staff_user(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user(
+        username="ada", password="correct horse battery", is_staff=True
+    )
+
+
+@pytest.fixture
+def plain_user(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user(username="bob", password="correct horse battery")

@@ -1,0 +1,58 @@
+"""Awaiting what the supervisor does, through the same pushes a browser gets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from sessions_app import doorbell, snapshots
+from sessions_app.models import WaSession
+
+Snapshot = dict[str, Any]
+
+
+@sync_to_async
+def current(session_id: int) -> Snapshot | None:
+    session = WaSession.objects.filter(pk=session_id).first()
+    return None if session is None else snapshots.snapshot(session, with_events=False)
+
+
+async def until(
+    session_id: int, predicate: Callable[[Snapshot], bool], timeout: float = 5.0
+) -> Snapshot:
+    """Wait for a pushed snapshot of ``session_id`` that satisfies ``predicate``.
+
+    Subscribes first, then checks the database, so a change that happened just
+    before the call is not missed.
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel("test.")
+    await layer.group_add(doorbell.session_group(session_id), channel)
+    try:
+        snap = await current(session_id)
+        if snap is not None and predicate(snap):
+            return snap
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await layer.receive(channel)
+                if message["type"] == "session.update" and predicate(message["snapshot"]):
+                    return message["snapshot"]
+    except TimeoutError:
+        raise AssertionError(
+            f"session {session_id} never matched; last seen {await current(session_id)}"
+        ) from None
+    finally:
+        await layer.group_discard(doorbell.session_group(session_id), channel)
+
+
+def state_is(*states: str) -> Callable[[Snapshot], bool]:
+    return lambda snap: snap["state"] in states
+
+
+def settled(state: str) -> Callable[[Snapshot], bool]:
+    """In ``state`` with no owner: the supervisor has nothing more to do."""
+    return lambda snap: snap["state"] == state and snap["lease_owner"] == ""

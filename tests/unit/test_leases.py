@@ -1,0 +1,56 @@
+"""Lease SQL on SQLite: claim, renew, fenced writes, release (PostgreSQL: tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sessions_app import leases
+from sessions_app.leases import EventRecord
+from sessions_app.models import SessionEvent, WaSession
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sessions() -> list[WaSession]:
+    return [WaSession.objects.create(name=f"l{i}", pair_request=1) for i in range(5)]
+
+
+def test_claim_takes_each_session_once_and_grows_the_epoch(sessions: list[WaSession]) -> None:
+    first = leases.claim("a", 10, 3)
+    second = leases.claim("b", 10, 10)
+    assert len(first) == 3 and len(second) == 2
+    assert not {x.session_id for x in first} & {x.session_id for x in second}
+    assert all(lease.epoch == 1 for lease in first + second)
+    assert leases.claim("c", 10, 10) == []
+
+
+def test_renew_returns_exactly_the_leases_still_held(sessions: list[WaSession]) -> None:
+    held = leases.claim("a", 10, 5)
+    WaSession.objects.filter(pk=held[0].session_id).update(lease_owner="b")
+    renewed = leases.renew("a", 10)
+    assert {x.session_id for x in renewed} == {x.session_id for x in held[1:]}
+
+
+def test_fenced_write_rejects_a_stale_epoch(sessions: list[WaSession]) -> None:
+    (lease,) = leases.claim("a", 10, 1)
+    assert leases.write(
+        lease, {"state": "connecting"}, EventRecord("state", "go", "stopped", "connecting")
+    )
+    WaSession.objects.filter(pk=lease.session_id).update(lease_owner="", lease_expires_at=None)
+    (newer,) = [x for x in leases.claim("b", 10, 5) if x.session_id == lease.session_id]
+    assert newer.epoch == lease.epoch + 1
+    assert not leases.write(lease, {"state": "error"}, EventRecord("state", "zombie"))
+    session = WaSession.objects.get(pk=lease.session_id)
+    assert session.state == "connecting"
+    assert list(SessionEvent.objects.filter(session=session).values_list("message", flat=True)) == [
+        "go"
+    ]
+
+
+def test_release_frees_the_session_for_the_next_claimer(sessions: list[WaSession]) -> None:
+    (lease,) = leases.claim("a", 10, 1)
+    assert leases.release(lease)
+    assert not leases.release(lease), "a second release finds nothing"
+    assert lease.session_id in {x.session_id for x in leases.claim("b", 10, 5)}
+    assert leases.release_all("b") == 5

@@ -1,0 +1,101 @@
+"""The simulated WhatsApp keeps WhatsApp's rules: cadence, one live connection per device."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sessions_app.drivers.base import (
+    Connected,
+    ConnectSpec,
+    Driver,
+    DriverError,
+    DriverEvent,
+    LoggedOut,
+    PairingCode,
+    PairSuccess,
+    QrCode,
+    QrTimeout,
+    Replaced,
+)
+from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
+
+pytestmark = pytest.mark.timeout(10)
+
+TIMING = SimulatedTiming(first_qr_ttl=0.2, next_qr_ttl=0.05, qr_count=4, pair_delay=0)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[DriverEvent] = asyncio.Queue()
+
+    def __call__(self, event: DriverEvent) -> None:
+        self.queue.put_nowait(event)
+
+    async def next(self) -> DriverEvent:
+        return await asyncio.wait_for(self.queue.get(), 2)
+
+
+def test_it_implements_the_driver_protocol() -> None:
+    assert isinstance(SimulatedDriver(), Driver)
+
+
+async def test_a_round_issues_the_cadence_then_times_out() -> None:
+    driver, inbox = SimulatedDriver(SimulatedWhatsApp(TIMING)), Inbox()
+    await driver.start(ConnectSpec(1), inbox)
+    codes = [await inbox.next() for _ in range(4)]
+    assert all(isinstance(c, QrCode) for c in codes)
+    assert [c.valid_for for c in codes] == [0.2, 0.05, 0.05, 0.05]
+    assert len({c.code for c in codes}) == 4
+    assert isinstance(await inbox.next(), QrTimeout)
+    assert "code=<hidden>" in repr(codes[0]) and codes[0].code not in repr(codes[0])
+
+
+async def test_scan_links_a_device_that_can_be_resumed() -> None:
+    world = SimulatedWhatsApp(TIMING)
+    driver, inbox = SimulatedDriver(world), Inbox()
+    await driver.start(ConnectSpec(7), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    await driver.request_pairing_code(7, "+4915112345678")
+    assert isinstance(await inbox.next(), PairingCode)
+    assert await driver.gesture(7, "scan")
+    paired = await inbox.next()
+    assert isinstance(paired, PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    await driver.stop(7)
+    assert world.live[7] == 0
+
+    resumed = Inbox()
+    await driver.start(ConnectSpec(7, jid=paired.jid), resumed)
+    assert isinstance(await resumed.next(), Connected)
+    with pytest.raises(DriverError):
+        await driver.request_pairing_code(7, "+4915112345678")
+
+
+async def test_a_second_connection_of_a_device_kicks_the_first() -> None:
+    world = SimulatedWhatsApp(TIMING)
+    world.devices["1@s.whatsapp.net"] = 3
+    one, two = SimulatedDriver(world), SimulatedDriver(world)
+    first, second = Inbox(), Inbox()
+    await one.start(ConnectSpec(3, jid="1@s.whatsapp.net"), first)
+    assert isinstance(await first.next(), Connected)
+    await two.start(ConnectSpec(3, jid="1@s.whatsapp.net"), second)
+    assert isinstance(await first.next(), Replaced)
+    assert world.overlaps == [(3, "1@s.whatsapp.net")]
+    assert world.max_live[3] == 2
+
+
+async def test_an_unknown_device_is_logged_out() -> None:
+    driver, inbox = SimulatedDriver(SimulatedWhatsApp(TIMING)), Inbox()
+    await driver.start(ConnectSpec(4, jid="9@s.whatsapp.net"), inbox)
+    assert isinstance(await inbox.next(), LoggedOut)
+
+
+async def test_starting_twice_is_refused_loudly() -> None:
+    driver = SimulatedDriver(SimulatedWhatsApp(TIMING))
+    await driver.start(ConnectSpec(5), Inbox())
+    with pytest.raises(ConnectionError, match="already has a connection"):
+        await driver.start(ConnectSpec(5), Inbox())
+    await driver.aclose()
+    assert driver.calls[-1] == ("stop", 5)

@@ -1,0 +1,307 @@
+"""The supervisor on the simulated driver: SQLite, in-memory channel layer, one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from sessions_app import intents, leases
+from sessions_app.conf import SupervisorConfig
+from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
+from sessions_app.models import SessionEvent, WaSession
+from sessions_app.supervisor import Supervisor
+from tests.unit.helpers import settled, state_is, until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+FAST = SupervisorConfig(
+    lease_ttl=3.0,
+    renew_interval=0.5,
+    self_fence_margin=1.0,
+    reconcile_interval=0.5,
+    backoff_base=0.05,
+    backoff_cap=0.2,
+    stop_timeout=2.0,
+)
+
+
+@pytest.fixture
+def world() -> SimulatedWhatsApp:
+    return SimulatedWhatsApp(
+        SimulatedTiming(first_qr_ttl=0.4, next_qr_ttl=0.15, qr_count=3, pair_delay=0.01)
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    world: SimulatedWhatsApp, config: SupervisorConfig = FAST, owner: str | None = None
+) -> AsyncIterator[Supervisor]:
+    supervisor = Supervisor(SimulatedDriver(world), config=config, owner=owner)
+    task = asyncio.create_task(supervisor.run())
+    await supervisor.ready.wait()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
+        await task
+
+
+@pytest.fixture
+async def supervisor(world: SimulatedWhatsApp) -> AsyncIterator[Supervisor]:
+    async with running(world) as sup:
+        yield sup
+
+
+create = sync_to_async(intents.create_session)
+stop = sync_to_async(intents.stop)
+start = sync_to_async(intents.start)
+logout = sync_to_async(intents.logout)
+new_qr = sync_to_async(intents.new_qr)
+delete = sync_to_async(intents.delete)
+gesture = sync_to_async(intents.phone_gesture)
+get = sync_to_async(WaSession.objects.get)
+
+
+@sync_to_async
+def events_of(session_id: int) -> list[tuple[str, str, str]]:
+    return list(
+        SessionEvent.objects.filter(session_id=session_id)
+        .order_by("at", "id")
+        .values_list("kind", "to_state", "message")
+    )
+
+
+async def scan(session: WaSession) -> None:
+    await gesture(await get(pk=session.pk), "scan", "test")
+
+
+async def paired(name: str, supervisor: Supervisor) -> WaSession:
+    session = await create(name, "ada")
+    await until(session.pk, state_is("qr_required"))
+    await scan(session)
+    await until(session.pk, state_is("connected"))
+    return await get(pk=session.pk)
+
+
+async def test_create_shows_qr_then_scan_connects(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await create("sales", "ada")
+    snap = await until(session.pk, state_is("qr_required"))
+    assert snap["qr_svg"].startswith("<svg")
+    assert snap["qr_expires_at"] > snap["qr_issued_at"]
+
+    await scan(session)
+    snap = await until(session.pk, state_is("connected"))
+    assert snap["phone"].startswith("+")
+    assert snap["qr_svg"] == ""
+    row = await get(pk=session.pk)
+    assert row.jid.endswith("@s.whatsapp.net")
+    assert row.lease_owner == supervisor.owner
+    assert [to for kind, to, _ in await events_of(session.pk) if kind == "state"] == [
+        "connecting",
+        "qr_required",
+        "pairing",
+        "connected",
+    ]
+    assert world.max_live[session.pk] == 1
+
+
+async def test_stop_closes_the_connection_and_releases_the_lease(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("ops", supervisor)
+    await stop(session, "ada")
+    await until(session.pk, settled("stopped"))
+    assert world.live[session.pk] == 0
+    row = await get(pk=session.pk)
+    assert row.jid, "stopping keeps the device linked"
+
+    await start(row, "ada")
+    await until(session.pk, state_is("connected"))
+    assert world.connects[session.pk] == 2
+    assert world.max_live[session.pk] == 1
+
+
+async def test_logout_unlinks_the_device(supervisor: Supervisor, world: SimulatedWhatsApp) -> None:
+    session = await paired("legal", supervisor)
+    jid = session.jid
+    await logout(session, "ada")
+    snap = await until(session.pk, settled("logged_out"))
+    assert snap["phone"] == ""
+    assert jid not in world.devices
+    assert world.live[session.pk] == 0
+
+
+async def test_phone_logout_waits_for_the_admin(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("hr", supervisor)
+    await gesture(session, "logout", "test")
+    await until(session.pk, settled("logged_out"))
+    connects = world.connects[session.pk]
+    await supervisor.reconcile()
+    assert world.connects[session.pk] == connects, "logged_out must not reconnect by itself"
+
+
+async def test_disconnect_reconnects_with_backoff(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("support", supervisor)
+    await gesture(session, "disconnect", "test")
+    snap = await until(session.pk, state_is("disconnected"))
+    assert snap["retry_count"] == 1
+    assert snap["next_retry_at"] is not None
+    await until(session.pk, state_is("connected"))
+    assert world.connects[session.pk] == 2
+    states = [to for kind, to, _ in await events_of(session.pk) if kind == "state"]
+    assert states[-3:] == ["disconnected", "connecting", "connected"]
+    assert (await get(pk=session.pk)).retry_count == 0
+
+
+async def test_replaced_is_not_retried_blindly(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("billing", supervisor)
+    await gesture(session, "replace", "test")
+    await until(session.pk, settled("replaced"))
+    await supervisor.reconcile()
+    assert world.connects[session.pk] == 1
+    await start(await get(pk=session.pk), "ada")
+    await until(session.pk, state_is("connected"))
+    assert world.connects[session.pk] == 2
+
+
+async def test_qr_round_ends_in_timeout_without_new_codes(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await create("marketing", "ada")
+    snap = await until(session.pk, settled("qr_timeout"), timeout=10)
+    assert snap["qr_svg"] == ""
+    assert world.qr_issued[session.pk] == 3
+    await supervisor.reconcile()
+    assert world.connects[session.pk] == 1, "a timed-out round waits for the admin"
+    assert world.qr_issued[session.pk] == 3
+
+    await new_qr(await get(pk=session.pk), "ada")
+    await until(session.pk, state_is("qr_required"))
+    assert world.connects[session.pk] == 2
+
+
+async def test_new_qr_mid_round_replaces_the_round(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await create("dispatch", "ada")
+    first = await until(session.pk, state_is("qr_required"))
+    await new_qr(await get(pk=session.pk), "ada")
+    second = await until(
+        session.pk,
+        lambda s: s["state"] == "qr_required" and s["qr_issued_at"] != first["qr_issued_at"],
+    )
+    assert second["qr_svg"] != first["qr_svg"]
+    assert world.connects[session.pk] == 2
+    assert world.max_live[session.pk] == 1
+
+
+async def test_restart_resumes_paired_sessions_without_a_qr_round(
+    world: SimulatedWhatsApp,
+) -> None:
+    async with running(world) as first:
+        linked = await paired("linked", first)
+        unpaired = await create("unpaired", "ada")
+        await until(unpaired.pk, settled("qr_timeout"), timeout=10)
+    assert (await get(pk=linked.pk)).lease_owner == ""
+    connects = world.connects[unpaired.pk]
+
+    async with running(world) as second:
+        snap = await until(linked.pk, state_is("connected"))
+        assert snap["lease_owner"] == second.owner
+        await second.reconcile()
+    assert world.connects[unpaired.pk] == connects, "no QR round nobody asked for"
+    row = await get(pk=linked.pk)
+    assert row.pair_request == row.pair_served
+    messages = [m for _, _, m in await events_of(linked.pk)]
+    assert any("handing over" in m for m in messages)
+    assert world.max_live[linked.pk] == 1
+
+
+async def test_intent_flips_never_open_two_connections(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("flappy", supervisor)
+    flips: list[Callable[[WaSession, str], None]] = [
+        intents.stop,
+        intents.start,
+        intents.new_qr,
+        intents.start,
+        intents.stop,
+    ]
+    for round_ in range(10):
+        for flip in flips:
+            await sync_to_async(flip)(await get(pk=session.pk), f"flipper{round_}")
+    await until(session.pk, settled("stopped"))
+    assert world.max_live[session.pk] == 1
+    assert world.live[session.pk] == 0
+
+
+async def test_delete_drops_the_connection(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("temp", supervisor)
+    await delete(session, "ada")
+    async with asyncio.timeout(5):
+        await world.until_live(session.pk, 0)
+
+
+async def test_a_lost_lease_stops_the_connection_and_fences_writes(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await paired("stolen", supervisor)
+    old = leases.Lease(session.pk, supervisor.owner, session.lease_epoch)
+    # Another supervisor claims it (the lease is made to look expired).
+    await sync_to_async(WaSession.objects.filter(pk=session.pk).update)(
+        lease_expires_at=None, lease_owner=""
+    )
+    taken = await sync_to_async(leases.claim)("thief", 10.0, 10)
+    assert [lease.session_id for lease in taken] == [session.pk]
+    assert taken[0].epoch == old.epoch + 1
+
+    assert not await sync_to_async(leases.write)(old, {"state": "error"}), "zombie write accepted"
+    async with asyncio.timeout(5):  # the next renewal notices the loss
+        await world.until_live(session.pk, 0)
+    assert (await get(pk=session.pk)).state == "connected"
+
+
+async def test_self_fences_before_the_lease_can_expire(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(world) as sup:
+        session = await paired("fenced", sup)
+
+        async def unreachable(*args: object) -> None:
+            raise ConnectionError("database unreachable")
+
+        monkeypatch.setattr("sessions_app.supervisor._db_renew", unreachable)
+        expires = (await get(pk=session.pk)).lease_expires_at
+        async with asyncio.timeout(FAST.lease_ttl + 1):
+            await world.until_live(session.pk, 0)
+        dropped_at = timezone.now()
+        assert sup.fenced
+        assert dropped_at < expires, "connections must drop before anyone may claim them"
+        assert (await get(pk=session.pk)).lease_expires_at == expires, "nothing was renewed"
+
+
+async def test_two_supervisors_never_share_a_session(world: SimulatedWhatsApp) -> None:
+    async with running(world, owner="one") as one, running(world, owner="two") as two:
+        sessions = [await create(f"s{i}", "ada") for i in range(8)]
+        for session in sessions:
+            await until(session.pk, state_is("qr_required"))
+        owned_one, owned_two = set(one.runners), set(two.runners)
+        assert not owned_one & owned_two
+        assert owned_one | owned_two == {s.pk for s in sessions}
+    assert all(world.max_live[s.pk] == 1 for s in sessions)

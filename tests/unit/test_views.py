@@ -1,0 +1,152 @@
+"""Pages: staff only, POST + CSRF for actions, intent written and nothing observed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from sessions_app.models import PhoneAction, SessionEvent, WaSession
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(staff_user: Any) -> Client:
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def session() -> WaSession:
+    return WaSession.objects.create(
+        name="sales", state="connected", jid="4915@s.whatsapp.net", lease_owner="sup", lease_epoch=4
+    )
+
+
+PAGES = ["sessions:list", "sessions:create"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_anonymous_users_are_sent_to_login(client: Client, page: str) -> None:
+    response = client.get(reverse(page))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_non_staff_users_are_forbidden(client: Client, plain_user: Any, session: WaSession) -> None:
+    client.force_login(plain_user)
+    for url in [reverse("sessions:list"), reverse("sessions:detail", args=[session.pk])]:
+        assert client.get(url).status_code == 403
+    assert client.post(reverse("sessions:action", args=[session.pk, "stop"])).status_code == 403
+    assert WaSession.objects.get(pk=session.pk).desired_state == "running"
+
+
+def test_create_writes_intent_and_redirects_to_the_detail_page(staff_client: Client) -> None:
+    response = staff_client.post(reverse("sessions:create"), {"name": "support"})
+    session = WaSession.objects.get(name="support")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("sessions:detail", args=[session.pk])
+    assert (session.desired_state, session.pair_request, session.state) == ("running", 1, "stopped")
+    event = SessionEvent.objects.get(session=session)
+    assert (event.kind, event.actor) == ("intent", "ada")
+
+
+def test_create_shows_form_errors(staff_client: Client) -> None:
+    response = staff_client.post(reverse("sessions:create"), {"name": "no spaces"})
+    assert response.status_code == 200
+    assert b"Use letters, digits" in response.content
+    assert not WaSession.objects.exists()
+
+
+def test_detail_page_renders_the_snapshot_and_the_simulated_badge(
+    staff_client: Client, session: WaSession
+) -> None:
+    response = staff_client.get(reverse("sessions:detail", args=[session.pk]))
+    assert response.status_code == 200
+    assert response.context["snapshot"]["phone"] == "+4915"
+    assert response.context["simulated_driver"] is True
+    assert b"simulate-scan" in response.content
+
+
+def test_simulate_buttons_vanish_with_a_real_driver(
+    staff_client: Client, session: WaSession, settings: Any
+) -> None:
+    settings.WACONNECT_DRIVER = "neonize"
+    response = staff_client.get(reverse("sessions:detail", args=[session.pk]))
+    assert b"simulate-scan" not in response.content
+    url = reverse("sessions:action", args=[session.pk, "simulate-scan"])
+    assert staff_client.post(url).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("action", "field", "value"),
+    [
+        ("stop", "desired_state", "stopped"),
+        ("logout", "desired_state", "logged_out"),
+        ("new-qr", "pair_request", 1),
+        ("start", "connect_request", 1),
+    ],
+)
+def test_actions_write_intent_only(
+    staff_client: Client, session: WaSession, action: str, field: str, value: object
+) -> None:
+    before = WaSession.objects.filter(pk=session.pk).values().get()
+    response = staff_client.post(
+        reverse("sessions:action", args=[session.pk, action]), HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 200
+    assert response.json()["ok"] is True
+    after = WaSession.objects.filter(pk=session.pk).values().get()
+    assert after[field] == value
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed <= {"desired_state", "pair_request", "connect_request"}
+
+
+def test_actions_need_post_and_csrf(staff_user: Any, session: WaSession) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    url = reverse("sessions:action", args=[session.pk, "stop"])
+    assert client.get(url).status_code == 405
+    assert client.post(url).status_code == 403
+    assert WaSession.objects.get(pk=session.pk).desired_state == "running"
+
+
+def test_unknown_actions_are_404(staff_client: Client, session: WaSession) -> None:
+    assert (
+        staff_client.post(reverse("sessions:action", args=[session.pk, "explode"])).status_code
+        == 404
+    )
+    assert staff_client.post(reverse("sessions:action", args=[999, "stop"])).status_code == 404
+
+
+def test_delete_removes_the_session(staff_client: Client, session: WaSession) -> None:
+    response = staff_client.post(reverse("sessions:action", args=[session.pk, "delete"]))
+    assert response["Location"] == reverse("sessions:list")
+    assert not WaSession.objects.filter(pk=session.pk).exists()
+
+
+def test_simulated_scan_queues_a_phone_gesture(staff_client: Client, session: WaSession) -> None:
+    staff_client.post(reverse("sessions:action", args=[session.pk, "simulate-scan"]))
+    assert list(PhoneAction.objects.values_list("session_id", "gesture")) == [(session.pk, "scan")]
+
+
+def test_admin_lists_sessions_and_acts_through_intents(
+    staff_client: Client, session: WaSession, staff_user: Any
+) -> None:
+    staff_user.is_superuser = True
+    staff_user.save()
+    response = staff_client.get(reverse("admin:sessions_app_wasession_changelist") + "?q=sales")
+    assert response.status_code == 200
+    assert b"sales" in response.content
+    response = staff_client.post(
+        reverse("admin:sessions_app_wasession_changelist"),
+        {"action": "stop_sessions", "_selected_action": [session.pk]},
+    )
+    assert response.status_code == 302
+    assert WaSession.objects.get(pk=session.pk).desired_state == "stopped"
+    page = staff_client.get(reverse("admin:sessions_app_wasession_change", args=[session.pk]))
+    assert b"asked to stop" in page.content
