@@ -17,8 +17,8 @@ def _get(name: str, default: Any) -> Any:
 
 
 def driver_name() -> str:
-    """``simulated`` or ``neonize``."""
-    return str(_get("DRIVER", "simulated"))
+    """``neonize`` (real WhatsApp) or ``simulated``."""
+    return str(_get("DRIVER", "neonize"))
 
 
 def is_simulated() -> bool:
@@ -43,6 +43,7 @@ class SupervisorConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     stop_timeout: float = 5.0
+    reconnect_watch: float = 60.0  # a driver reconnecting by itself gets this long
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.lease_ttl - self.self_fence_margin:
@@ -64,3 +65,37 @@ def supervisor_config(**overrides: Any) -> SupervisorConfig:
 def simulated_timing() -> dict[str, float]:
     """Overrides for :class:`~sessions_app.drivers.simulated.SimulatedTiming`."""
     return dict(_get("SIMULATED_TIMING", {}))
+
+
+def neonize_store() -> str:
+    """Where neonize keeps device credentials: beside the app's own database.
+
+    PostgreSQL: the same database (whatsmeow's own tables); SQLite: a file in the
+    data directory.
+    """
+    explicit = _get("NEONIZE_STORE", "")
+    if explicit:
+        return str(explicit)
+    db = settings.DATABASES["default"]
+    if "postgresql" in db["ENGINE"]:
+        user = db.get("USER") or ""
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        auth = f"{user}{password}@" if user else ""
+        host = db.get("HOST") or "localhost"
+        port = f":{db['PORT']}" if db.get("PORT") else ""
+        return f"postgres://{auth}{host}{port}/{db['NAME']}"
+    return str(settings.DATA_DIR / "whatsmeow.sqlite3")
+
+
+def worker_config() -> Any:
+    from sessions_app.drivers.neonize_driver import WorkerConfig
+
+    return WorkerConfig(
+        store=neonize_store(),
+        warm=int(_get("WARM_WORKERS", 2)),
+        heartbeat=float(_get("WORKER_HEARTBEAT", 2.0)),
+        deadline=float(_get("WORKER_DEADLINE", 10.0)),
+        ask_grace=float(_get("WORKER_ASK_GRACE", 1.0)),
+        term_grace=float(_get("WORKER_TERM_GRACE", 1.0)),
+        log_level=str(_get("WORKER_LOG_LEVEL", "WARNING")),
+    )

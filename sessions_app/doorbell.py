@@ -78,7 +78,3 @@ async def publish_removed(session_id: int) -> None:
         await layer.group_send(LIST_GROUP, message)
     except Exception:
         logger.warning("could not push a removal", exc_info=True, extra={"session": session_id})
-
-
-def publish_removed_sync(session_id: int) -> None:
-    async_to_sync(publish_removed)(session_id)

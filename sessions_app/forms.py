@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from django import forms
+from django.core.validators import RegexValidator
 
 from sessions_app.models import WaSession
 
@@ -25,3 +28,26 @@ class SessionCreateForm(forms.ModelForm):
         if WaSession.objects.filter(name__iexact=name).exists():
             raise forms.ValidationError("A session with this name already exists.")
         return name
+
+
+class PhoneNumberField(forms.CharField):
+    """A phone number; spaces, dashes, dots, slashes and brackets are dropped."""
+
+    def to_python(self, value: object) -> str:
+        return re.sub(r"[\s\-()./]", "", super().to_python(value))
+
+
+class PairPhoneForm(forms.Form):
+    """A phone number in international format, for linking with a pairing code."""
+
+    phone = PhoneNumberField(
+        max_length=24,
+        validators=[
+            RegexValidator(
+                r"^\+[1-9]\d{6,14}\Z",
+                "Enter the number in international format: + and the country code, "
+                "e.g. +49 151 12345678.",
+            )
+        ],
+        error_messages={"required": "Enter the phone number of the WhatsApp account to link."},
+    )

@@ -74,6 +74,19 @@ def new_qr(session: WaSession, actor: str) -> None:
         "asked for a new QR code",
         desired_state=Desired.RUNNING,
         pair_request=F("pair_request") + 1,
+        pair_phone="",
+    )
+
+
+def pair_by_phone(session: WaSession, phone: str, actor: str) -> None:
+    """Start a new pairing round that links by phone number (a code to type in)."""
+    _update(
+        session,
+        actor,
+        f"asked for a pairing code for a phone number ending in {phone[-2:]}",
+        desired_state=Desired.RUNNING,
+        pair_request=F("pair_request") + 1,
+        pair_phone=phone,
     )
 
 
@@ -83,13 +96,12 @@ def logout(session: WaSession, actor: str) -> None:
 
 
 def delete(session: WaSession, actor: str) -> None:
-    """Delete the session and its history; its owner drops the connection at once."""
-    session_id = session.pk
-    with transaction.atomic():
-        WaSession.objects.filter(pk=session_id).delete()
-        logger.info("%s deleted session %r", actor, session.name, extra={"session": session_id})
-        _ring_after_commit(session_id, "deleted")
-        transaction.on_commit(lambda: doorbell.publish_removed_sync(session_id))
+    """Delete the session: a supervisor closes it, unlinks its device, removes the row.
+
+    The row stays (shown as "deleting") until a supervisor has removed the
+    device's credentials, so no linked device is ever left behind unknown.
+    """
+    _update(session, actor, "asked to delete the session", desired_state=Desired.DELETED)
 
 
 def phone_gesture(session: WaSession, gesture: str, actor: str) -> None:

@@ -126,6 +126,12 @@ def release(lease: Lease, fields: Mapping[str, Any] | None = None) -> bool:
     )
 
 
+def delete(lease: Lease) -> bool:
+    """Delete the session row (and its log) if ``lease`` is still current."""
+    deleted, _ = _fenced(lease).delete()
+    return bool(deleted)
+
+
 def release_all(owner: str) -> int:
     """Give back every lease ``owner`` holds: a clean shutdown's last statement."""
     return WaSession.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)

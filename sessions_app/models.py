@@ -43,8 +43,9 @@ class SessionQuerySet(models.QuerySet["WaSession"]):
             )
         )
         stopping = Q(desired_state=Desired.STOPPED) & ~Q(state=State.STOPPED)
+        deleting = Q(desired_state=Desired.DELETED)
         logging_out = Q(desired_state=Desired.LOGGED_OUT) & (has_creds | ~Q(state=State.LOGGED_OUT))
-        return self.filter(running | stopping | logging_out)
+        return self.filter(running | stopping | logging_out | deleting)
 
     def lease_free(self) -> SessionQuerySet:
         """Sessions nobody holds a live lease on."""
@@ -84,6 +85,11 @@ class WaSession(models.Model):
     )
     connect_request = models.PositiveIntegerField(
         default=0, help_text="Bumped each time an admin presses start or reconnect."
+    )
+    pair_phone = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="Link by phone number instead of QR (E.164); used by the next QR round.",
     )
 
     # Observation: written by the lease holder only.

@@ -68,6 +68,7 @@ class Action(enum.StrEnum):
     RESUME = "resume"  # open a connection with the stored credentials
     CLOSE = "close"  # close any connection and record `stopped`
     LOGOUT = "logout"  # unlink the device, forget its credentials, record `logged_out`
+    DELETE = "delete"  # close, unlink and forget the device, delete the session row
     WAIT = "wait"  # keep the current connection, or wait for the retry time
     RELEASE = "release"  # nothing to run: give the lease back
 
@@ -88,6 +89,9 @@ class SessionView:
 
 def plan(view: SessionView) -> Action:
     """Decide the next step; total over every combination of inputs."""
+    if view.desired is Desired.DELETED:
+        return Action.DELETE
+
     if view.desired is Desired.STOPPED:
         if view.connection_open or view.state is not State.STOPPED:
             return Action.CLOSE
@@ -100,9 +104,14 @@ def plan(view: SessionView) -> Action:
 
     # desired is RUNNING
     if view.connection_open:
-        # Never reconnect on top of a live connection; only a new QR round the
-        # admin asked for replaces it.
-        return Action.PAIR if view.pair_pending else Action.WAIT
+        # Never reconnect on top of a live connection: only a new QR round the
+        # admin asked for replaces it, and a driver that said it reconnects by
+        # itself is restarted once its time to do so has run out.
+        if view.pair_pending:
+            return Action.PAIR
+        if view.state is State.DISCONNECTED and view.retry_due and view.has_credentials:
+            return Action.RESUME
+        return Action.WAIT
     if view.pair_pending:
         if view.state in RECONNECTING_STATES and not view.retry_due:
             return Action.WAIT

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from sessions_app import conf
-from sessions_app.drivers import build_driver
+from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ class Desired(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     LOGGED_OUT = "logged_out"
+    DELETED = "deleted"  # unlink, forget the credentials, then remove the row
 
 
 class Trigger(enum.StrEnum):

@@ -36,6 +36,7 @@ from sessions_app.drivers.base import (
     ConnectSpec,
     Disconnected,
     Driver,
+    DriverError,
     DriverEvent,
     KeepAliveRestored,
     KeepAliveTimeout,
@@ -140,6 +141,7 @@ class SessionRunner:
         self.attempt = 0  # tags driver callbacks; stale ones are dropped
         self.round_for: int | None = None  # the pair_request this connection serves
         self.last_pair_attempt = 0  # the pair_request last tried (for backoff)
+        self.round_qr_count = 0  # QR codes seen in the current round
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.exit_reason = "done"
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -290,8 +292,10 @@ class SessionRunner:
         if action is Action.PAIR:
             await self._close_connection()
             self.round_for = self.last_pair_attempt = session.pair_request
+            self.round_qr_count = 0
             await self._connect(session, ConnectSpec(self.session_id), "QR round requested")
         elif action is Action.RESUME:
+            await self._close_connection()  # a driver that did not reconnect in time
             await self._connect(
                 session, ConnectSpec(self.session_id, jid=session.jid), "resuming the linked device"
             )
@@ -305,6 +309,8 @@ class SessionRunner:
             )
         elif action is Action.LOGOUT:
             await self._logout(session)
+        elif action is Action.DELETE:
+            await self._delete(session)
 
     async def _connect(self, session: WaSession, spec: ConnectSpec, why: str) -> None:
         trigger = Trigger.CONNECT
@@ -356,6 +362,22 @@ class SessionRunner:
         else:
             await self._transition(session, Trigger.LOGGED_OUT, "logged out as asked", fields)
 
+    async def _delete(self, session: WaSession) -> None:
+        await self._close_connection()
+        try:
+            await asyncio.wait_for(
+                self.sup.driver.logout(self.session_id, session.jid),
+                self.sup.config.stop_timeout,
+            )
+        except Exception as exc:
+            logger.warning("could not unlink before deleting: %s", exc, extra=self._extra())
+        if not await database_sync_to_async(leases.delete)(self.lease):
+            raise LeaseLost
+        logger.info("deleted session %r", session.name, extra=self._extra())
+        await doorbell.publish_removed(self.session_id)
+        self.exit_reason = "deleted"
+        raise _Exit
+
     async def _close_connection(self) -> None:
         if not self.connection_open:
             return
@@ -373,7 +395,7 @@ class SessionRunner:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
-        if session.next_retry_at is None or self.connection_open:
+        if session.next_retry_at is None:
             return
         delay = max(0.0, (session.next_retry_at - timezone.now()).total_seconds())
         self._retry_timer = asyncio.get_running_loop().call_later(delay, self.poke, "retry due")
@@ -420,7 +442,18 @@ class SessionRunner:
             return
         if close:
             await self._close_connection()
+        if isinstance(event, QrCode):
+            self.round_qr_count += 1
         await self._transition(state, trigger, why, fields)
+        await self._after_event(event, session)
+
+    async def _after_event(self, event: DriverEvent, session: WaSession) -> None:
+        """Follow-ups: a pairing code is asked for once the round's first QR is up."""
+        if isinstance(event, QrCode) and session.pair_phone and self.round_qr_count == 1:
+            try:
+                await self.sup.driver.request_pairing_code(self.session_id, session.pair_phone)
+            except DriverError as exc:
+                await self._write({}, EventRecord(SessionEvent.Kind.ERROR, f"pairing code: {exc}"))
 
     def _backoff_fields(self, session: WaSession, now: dt.datetime, message: str) -> dict[str, Any]:
         attempt = session.retry_count + 1
@@ -461,7 +494,10 @@ class SessionRunner:
         if isinstance(event, Disconnected):
             why = f"disconnected: {event.reason or 'no reason given'}"
             if event.will_retry:
-                return Trigger.DISCONNECTED, why + " (the driver reconnects)", {}, False
+                # Watch, don't reconnect on top: restart only if it stays down.
+                watch = now + dt.timedelta(seconds=self.sup.config.reconnect_watch)
+                fields = {"next_retry_at": watch, **_QR_CLEARED}
+                return Trigger.DISCONNECTED, why + " (the driver reconnects)", fields, False
             return Trigger.DISCONNECTED, why, self._backoff_fields(session, now, why), True
         if isinstance(event, LoggedOut):
             fields = {"jid": "", "push_name": "", "next_retry_at": None, **_QR_CLEARED}
@@ -482,7 +518,10 @@ class SessionRunner:
             return Trigger.QR_TIMEOUT, "every QR code expired unscanned", fields, True
         if isinstance(event, ConnectError):
             why = f"error: {event.message}"
-            return Trigger.ERROR, why, self._backoff_fields(session, now, event.message), True
+            fields = self._backoff_fields(session, now, event.message)
+            if not event.retryable:  # retrying soon cannot help: wait the longest
+                fields["next_retry_at"] = now + dt.timedelta(seconds=self.sup.backoff.cap)
+            return Trigger.ERROR, why, fields, True
         raise TypeError(f"unknown driver event {type(event).__name__}")
 
     async def _apply_gestures(self) -> None:
@@ -538,6 +577,9 @@ class Supervisor:
         self._loop = asyncio.get_running_loop()
         self._last_renewal = self.clock()
         self.layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
+        prepare = getattr(self.driver, "prepare", None)
+        if prepare is not None:  # e.g. neonize: create its store, warm workers
+            await prepare()
         logger.info(
             "supervisor %s starting (driver %s, lease TTL %ss)",
             self.owner,

@@ -14,8 +14,9 @@ from django.views import View
 from django.views.generic import CreateView, DetailView, ListView
 
 from sessions_app import conf, intents, snapshots
-from sessions_app.forms import SessionCreateForm
+from sessions_app.forms import PairPhoneForm, SessionCreateForm
 from sessions_app.models import PhoneAction, WaSession
+from sessions_app.states import Desired
 
 
 class StaffRequiredMixin(LoginRequiredMixin, UserPassesTestMixin):
@@ -60,6 +61,7 @@ class SessionDetailView(StaffRequiredMixin, DetailView):
         context = super().get_context_data(**kwargs)
         context["snapshot"] = snapshots.snapshot(self.object)
         context["gestures"] = PhoneAction.Gesture.choices if conf.is_simulated() else []
+        context["pair_phone_form"] = PairPhoneForm()
         return context
 
 
@@ -84,7 +86,16 @@ class SessionActionView(StaffRequiredMixin, View):
         session = get_object_or_404(WaSession, pk=pk)
         actor = _actor(request)
         target = reverse("sessions:detail", args=[pk])
-        if action in ACTIONS:
+        wants_json = "application/json" in request.headers.get("Accept", "")
+        if session.desired_state == Desired.DELETED:
+            return _refuse(request, wants_json, target, "This session is being deleted.", 409)
+        if action == "pair-phone":
+            form = PairPhoneForm(request.POST)
+            if not form.is_valid():
+                return _refuse(request, wants_json, target, " ".join(form.errors["phone"]), 400)
+            intents.pair_by_phone(session, form.cleaned_data["phone"], actor)
+            message = "Pairing code requested; it appears here in a moment."
+        elif action in ACTIONS:
             func, message = ACTIONS[action]
             func(session, actor)
         elif action == "delete":
@@ -99,7 +110,16 @@ class SessionActionView(StaffRequiredMixin, View):
             message = f"Simulated phone: {PhoneAction.Gesture(gesture).label.lower()}."
         else:
             raise Http404("unknown action")
-        if "application/json" in request.headers.get("Accept", ""):
+        if wants_json:
             return JsonResponse({"ok": True, "message": message, "redirect": target})
         messages.success(request, message)
         return redirect(target)
+
+
+def _refuse(
+    request: HttpRequest, wants_json: bool, target: str, error: str, status: int
+) -> HttpResponse:
+    if wants_json:
+        return JsonResponse({"ok": False, "error": error}, status=status)
+    messages.error(request, error)
+    return redirect(target)

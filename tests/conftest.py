@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from channels.layers import channel_layers
+
+
+@pytest.fixture(autouse=True)
+def simulated_driver(settings: Any) -> None:
+    """Tests run the simulated driver unless they ask for neonize themselves."""
+    settings.WACONNECT_DRIVER = "simulated"
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,6 @@
-"""Drivers: how the supervisor reaches WhatsApp. Only the supervisor imports this."""
+"""Drivers: how the supervisor reaches WhatsApp. Only the supervisor imports these.
 
-from __future__ import annotations
-
-from sessions_app import conf
-from sessions_app.drivers.base import Driver
-
-
-def build_driver() -> Driver:
-    """The driver the settings ask for (``WACONNECT_DRIVER``)."""
-    name = conf.driver_name()
-    if name == "simulated":
-        from sessions_app.drivers.simulated import (
-            SimulatedDriver,
-            SimulatedTiming,
-            SimulatedWhatsApp,
-        )
-
-        timing = SimulatedTiming(**conf.simulated_timing())
-        return SimulatedDriver(SimulatedWhatsApp(timing))
-    raise ValueError(f"unknown WACONNECT_DRIVER {name!r}; expected 'simulated'")
+This package's ``__init__`` imports nothing, so that the neonize worker process
+(``python -m sessions_app.drivers.neonize_worker``) loads neither Django nor
+the supervisor.
+"""

@@ -68,7 +68,10 @@ def test_plan_is_total() -> None:
 def test_never_a_second_connection_without_a_new_qr_round() -> None:
     for view in VIEWS:
         if view.connection_open and not view.pair_pending:
-            assert plan(view) in {Action.WAIT, Action.CLOSE, Action.LOGOUT}, view
+            allowed = {Action.WAIT, Action.CLOSE, Action.LOGOUT, Action.DELETE}
+            if view.state is State.DISCONNECTED and view.retry_due:
+                allowed.add(Action.RESUME)  # the runner closes the stale one first
+            assert plan(view) in allowed, view
 
 
 def test_qr_rounds_only_when_asked_for() -> None:
@@ -104,6 +107,17 @@ def test_backoff_is_respected() -> None:
         automatic = not view.connection_open  # an open one is replaced only by request
         if view.state in {State.DISCONNECTED, State.ERROR} and not view.retry_due and automatic:
             assert plan(view) not in {Action.RESUME, Action.PAIR}, view
+
+
+def test_a_driver_reconnecting_by_itself_is_watched_not_doubled() -> None:
+    view = SessionView(Desired.RUNNING, State.DISCONNECTED, True, connection_open=True)
+    assert plan(dataclasses.replace(view, retry_due=False)) is Action.WAIT
+    assert plan(view) is Action.RESUME
+
+
+def test_delete_wins_over_everything() -> None:
+    for view in VIEWS:
+        assert (plan(view) is Action.DELETE) is (view.desired is Desired.DELETED)
 
 
 def test_banned_waits_for_the_ban_to_expire() -> None:

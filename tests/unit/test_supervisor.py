@@ -201,7 +201,11 @@ async def test_new_qr_mid_round_replaces_the_round(
     await new_qr(await get(pk=session.pk), "ada")
     second = await until(
         session.pk,
-        lambda s: s["state"] == "qr_required" and s["qr_issued_at"] != first["qr_issued_at"],
+        lambda s: (
+            s is not None
+            and s["state"] == "qr_required"
+            and s["qr_issued_at"] != first["qr_issued_at"]
+        ),
     )
     assert second["qr_svg"] != first["qr_svg"]
     assert world.connects[session.pk] == 2
@@ -249,13 +253,28 @@ async def test_intent_flips_never_open_two_connections(
     assert world.live[session.pk] == 0
 
 
-async def test_delete_drops_the_connection(
+async def test_delete_unlinks_the_device_then_removes_the_row(
     supervisor: Supervisor, world: SimulatedWhatsApp
 ) -> None:
     session = await paired("temp", supervisor)
     await delete(session, "ada")
-    async with asyncio.timeout(5):
-        await world.until_live(session.pk, 0)
+    await until(session.pk, lambda snap: snap is None)
+    assert world.live[session.pk] == 0
+    assert session.jid not in world.devices
+    assert not await sync_to_async(SessionEvent.objects.filter(session_id=session.pk).exists)()
+
+
+async def test_pairing_by_phone_shows_a_code_then_links(
+    supervisor: Supervisor, world: SimulatedWhatsApp
+) -> None:
+    session = await create("by-phone", "ada")
+    await until(session.pk, state_is("qr_required"))
+    await sync_to_async(intents.pair_by_phone)(await get(pk=session.pk), "+4915112345678", "ada")
+    snap = await until(session.pk, lambda s: bool(s and s["pairing_code"]))
+    assert len(snap["pairing_code"]) == 9
+    await scan(session)  # typing the code on the phone
+    await until(session.pk, state_is("connected"))
+    assert world.max_live[session.pk] == 1
 
 
 async def test_a_lost_lease_stops_the_connection_and_fences_writes(

@@ -123,10 +123,45 @@ def test_unknown_actions_are_404(staff_client: Client, session: WaSession) -> No
     assert staff_client.post(reverse("sessions:action", args=[999, "stop"])).status_code == 404
 
 
-def test_delete_removes_the_session(staff_client: Client, session: WaSession) -> None:
+def test_delete_is_an_intent_the_supervisor_carries_out(
+    staff_client: Client, session: WaSession
+) -> None:
     response = staff_client.post(reverse("sessions:action", args=[session.pk, "delete"]))
     assert response["Location"] == reverse("sessions:list")
-    assert not WaSession.objects.filter(pk=session.pk).exists()
+    assert WaSession.objects.get(pk=session.pk).desired_state == "deleted"
+    again = staff_client.post(
+        reverse("sessions:action", args=[session.pk, "start"]), HTTP_ACCEPT="application/json"
+    )
+    assert again.status_code == 409
+    assert WaSession.objects.get(pk=session.pk).desired_state == "deleted"
+
+
+@pytest.mark.parametrize("phone", ["+4915112345678", "+49 151 1234-5678", "+1 (415) 555.0100"])
+def test_pair_by_phone_accepts_international_numbers(
+    staff_client: Client, session: WaSession, phone: str
+) -> None:
+    url = reverse("sessions:action", args=[session.pk, "pair-phone"])
+    response = staff_client.post(url, {"phone": phone}, HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    row = WaSession.objects.get(pk=session.pk)
+    assert row.pair_phone == "".join(c for c in phone if c.isdigit() or c == "+")
+    assert row.pair_request == 1
+
+
+@pytest.mark.parametrize(
+    "phone", ["", "015112345678", "+0151123", "+49abc", "+1234", "+4915112345678901"]
+)
+def test_pair_by_phone_rejects_bad_numbers_with_a_reason(
+    staff_client: Client, session: WaSession, phone: str
+) -> None:
+    url = reverse("sessions:action", args=[session.pk, "pair-phone"])
+    response = staff_client.post(url, {"phone": phone}, HTTP_ACCEPT="application/json")
+    assert response.status_code == 400
+    assert (
+        "phone number" in response.json()["error"]
+        or "international format" in response.json()["error"]
+    )
+    assert WaSession.objects.get(pk=session.pk).pair_request == 0
 
 
 def test_simulated_scan_queues_a_phone_gesture(staff_client: Client, session: WaSession) -> None:

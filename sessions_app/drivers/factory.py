@@ -1,0 +1,23 @@
+"""Build the driver the settings name (``WACONNECT_DRIVER``)."""
+
+from __future__ import annotations
+
+from sessions_app import conf
+from sessions_app.drivers.base import Driver
+
+
+def build_driver() -> Driver:
+    name = conf.driver_name()
+    if name == "simulated":
+        from sessions_app.drivers.simulated import (
+            SimulatedDriver,
+            SimulatedTiming,
+            SimulatedWhatsApp,
+        )
+
+        return SimulatedDriver(SimulatedWhatsApp(SimulatedTiming(**conf.simulated_timing())))
+    if name == "neonize":
+        from sessions_app.drivers.neonize_driver import NeonizeDriver
+
+        return NeonizeDriver(conf.worker_config())
+    raise ValueError(f"unknown WACONNECT_DRIVER {name!r}; expected 'neonize' or 'simulated'")

@@ -1,0 +1,354 @@
+"""The real driver: one neonize worker process per live session, over a socket pair.
+
+The supervisor never imports neonize; this module starts ``python -m
+sessions_app.drivers.neonize_worker`` children, keeps a few warm ones (neonize
+already imported) so a new session does not wait ~215 ms for a start, and turns
+whatever goes wrong with a worker — a malformed message, silence past the
+heartbeat deadline, an exit, a crash — into that session's ``ConnectError``.
+
+Stopping a worker is: ask ("stop"), then SIGTERM, then SIGKILL, with short grace
+periods; nothing here ever waits on neonize's own ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from typing import Any, ClassVar
+
+from sessions_app.drivers import device_store, wire
+from sessions_app.drivers.base import ConnectError, ConnectSpec, DriverError, EventSink
+
+logger = logging.getLogger(__name__)
+worker_log = logging.getLogger("sessions_app.worker")
+
+#: Lines that could carry a QR payload, a pairing code or key material never reach a log.
+_SECRET = re.compile(
+    r"(\d@[A-Za-z0-9+/=,]{20,}|linked_devices#|[A-Za-z0-9+/]{40,}={0,2}|[A-Z0-9]{4}-[A-Z0-9]{4})"
+)
+
+
+def redact(line: str) -> str:
+    return _SECRET.sub("<redacted>", line)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """Timings in seconds; see docs/architecture.md."""
+
+    store: str
+    warm: int = 2
+    heartbeat: float = 2.0
+    deadline: float = 10.0  # silence after which either side gives up on the other
+    ask_grace: float = 1.0  # after "stop", before SIGTERM
+    term_grace: float = 1.0  # after SIGTERM, before SIGKILL
+    log_level: str = "WARNING"
+
+
+class Worker:
+    """One child process and its socket; assigned to at most one session, ever."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.session_id: int | None = None
+        self.on_event: EventSink | None = None
+        self.stopping = False
+        self.last_heard = time.monotonic()
+        self.connecting_at: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failed = False
+        self._killing: asyncio.Future[None] | None = None
+
+    async def spawn(self) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sessions_app.drivers.neonize_worker",
+                "--fd",
+                str(child.fileno()),
+                "--log-level",
+                self.config.log_level,
+                "--heartbeat",
+                str(self.config.heartbeat),
+                "--deadline",
+                str(self.config.deadline),
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal is the supervisor's to handle
+            )
+        finally:
+            child.close()
+        self.reader, self.writer = await asyncio.open_connection(
+            sock=parent, limit=wire.MAX_LINE + 2
+        )
+        loop = asyncio.get_running_loop()
+        pid = self.proc.pid
+        self._tasks = [
+            loop.create_task(self._read_messages(), name=f"worker-{pid}-messages"),
+            loop.create_task(self._read_output(), name=f"worker-{pid}-output"),
+            loop.create_task(self._watch_exit(), name=f"worker-{pid}-exit"),
+            loop.create_task(self._watch_silence(), name=f"worker-{pid}-silence"),
+        ]
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _extra(self) -> dict[str, Any]:
+        return {"session": self.session_id} if self.session_id is not None else {}
+
+    # -- talking ------------------------------------------------------------------------
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        if self.writer is None or self.writer.is_closing():
+            raise DriverError("worker is gone")
+        self.writer.write(wire.encode(kind, **fields))
+        await self.writer.drain()
+
+    def assign(self, spec: ConnectSpec, on_event: EventSink, store: str) -> asyncio.Future[None]:
+        self.session_id = spec.session_id
+        self.on_event = on_event
+        return asyncio.ensure_future(
+            self.send("start", session=spec.session_id, store=store, jid=spec.jid)
+        )
+
+    def fail(self, message: str) -> None:
+        """Report this worker's failure once, as its session's error, and kill it."""
+        if self._failed or self.stopping:
+            return
+        self._failed = True
+        logger.warning("worker %s failed: %s", self.pid, message, extra=self._extra())
+        if self.on_event is not None and self.session_id is not None:
+            self.on_event(ConnectError(self.session_id, message))
+        self._killing = asyncio.ensure_future(self.terminate(ask=False))
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def _read_messages(self) -> None:
+        assert self.reader is not None
+        while True:
+            try:
+                line = await self.reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                self.fail("worker sent an oversized message")
+                return
+            except ConnectionError:
+                line = b""
+            if not line:
+                return  # EOF: _watch_exit reports it
+            self.last_heard = time.monotonic()
+            try:
+                message = wire.decode(line, wire.EVENTS)
+            except wire.ProtocolError as exc:
+                self.fail(f"worker sent a malformed message ({exc})")
+                return
+            self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "ready":
+            self.ready.set()
+            return
+        if kind == "connecting":
+            self.connecting_at = time.monotonic()
+        if self.session_id is None or self.on_event is None or self.stopping:
+            return
+        event = wire.to_driver_event(self.session_id, message)
+        if event is not None:
+            self.on_event(event)
+
+    async def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        level = logging.getLevelName(self.config.log_level.upper())
+        level = level if isinstance(level, int) else logging.WARNING
+        while line := await self.proc.stdout.readline():
+            text = redact(line.decode(errors="replace").rstrip())
+            if text:
+                worker_log.log(level, "[worker %s] %s", self.pid, text, extra=self._extra())
+
+    async def _watch_exit(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        self.exited.set()
+        if self.writer is not None:
+            self.writer.close()
+        if not self.stopping:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            self.fail(f"worker process {how}")
+
+    async def _watch_silence(self) -> None:
+        while not self.exited.is_set():
+            await asyncio.sleep(self.config.heartbeat)
+            if self.writer is not None and not self.writer.is_closing():
+                with contextlib.suppress(Exception):
+                    await self.send("ping")
+            if time.monotonic() - self.last_heard > self.config.deadline:
+                self.fail(f"worker silent for more than {self.config.deadline:.0f}s")
+                return
+
+    # -- stopping -----------------------------------------------------------------------
+
+    async def terminate(self, *, ask: bool = True) -> None:
+        """Ask, then SIGTERM, then SIGKILL; returns once the process is gone."""
+        self.stopping = True
+        if self.proc is None:
+            return
+        steps: list[tuple[str, float]] = []
+        if ask:
+            steps.append(("ask", self.config.ask_grace))
+        steps += [("term", self.config.term_grace), ("kill", 5.0)]
+        for step, grace in steps:
+            if self.exited.is_set():
+                break
+            with contextlib.suppress(ProcessLookupError, DriverError, ConnectionError):
+                if step == "ask":
+                    await self.send("stop")
+                elif step == "term":
+                    self.proc.send_signal(signal.SIGTERM)
+                else:
+                    self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exited.wait(), grace)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class NeonizeDriver:
+    """The :class:`~sessions_app.drivers.base.Driver` backed by neonize worker processes."""
+
+    name: ClassVar[str] = "neonize"
+    simulated: ClassVar[bool] = False
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.workers: dict[int, Worker] = {}
+        self._warm: list[Worker] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._schema_ready = False
+
+    # -- the warm pool ------------------------------------------------------------------
+
+    async def _spawn(self) -> Worker:
+        worker = Worker(self.config)
+        await worker.spawn()
+        return worker
+
+    def _top_up(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.get_running_loop().create_task(
+                self._fill(), name="neonize-warm-pool"
+            )
+
+    async def _fill(self) -> None:
+        while len(self._warm) < self.config.warm:
+            worker = await self._spawn()
+            self._warm.append(worker)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.ready.wait(), 30)
+
+    async def _take(self) -> Worker:
+        while self._warm:
+            worker = self._warm.pop(0)
+            if not worker.exited.is_set():
+                return worker
+        return await self._spawn()
+
+    async def prepare(self) -> None:
+        """Create the store schema once, then warm the pool: before any session starts."""
+        if not self._schema_ready:
+            await asyncio.to_thread(ensure_store_schema, self.config.store)
+            self._schema_ready = True
+        self._top_up()
+
+    # -- the Driver protocol ------------------------------------------------------------
+
+    async def start(self, spec: ConnectSpec, on_event: EventSink) -> None:
+        if spec.session_id in self.workers:
+            raise DriverError(f"session {spec.session_id} already has a worker")
+        await self.prepare()
+        worker = await self._take()
+        self.workers[spec.session_id] = worker
+        self._top_up()
+        try:
+            await worker.assign(spec, on_event, self.config.store)
+        except (DriverError, ConnectionError) as exc:
+            worker.fail(f"could not hand the session to its worker: {exc}")
+
+    async def stop(self, session_id: int) -> None:
+        worker = self.workers.pop(session_id, None)
+        if worker is not None:
+            await worker.terminate()
+
+    async def logout(self, session_id: int, jid: str) -> None:
+        worker = self.workers.get(session_id)
+        if worker is not None and not worker.exited.is_set():
+            with contextlib.suppress(DriverError, ConnectionError):
+                worker.stopping = True  # its own "logged_out" is ours to report
+                await worker.send("logout")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.exited.wait(), self.config.ask_grace + 2)
+        await self.stop(session_id)
+        if jid:
+            await asyncio.to_thread(device_store.delete_device, self.config.store, jid)
+
+    async def request_pairing_code(self, session_id: int, phone: str) -> None:
+        worker = self.workers.get(session_id)
+        if worker is None:
+            raise DriverError("no connection is open to link by phone number")
+        await worker.send("pair_phone", phone=phone)
+
+    async def forget(self, jid: str) -> None:
+        """Remove a device from the store (the session was deleted)."""
+        await asyncio.to_thread(device_store.delete_device, self.config.store, jid)
+
+    async def aclose(self) -> None:
+        workers = list(self.workers.values()) + self._warm
+        self.workers.clear()
+        self._warm.clear()
+        if self._refill is not None:
+            self._refill.cancel()
+        await asyncio.gather(*(w.terminate() for w in workers), return_exceptions=True)
+
+
+def ensure_store_schema(store: str) -> None:
+    """Have neonize create (or upgrade) its tables once, in a throwaway process.
+
+    Two workers opening a new store at once would both run the migration and race.
+    """
+    import subprocess
+
+    code = (
+        "import logging,sys; logging.basicConfig(level=logging.ERROR);"
+        "from neonize.client import ClientFactory\n"
+        "try: ClientFactory.get_all_devices_from_db(sys.argv[1])\n"
+        "except ValueError: pass  # neonize mis-parses some push names; the schema exists"
+    )
+    if not device_store.is_postgres(store):
+        os.makedirs(os.path.dirname(os.path.abspath(store)), exist_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, store], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise DriverError(
+            f"could not create the neonize store: {redact(result.stderr.strip())[-500:]}"
+        )

@@ -1,0 +1,126 @@
+"""The messages between the supervisor and a neonize worker process: small, versioned
+JSON lines over a socket pair.
+
+Both sides import this module; it depends on the standard library and the driver
+event types only. Anything that does not decode to a known, well-formed message is
+a :class:`ProtocolError`, which the supervisor treats as that session's error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from sessions_app.drivers.base import (
+    Banned,
+    Connected,
+    ConnectError,
+    Disconnected,
+    DriverEvent,
+    KeepAliveRestored,
+    KeepAliveTimeout,
+    LoggedOut,
+    PairingCode,
+    PairSuccess,
+    QrCode,
+    QrTimeout,
+    Replaced,
+)
+
+VERSION = 1
+MAX_LINE = 64 * 1024
+
+#: Commands the supervisor sends, with their required fields and types.
+COMMANDS: dict[str, dict[str, type]] = {
+    "start": {"session": int, "store": str, "jid": str},
+    "stop": {},
+    "logout": {},
+    "pair_phone": {"phone": str},
+    "ping": {},
+}
+
+#: Events a worker sends, with their required fields and types.
+EVENTS: dict[str, dict[str, type]] = {
+    "ready": {},  # warm: neonize imported, waiting for "start"
+    "heartbeat": {},
+    "connecting": {},  # about to call neonize's connect()
+    "qr": {"code": str, "valid_for": float},
+    "pair_code": {"code": str},
+    "paired": {"jid": str, "push_name": str},
+    "connected": {},
+    "disconnected": {},
+    "keepalive_timeout": {},
+    "keepalive_restored": {},
+    "logged_out": {"reason": str},
+    "replaced": {},
+    "banned": {"expire": float, "reason": str},
+    "qr_timeout": {},
+    "error": {"message": str, "retryable": bool},
+    "stopped": {},
+}
+
+
+class ProtocolError(ValueError):
+    """A line from the other side that is not a valid message."""
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """One message as a JSON line; ``kind`` is the command or event name."""
+    return json.dumps({"v": VERSION, "t": kind, **fields}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes, schema: dict[str, dict[str, type]]) -> dict[str, Any]:
+    """Parse and validate one line against ``schema`` (COMMANDS or EVENTS)."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"message of {len(line)} bytes exceeds {MAX_LINE}")
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise ProtocolError("not JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not an object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {message.get('v')!r}")
+    kind = message.get("t")
+    if kind not in schema:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    for name, expected in schema[kind].items():
+        value = message.get(name)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = message[name] = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ProtocolError(f"{kind}: field {name!r} must be {expected.__name__}")
+    return message
+
+
+def to_driver_event(session_id: int, message: dict[str, Any]) -> DriverEvent | None:
+    """The driver event a worker message stands for (None for housekeeping)."""
+    kind = message["t"]
+    if kind == "qr":
+        return QrCode(session_id, code=message["code"], valid_for=message["valid_for"])
+    if kind == "pair_code":
+        return PairingCode(session_id, code=message["code"])
+    if kind == "paired":
+        return PairSuccess(session_id, jid=message["jid"], push_name=message["push_name"])
+    if kind == "connected":
+        return Connected(session_id)
+    if kind == "disconnected":
+        # whatsmeow reconnects by itself after a network drop.
+        return Disconnected(session_id, reason="connection lost", will_retry=True)
+    if kind == "keepalive_timeout":
+        return KeepAliveTimeout(session_id)
+    if kind == "keepalive_restored":
+        return KeepAliveRestored(session_id)
+    if kind == "logged_out":
+        return LoggedOut(session_id, reason=message["reason"])
+    if kind == "replaced":
+        return Replaced(session_id)
+    if kind == "banned":
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=message["expire"])
+        return Banned(session_id, until=until, reason=message["reason"])
+    if kind == "qr_timeout":
+        return QrTimeout(session_id)
+    if kind == "error":
+        return ConnectError(session_id, message["message"], retryable=message["retryable"])
+    return None
