@@ -110,5 +110,5 @@ def phone_gesture(session: WaSession, gesture: str, actor: str) -> None:
         raise ValueError(f"unknown gesture {gesture!r}")
     with transaction.atomic():
         PhoneAction.objects.create(session=session, gesture=gesture)
-        _log(session.pk, actor, f"simulated phone: {PhoneAction.Gesture(gesture).label.lower()}")
+        _log(session.pk, actor, f"simulated phone: {gesture}")
         _ring_after_commit(session.pk, f"phone {gesture}")

@@ -733,8 +733,11 @@ class Supervisor:
         self._wake.set()  # the first pass runs at once
         while True:
             periodic = False
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that races the wake-up, and this loop would never end.
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
+                async with asyncio.timeout(self.config.reconcile_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 periodic = True
             self._wake.clear()

@@ -107,7 +107,7 @@ class SessionActionView(StaffRequiredMixin, View):
             if gesture not in PhoneAction.Gesture.values:
                 raise Http404("unknown gesture")
             intents.phone_gesture(session, gesture, actor)
-            message = f"Simulated phone: {PhoneAction.Gesture(gesture).label.lower()}."
+            message = f"Simulated phone: {gesture}."
         else:
             raise Http404("unknown action")
         if wants_json:

@@ -51,6 +51,7 @@ class WorkerConfig:
     ask_grace: float = 1.0  # after "stop", before SIGTERM
     term_grace: float = 1.0  # after SIGTERM, before SIGKILL
     log_level: str = "WARNING"
+    module: str = "sessions_app.drivers.neonize_worker"  # tests swap in a misbehaving one
 
 
 class Worker:
@@ -78,7 +79,7 @@ class Worker:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "sessions_app.drivers.neonize_worker",
+                self.config.module,
                 "--fd",
                 str(child.fileno()),
                 "--log-level",
@@ -225,7 +226,8 @@ class Worker:
                 else:
                     self.proc.kill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exited.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self.exited.wait()
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -245,22 +247,30 @@ class NeonizeDriver:
         self._warm: list[Worker] = []
         self._refill: asyncio.Task[None] | None = None
         self._schema_ready = False
+        self._closed = False
+        self._spawned: list[Worker] = []  # every worker ever started, for aclose
 
     # -- the warm pool ------------------------------------------------------------------
 
     async def _spawn(self) -> Worker:
+        if self._closed:
+            raise DriverError("the driver is closed")
         worker = Worker(self.config)
+        self._spawned.append(worker)
         await worker.spawn()
+        self._spawned = [w for w in self._spawned if not w.exited.is_set()]
         return worker
 
     def _top_up(self) -> None:
+        if self._closed:
+            return
         if self._refill is None or self._refill.done():
             self._refill = asyncio.get_running_loop().create_task(
                 self._fill(), name="neonize-warm-pool"
             )
 
     async def _fill(self) -> None:
-        while len(self._warm) < self.config.warm:
+        while len(self._warm) < self.config.warm and not self._closed:
             worker = await self._spawn()
             self._warm.append(worker)
             with contextlib.suppress(TimeoutError):
@@ -322,11 +332,15 @@ class NeonizeDriver:
         await asyncio.to_thread(device_store.delete_device, self.config.store, jid)
 
     async def aclose(self) -> None:
-        workers = list(self.workers.values()) + self._warm
+        """Stop every worker, warm or busy; wait for a spawn under way to finish first."""
+        self._closed = True
+        if self._refill is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._refill), 30)
+        workers = self._spawned
         self.workers.clear()
         self._warm.clear()
-        if self._refill is not None:
-            self._refill.cancel()
+        self._spawned = []
         await asyncio.gather(*(w.terminate() for w in workers), return_exceptions=True)
 
 

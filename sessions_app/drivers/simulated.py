@@ -143,7 +143,8 @@ class SimulatedWhatsApp:
             self.qr_issued[conn.session_id] += 1
             conn.emit(QrCode(conn.session_id, code=self._qr_payload(), valid_for=ttl))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(conn.scanned.wait(), ttl)
+                async with asyncio.timeout(ttl):
+                    await conn.scanned.wait()
                 break
         else:
             conn.awaiting_scan = False

@@ -12,6 +12,7 @@
   const empty = document.getElementById("rows-empty");
   const status = document.getElementById("socket-status");
   if (!tbody) return;
+  status.hidden = false; // only meaningful with this script running
 
   const detailUrlTemplate = tbody.dataset.detailUrl; // ".../sessions/0/"
 
@@ -61,7 +62,10 @@
       badge.dataset.state = row.state;
       badge.className = "state-badge state-" + row.state;
     }
-    if (badge.textContent !== row.state_label) badge.textContent = row.state_label;
+    const deleting = row.desired_state === "deleted";
+    badge.classList.toggle("is-deleting", deleting);
+    const label = deleting ? "Deleting…" : row.state_label;
+    if (badge.textContent !== label) badge.textContent = label;
     setCell(cells[2], row.phone);
     setCell(cells[3], row.push_name);
     setCell(cells[4], row.desired_state);

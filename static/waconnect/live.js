@@ -23,13 +23,18 @@
   const BACKOFF_MAX = 10000;
   const PING_EVERY = 25000;
 
+  function loginPath() {
+    return (document.body && document.body.dataset.loginUrl) || "/accounts/login/";
+  }
+
   waconnect.loginUrl = function () {
-    const base = document.body.dataset.loginUrl || "/accounts/login/";
-    return base + "?next=" + encodeURIComponent(location.pathname + location.search);
+    // Encoded like Django's own redirect: slashes stay readable.
+    const next = encodeURIComponent(location.pathname + location.search).replace(/%2F/g, "/");
+    return loginPath() + "?next=" + next;
   };
 
   /**
-   * handlers.onMessage(msg)  every message except pongs
+   * handlers.onMessage(msg, receivedAt)  every message except pongs (receivedAt: wall-clock ms)
    * handlers.onStatus(bool)  true once the first message arrived, false when the socket dropped
    * handlers.onFatal(code)   4403 / 4404: the socket will not reconnect
    */
@@ -61,6 +66,7 @@
       ws = socket;
       socket.onmessage = function (event) {
         if (socket !== ws) return;
+        const receivedAt = waconnect.now();
         let msg;
         try {
           msg = JSON.parse(event.data);
@@ -71,7 +77,7 @@
         // with 4401/4403/4404 when it refuses), so reset the backoff here.
         delay = BACKOFF_FIRST;
         setOnline(true);
-        if (msg && msg.type !== "pong" && handlers.onMessage) handlers.onMessage(msg);
+        if (msg && msg.type !== "pong" && handlers.onMessage) handlers.onMessage(msg, receivedAt);
       };
       socket.onopen = function () {
         clearInterval(pingTimer);
@@ -159,7 +165,8 @@
 
   /**
    * Post every <form data-action-form> under root with fetch instead of a page load.
-   * The answer is {ok, message, redirect}; the new state arrives over the socket.
+   * The answer is {ok, message, redirect} (or {ok: false, error} with a 4xx status);
+   * the new state arrives over the socket.
    */
   waconnect.enhanceActionForms = function (root, options) {
     const opts = options || {};
@@ -179,28 +186,35 @@
       })
         .then(function (response) {
           const type = response.headers.get("Content-Type") || "";
-          if (response.ok && type.indexOf("application/json") !== -1) {
+          if (type.indexOf("application/json") !== -1) {
             return response.json().then(function (data) {
+              if (!response.ok || data.ok === false) {
+                waconnect.toast(data.error || data.message || "HTTP " + response.status, "error");
+                return;
+              }
               if (opts.onResult) opts.onResult(form.dataset.action, data);
               if (form.dataset.action === "delete" && data.redirect) {
                 location.assign(data.redirect);
                 return;
               }
-              waconnect.toast(data.message, data.ok === false ? "error" : "ok");
+              waconnect.toast(data.message, "ok");
             });
           }
-          if (response.redirected && response.url.indexOf(document.body.dataset.loginUrl || "/accounts/login/") !== -1) {
+          if (response.redirected && response.url.indexOf(loginPath()) !== -1) {
             location.assign(waconnect.loginUrl()); // the login session expired
             return;
           }
           const reason = response.status === 404 ? "the session no longer exists" : "HTTP " + response.status;
-          waconnect.toast("Could not " + (button ? button.textContent.trim().toLowerCase() : "do that") + ": " + reason + ".", "error");
+          const what = button ? button.textContent.trim().toLowerCase() : "do that";
+          waconnect.toast("Could not " + what + ": " + reason + ".", "error");
         })
         .catch(function () {
           waconnect.toast("Network error: the request did not reach the server.", "error");
         })
         .finally(function () {
-          if (button) button.disabled = false;
+          // A session being deleted (or gone) keeps its buttons disabled.
+          const frozen = root.classList.contains("is-deleting") || root.classList.contains("is-gone");
+          if (button) button.disabled = frozen;
         });
     });
   };

@@ -1,55 +1,66 @@
 /* waconnect: the session detail page, kept live over /ws/sessions/<pk>/.
  *
- * The page is rendered server-side from the same snapshot this script receives,
- * so the QR code shows before the socket connects. Each snapshot updates only
- * what changed; a new QR code is one innerHTML swap of #qr.
+ * Loaded in <head>: the socket opens while the page is still being parsed (its
+ * path comes from <meta name="waconnect-ws">), and messages that arrive before
+ * DOMContentLoaded wait in a queue. The page itself is rendered server-side from
+ * the same snapshot the socket sends, so the QR code shows even without it. Each
+ * snapshot updates only what changed; a new QR code is one innerHTML swap of #qr.
  *
  * window.waconnectMetrics (read by benchmarks/bench_qr_latency.py):
- *   firstQrShownAt  wall-clock ms when the first QR code was on screen
- *   swaps           [{issuedAt, shownAt}] for every later QR code
+ *   firstQrShownAt   wall-clock ms when the first QR code was on screen
+ *   firstQrIssuedAt  that code's qr_issued_at (server wall clock, ms)
+ *   firstQrFrom      "page" (rendered server-side) or "socket"
+ *   firstMessageAt   when the socket delivered its first message
+ *   swaps            [{issuedAt, shownAt, receivedAt}] for every later QR code
+ *                    (receivedAt: when its socket message arrived)
  */
 (function () {
   "use strict";
 
   const waconnect = window.waconnect;
   const metrics = (window.waconnectMetrics = window.waconnectMetrics || { firstQrShownAt: null, swaps: [] });
+  metrics.firstQrFrom = null;
+  metrics.firstMessageAt = null;
 
-  const root = document.getElementById("detail");
-  const dataEl = document.getElementById("session-snapshot");
-  if (!root || !dataEl) return;
+  const wsMeta = document.querySelector('meta[name="waconnect-ws"]');
+  if (!wsMeta) return;
+
+  // -- the socket, opened at once; its callbacks wait for the DOM -------------------------
+
+  let ready = false;
+  const early = []; // [handler, args] received before DOMContentLoaded
+  function whenReady(handler) {
+    return function () {
+      if (ready) handler.apply(null, arguments);
+      else early.push([handler, arguments]);
+    };
+  }
+  const socket = waconnect.liveSocket(wsMeta.content, {
+    onMessage: whenReady(function (msg, receivedAt) {
+      onMessage(msg, receivedAt);
+    }),
+    onStatus: whenReady(function (online) {
+      waconnect.showSocketStatus(el.status, online);
+    }),
+    onFatal: whenReady(function (code) {
+      onFatal(code);
+    }),
+  });
+
+  // -- page state (set at DOMContentLoaded) -----------------------------------------------
+
+  let root = null;
+  let el = null;
+  let current = null;
+  let shownQrKey = null; // qr_issued_at (or the SVG itself) of the code on screen
+  let eventsKey = null; // ids of the events in the table
+  let lastReceivedAt = null; // when the snapshot being rendered arrived
 
   function $(id) {
     return document.getElementById(id);
   }
-  const el = {
-    state: $("state"),
-    qrArea: $("qr-area"),
-    qr: $("qr"),
-    countdown: $("qr-countdown"),
-    pairing: $("pairing"),
-    pairingCode: $("pairing-code"),
-    phone: $("phone"),
-    pushName: $("push-name"),
-    desired: $("desired-state"),
-    retryCount: $("retry-count"),
-    nextRetry: $("next-retry"),
-    bannedUntil: $("banned-until"),
-    leaseOwner: $("lease-owner"),
-    lastErrorBox: $("last-error-box"),
-    lastError: $("last-error"),
-    events: $("events"),
-    status: $("socket-status"),
-    gone: $("gone"),
-    goneText: $("gone-text"),
-    hints: Array.prototype.slice.call(document.querySelectorAll("#hints [data-for-state]")),
-  };
 
   const KIND_LABELS = { intent: "Intent", state: "State change", error: "Error", lease: "Lease", info: "Info" };
-
-  let current = JSON.parse(dataEl.textContent);
-  let shownQrKey = null; // qr_issued_at (or the SVG itself) of the code on screen
-  let eventsKey = null; // ids of the events in the table
-  let socket = null;
 
   // -- small DOM helpers: write only when the value differs ---------------------------
 
@@ -65,6 +76,11 @@
 
   // -- rendering ----------------------------------------------------------------------
 
+  function setButtonsDisabled(disabled) {
+    const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button");
+    for (const button of buttons) button.disabled = disabled;
+  }
+
   function renderState(snap) {
     if (el.state.dataset.state !== snap.state) {
       el.state.dataset.state = snap.state;
@@ -72,7 +88,17 @@
       root.dataset.state = snap.state;
       for (const hint of el.hints) setHidden(hint, hint.dataset.forState !== snap.state);
     }
-    setText(el.state, snap.state_label);
+    // Deleting is an intent the supervisor carries out; until the row is gone the
+    // session is shown as "Deleting…" and accepts no more actions.
+    const deleting = snap.desired_state === "deleted";
+    el.state.classList.toggle("is-deleting", deleting);
+    setText(el.state, deleting ? "Deleting…" : snap.state_label);
+    setHidden(el.deletingHint, !deleting);
+    setHidden(el.hintsBox, deleting);
+    if (deleting !== root.classList.contains("is-deleting")) {
+      root.classList.toggle("is-deleting", deleting);
+      setButtonsDisabled(deleting);
+    }
   }
 
   function renderQr(snap) {
@@ -88,8 +114,13 @@
     el.qr.innerHTML = snap.qr_svg; // segno's SVG, made server-side: never user input
     setHidden(el.qrArea, false);
     const shownAt = waconnect.now();
-    if (metrics.firstQrShownAt === null) metrics.firstQrShownAt = shownAt;
-    else metrics.swaps.push({ issuedAt: snap.qr_issued_at, shownAt: shownAt });
+    if (metrics.firstQrShownAt === null) {
+      metrics.firstQrShownAt = shownAt;
+      metrics.firstQrIssuedAt = snap.qr_issued_at;
+      metrics.firstQrFrom = "socket";
+    } else {
+      metrics.swaps.push({ issuedAt: snap.qr_issued_at, shownAt: shownAt, receivedAt: lastReceivedAt });
+    }
     shownQrKey = key;
   }
 
@@ -180,8 +211,8 @@
   }
 
   function render(snap) {
+    renderQr(snap); // first: the QR swap is what the admin waits for
     renderState(snap);
-    renderQr(snap);
     renderPairing(snap);
     renderFacts(snap);
     renderEvents(snap);
@@ -197,6 +228,7 @@
   function tick() {
     if (current.qr_expires_at && shownQrKey !== null) {
       const left = secondsLeft(current.qr_expires_at);
+      setText(el.countdownLabel, "Expires in");
       setText(el.countdown, left > 0 ? left + " s" : "a moment (waiting for the next code)");
       el.countdown.dataset.expiresAt = String(current.qr_expires_at);
       el.countdown.classList.toggle("is-low", left <= 5);
@@ -218,17 +250,19 @@
     setText(el.goneText, text);
     setHidden(el.gone, false);
     root.classList.add("is-gone");
-    for (const button of root.querySelectorAll("#actions button, #simulated-phone button")) button.disabled = true;
+    setButtonsDisabled(true);
     waconnect.showSocketStatus(el.status, false, "closed");
   }
 
-  function onMessage(msg) {
+  function onMessage(msg, receivedAt) {
+    if (metrics.firstMessageAt === null) metrics.firstMessageAt = receivedAt;
     if (msg.type === "snapshot" && msg.snapshot) {
       if (msg.snapshot.version < current.version) return; // stale push, already superseded
       current = msg.snapshot;
+      lastReceivedAt = receivedAt;
       render(current);
     } else if (msg.type === "removed") {
-      if (socket) socket.stop();
+      socket.stop();
       showGone("This session was deleted.");
     }
   }
@@ -240,26 +274,62 @@
 
   // -- start --------------------------------------------------------------------------
 
-  // The server rendered the page from `current`; adopt its QR code and events.
-  if (current.state === "qr_required" && current.qr_svg && el.qr.querySelector("svg")) {
-    shownQrKey = current.qr_issued_at !== null ? String(current.qr_issued_at) : current.qr_svg;
-    metrics.firstQrShownAt = waconnect.now();
-  }
-  eventsKey = Array.prototype.map.call(el.events.rows, function (tr) { return tr.dataset.id; }).join(",");
-  for (const time of el.events.querySelectorAll("time[data-ms]")) {
-    const ms = Number(time.dataset.ms);
-    time.textContent = waconnect.formatTime(ms);
-    time.title = waconnect.formatDateTime(ms);
-  }
-  render(current);
-  setInterval(tick, 1000);
+  function start() {
+    root = $("detail");
+    const dataEl = $("session-snapshot");
+    if (!root || !dataEl) {
+      socket.stop();
+      return;
+    }
+    el = {
+      state: $("state"),
+      qrArea: $("qr-area"),
+      qr: $("qr"),
+      countdown: $("qr-countdown"),
+      countdownLabel: $("qr-countdown-label"),
+      pairing: $("pairing"),
+      pairingCode: $("pairing-code"),
+      phone: $("phone"),
+      pushName: $("push-name"),
+      desired: $("desired-state"),
+      retryCount: $("retry-count"),
+      nextRetry: $("next-retry"),
+      bannedUntil: $("banned-until"),
+      leaseOwner: $("lease-owner"),
+      lastErrorBox: $("last-error-box"),
+      lastError: $("last-error"),
+      events: $("events"),
+      status: $("socket-status"),
+      gone: $("gone"),
+      goneText: $("gone-text"),
+      hints: Array.prototype.slice.call(document.querySelectorAll("#hints [data-for-state]")),
+      hintsBox: $("hints"),
+      deletingHint: $("deleting-hint"),
+    };
+    current = JSON.parse(dataEl.textContent);
+    el.status.hidden = false; // only meaningful with this script running
 
-  socket = waconnect.liveSocket(root.dataset.wsPath, {
-    onMessage: onMessage,
-    onStatus: function (online) {
-      waconnect.showSocketStatus(el.status, online);
-    },
-    onFatal: onFatal,
-  });
-  waconnect.enhanceActionForms(root);
+    // The server rendered the page from `current`: adopt its QR code and events.
+    if (current.state === "qr_required" && current.qr_svg && el.qr.querySelector("svg")) {
+      shownQrKey = current.qr_issued_at !== null ? String(current.qr_issued_at) : current.qr_svg;
+      metrics.firstQrShownAt = waconnect.now();
+      metrics.firstQrIssuedAt = current.qr_issued_at;
+      metrics.firstQrFrom = "page";
+    }
+    eventsKey = Array.prototype.map.call(el.events.rows, function (tr) { return tr.dataset.id; }).join(",");
+    for (const time of el.events.querySelectorAll("time[data-ms]")) {
+      const ms = Number(time.dataset.ms);
+      time.textContent = waconnect.formatTime(ms);
+      time.title = waconnect.formatDateTime(ms);
+    }
+    render(current);
+    setInterval(tick, 1000);
+    waconnect.enhanceActionForms(root);
+
+    ready = true;
+    for (const [handler, args] of early.splice(0)) handler.apply(null, args);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();
