@@ -40,6 +40,7 @@ test: venv chromium services lint
 unit: venv
 	$(BIN)/python -m pytest tests/unit
 
-## bench: the QR latency benchmark (results go in docs/benchmarks.md)
+## bench: the benchmarks (results go in docs/benchmarks.md)
 bench: venv chromium
 	$(BIN)/python benchmarks/bench_qr_latency.py --sessions 50
+	$(BIN)/python benchmarks/bench_workers.py

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.utils import timezone
 
 from sessions_app import doorbell, leases, snapshots
 from sessions_app.conf import SupervisorConfig, supervisor_config
+from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.base import (
     Banned,
     Connected,
@@ -76,20 +76,34 @@ _QR_CLEARED: dict[str, Any] = {
 }
 
 
-@database_sync_to_async
+@supervisor_db
 def _db_write(
-    lease: Lease, fields: dict[str, Any], event: EventRecord | None
+    lease: Lease,
+    fields: dict[str, Any],
+    event: EventRecord | None,
+    row: WaSession | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """Fenced write; on success the fresh snapshot and list row to publish."""
+    """Fenced write; on success the snapshot and list row to publish.
+
+    With ``row`` (the session as just read by this owner, the only writer of
+    observed columns) the snapshot is built from it plus ``fields`` instead of
+    reading the row again; the event log is sent only when it changed. This
+    keeps a QR rotation to two statements on the path to the browser.
+    """
     if not leases.write(lease, fields, event):
         return None
-    session = leases.load(lease.session_id)
+    session = row if row is not None else leases.load(lease.session_id)
     if session is None:
         return None
-    return snapshots.snapshot(session), snapshots.row(session)
+    if row is not None:
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row.version += 1
+    with_events = event is not None or row is None
+    return snapshots.snapshot(session, with_events=with_events), snapshots.row(session)
 
 
-@database_sync_to_async
+@supervisor_db
 def _db_release(
     lease: Lease, fields: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -101,16 +115,16 @@ def _db_release(
     return snapshots.snapshot(session), snapshots.row(session)
 
 
-_db_load = database_sync_to_async(leases.load)
-_db_claim = database_sync_to_async(leases.claim)
-_db_renew = database_sync_to_async(leases.renew)
-_db_release_all = database_sync_to_async(leases.release_all)
+_db_load = supervisor_db(leases.load)
+_db_claim = supervisor_db(leases.claim)
+_db_renew = supervisor_db(leases.renew)
+_db_release_all = supervisor_db(leases.release_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
 
 
-@database_sync_to_async
+@supervisor_db
 def _db_take_gestures(session_id: int) -> list[str]:
     """Take the simulated phone's pending gestures; stale ones are dropped unapplied."""
     actions = list(PhoneAction.objects.filter(session_id=session_id))
@@ -119,7 +133,7 @@ def _db_take_gestures(session_id: int) -> list[str]:
     return [a.gesture for a in actions if a.created_at >= fresh_since]
 
 
-@database_sync_to_async
+@supervisor_db
 def _db_log(session_id: int, kind: str, message: str, actor: str) -> None:
     SessionEvent.objects.create(session_id=session_id, kind=kind, message=message, actor=actor)
 
@@ -324,6 +338,7 @@ class SessionRunner:
             trigger,
             why,
             {"connect_served": session.connect_request, "banned_until": None, **_QR_CLEARED},
+            row=session,
         )
         self.attempt += 1
         attempt = self.attempt
@@ -371,7 +386,7 @@ class SessionRunner:
             )
         except Exception as exc:
             logger.warning("could not unlink before deleting: %s", exc, extra=self._extra())
-        if not await database_sync_to_async(leases.delete)(self.lease):
+        if not await supervisor_db(leases.delete)(self.lease):
             raise LeaseLost
         logger.info("deleted session %r", session.name, extra=self._extra())
         await doorbell.publish_removed(self.session_id)
@@ -402,14 +417,21 @@ class SessionRunner:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def _write(self, fields: dict[str, Any], event: EventRecord | None) -> None:
-        published = await _db_write(self.lease, fields, event)
+    async def _write(
+        self, fields: dict[str, Any], event: EventRecord | None, row: WaSession | None = None
+    ) -> None:
+        published = await _db_write(self.lease, fields, event, row)
         if published is None:
             raise LeaseLost
         await doorbell.publish(*published)
 
     async def _transition(
-        self, session: WaSession | State | str, trigger: Trigger, why: str, fields: dict[str, Any]
+        self,
+        session: WaSession | State | str,
+        trigger: Trigger,
+        why: str,
+        fields: dict[str, Any],
+        row: WaSession | None = None,
     ) -> None:
         current = State(session.state if isinstance(session, WaSession) else session)
         target = transition(current, trigger)
@@ -419,7 +441,7 @@ class SessionRunner:
             fields["state_changed_at"] = timezone.now()
             event = EventRecord(SessionEvent.Kind.STATE, why, current, target)
             logger.info("%s → %s: %s", current, target, why, extra=self._extra())
-        await self._write(fields, event)
+        await self._write(fields, event, row)
 
     # -- driver events -----------------------------------------------------------------
 
@@ -432,7 +454,8 @@ class SessionRunner:
         now = timezone.now()
         trigger, why, fields, close = self._map_event(event, session, now)
         if trigger is None:
-            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why) if why else None)
+            info = EventRecord(SessionEvent.Kind.INFO, why) if why else None
+            await self._write(fields, info, session)
             return
         if not is_allowed(state, trigger):
             logger.warning("ignored %s in state %s", trigger, state, extra=self._extra())
@@ -444,7 +467,7 @@ class SessionRunner:
             await self._close_connection()
         if isinstance(event, QrCode):
             self.round_qr_count += 1
-        await self._transition(state, trigger, why, fields)
+        await self._transition(state, trigger, why, fields, row=session)
         await self._after_event(event, session)
 
     async def _after_event(self, event: DriverEvent, session: WaSession) -> None:
@@ -703,7 +726,7 @@ class Supervisor:
             for lease in held:
                 if lease.session_id not in self.runners:
                     # We self-fenced (or crashed a runner) but the DB still says ours.
-                    await database_sync_to_async(leases.release)(lease)
+                    await supervisor_db(leases.release)(lease)
                     self._wake.set()
 
     async def _fence_watchdog(self) -> None:

@@ -79,6 +79,9 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Tests use a file too: an in-memory database shares one cache between threads
+    # and fails with "table is locked" where a file waits for the lock (as in use).
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-waconnect.sqlite3")}
     # WAL lets pages read while the supervisor writes; the timeout waits out a
     # writer instead of failing with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(

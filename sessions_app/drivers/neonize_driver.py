@@ -68,7 +68,8 @@ class Worker:
         self.on_event: EventSink | None = None
         self.stopping = False
         self.last_heard = time.monotonic()
-        self.connecting_at: float | None = None
+        self.connecting_at: float | None = None  # monotonic time neonize was asked to connect
+        self.connecting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed = False
         self._killing: asyncio.Future[None] | None = None
@@ -169,6 +170,7 @@ class Worker:
             return
         if kind == "connecting":
             self.connecting_at = time.monotonic()
+            self.connecting.set()
         if self.session_id is None or self.on_event is None or self.stopping:
             return
         event = wire.to_driver_event(self.session_id, message)
@@ -249,6 +251,8 @@ class NeonizeDriver:
         self._schema_ready = False
         self._closed = False
         self._spawned: list[Worker] = []  # every worker ever started, for aclose
+        self._pending: set[asyncio.Task[None]] = set()
+        self._assigned = asyncio.Event()
 
     # -- the warm pool ------------------------------------------------------------------
 
@@ -276,6 +280,33 @@ class NeonizeDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.ready.wait(), 30)
 
+    def _after_connecting(self, worker: Worker) -> None:
+        async def wait_then_top_up() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await worker.connecting.wait()
+            self._top_up()
+
+        task = asyncio.get_running_loop().create_task(
+            wait_then_top_up(), name="neonize-refill-wait"
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def pool_ready(self) -> None:
+        """Wait until the warm pool is full and every worker in it is ready."""
+        self._top_up()
+        if self._refill is not None:
+            await asyncio.shield(self._refill)
+        await asyncio.gather(*(w.ready.wait() for w in self._warm))
+
+    async def worker_for(self, session_id: int) -> Worker:
+        """The worker serving ``session_id``, once the supervisor has started one."""
+        while session_id not in self.workers:
+            self._assigned.clear()
+            await self._assigned.wait()
+        return self.workers[session_id]
+
     async def _take(self) -> Worker:
         while self._warm:
             worker = self._warm.pop(0)
@@ -298,11 +329,14 @@ class NeonizeDriver:
         await self.prepare()
         worker = await self._take()
         self.workers[spec.session_id] = worker
-        self._top_up()
+        self._assigned.set()
         try:
             await worker.assign(spec, on_event, self.config.store)
         except (DriverError, ConnectionError) as exc:
             worker.fail(f"could not hand the session to its worker: {exc}")
+        # Refill once this worker is connecting: a spawn (a core busy for ~0.3 s
+        # importing neonize) must not compete with the session it replaces.
+        self._after_connecting(worker)
 
     async def stop(self, session_id: int) -> None:
         worker = self.workers.pop(session_id, None)
