@@ -233,18 +233,15 @@ class SessionRunner:
         fields: dict[str, Any] = {}
         event = None
         state = State(session.state)
-        if state in LIVE_STATES and state is not State.DISCONNECTED:
+        if state in LIVE_STATES and is_allowed(state, Trigger.DISCONNECTED):
             why = (
                 "supervisor shutting down; handing over"
                 if self.exit_reason == "handover"
                 else "supervisor error"
             )
-            fields = {
-                "state": State.DISCONNECTED,
-                "state_changed_at": timezone.now(),
-                **_QR_CLEARED,
-            }
-            event = EventRecord(SessionEvent.Kind.STATE, why, state, State.DISCONNECTED)
+            target = transition(state, Trigger.DISCONNECTED)
+            fields = {"state": target, "state_changed_at": timezone.now(), **_QR_CLEARED}
+            event = EventRecord(SessionEvent.Kind.STATE, why, state, target)
         if event is not None and not await _db_write(self.lease, fields, event):
             return
         self.sup._runner_done(self)  # before the release: a re-claim gets a new runner

@@ -183,6 +183,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sessions_app": {"level": LOG_LEVEL},
-        "django.channels.server": {"level": "INFO"},
+        # Daphne's request log; not also through Django's own "django" console.
+        "django.channels.server": {"level": "INFO", "handlers": ["console"], "propagate": False},
     },
 }

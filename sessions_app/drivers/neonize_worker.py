@@ -303,6 +303,8 @@ def configure_logging(level: str) -> None:
     numeric = numeric if isinstance(numeric, int) else logging.WARNING
     for name in ("waconnect", "neonize", "whatsmeow", "Whatsmeow"):
         logging.getLogger(name).setLevel(numeric)
+    # waconnect sends no media: neonize's warning that ffmpeg is missing is noise.
+    logging.getLogger("neonize.utils.ffmpeg").setLevel(max(numeric, logging.ERROR))
     # The Go side filters at this logger's own level (read at connect()).
     logging.getLogger("neonize.utils.log").setLevel(max(numeric, logging.INFO))
 
