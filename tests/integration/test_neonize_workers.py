@@ -26,6 +26,7 @@ from sessions_app.conf import SupervisorConfig
 from sessions_app.drivers.neonize_driver import NeonizeDriver, WorkerConfig
 from sessions_app.models import SessionEvent, WaSession
 from sessions_app.supervisor import Supervisor
+from tests.fakes.whatsmeow_store import add_device
 from tests.unit.helpers import settled, state_is, until
 
 pytestmark = [
@@ -204,3 +205,27 @@ async def test_a_real_neonize_worker_fails_at_dns_and_retries_cleanly(
     assert "Traceback" not in caplog.text
     for secret in ("wa.me/settings", "2@", "linked_devices#"):
         assert secret not in caplog.text
+
+
+async def test_a_real_worker_resumes_only_a_device_the_store_holds(tmp_path: Path) -> None:
+    """A JID with no row would make neonize's Go side abort the process: the worker
+    checks first and reports the device as logged out; a stored one is resumed."""
+    stored, missing = await linked_sessions(2)
+    config = worker_config(
+        tmp_path, module="sessions_app.drivers.neonize_worker", warm=1, deadline=10
+    )
+    driver = NeonizeDriver(config)
+    await driver.prepare()
+    await asyncio.to_thread(add_device, config.store, stored.jid)
+    slow_retry = SupervisorConfig(**{**CONFIG.__dict__, "backoff_base": 30.0, "backoff_cap": 60.0})
+    supervisor = Supervisor(driver, config=slow_retry)
+    task = asyncio.create_task(supervisor.run())
+    try:
+        gone = await until(missing.pk, settled("logged_out"), timeout=30)
+        resumed = await until(stored.pk, state_is("error"), timeout=30)
+    finally:
+        supervisor.stop()
+        await task
+    assert gone["phone"] == ""
+    assert "web.whatsapp.com" in resumed["last_error"], "it got as far as dialing WhatsApp"
+    assert [to for to, _ in await history(stored.pk) if to] == ["connecting", "error"]
