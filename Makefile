@@ -33,9 +33,12 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-## test: lint, then every test tier (unit, integration, e2e); nothing may skip
+PG_URL ?= postgres://postgres@127.0.0.1:5432/waconnect
+
+## test: lint, then every test tier (unit, integration, e2e), then the PostgreSQL tier
 test: venv chromium services lint
 	$(BIN)/python -m pytest
+	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest -m postgres tests/postgres
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -64,14 +64,14 @@ def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
         .select_for_update(skip_locked=True)
         .values("id")[:limit]
     )
-    inner_sql, inner_params = inner.query.sql_with_params()
-    sql = (
-        f"UPDATE {_table()} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
-        f"lease_expires_at = %s WHERE id IN ({inner_sql}) RETURNING id, lease_epoch"
-    )
-    params = [owner, now + dt.timedelta(seconds=ttl), *inner_params]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        # Compiled inside the transaction: Django refuses FOR UPDATE outside one.
+        inner_sql, inner_params = inner.query.sql_with_params()
+        sql = (
+            f"UPDATE {_table()} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
+            f"lease_expires_at = %s WHERE id IN ({inner_sql}) RETURNING id, lease_epoch"
+        )
+        cursor.execute(sql, [owner, now + dt.timedelta(seconds=ttl), *inner_params])
         rows = cursor.fetchall()
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
 

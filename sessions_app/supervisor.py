@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.db import connections
 from django.utils import timezone
 
 from sessions_app import doorbell, leases, snapshots
@@ -119,6 +120,7 @@ _db_load = supervisor_db(leases.load)
 _db_claim = supervisor_db(leases.claim)
 _db_renew = supervisor_db(leases.renew)
 _db_release_all = supervisor_db(leases.release_all)
+_db_close = supervisor_db(connections.close_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
@@ -646,6 +648,8 @@ class Supervisor:
             await _db_release_all(self.owner)
         with contextlib.suppress(Exception):
             await self.driver.aclose()
+        with contextlib.suppress(Exception):  # give back our database connection
+            await _db_close()
         logger.info(
             "supervisor %s stopped; %d sessions handed over",
             self.owner,
