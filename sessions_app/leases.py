@@ -48,6 +48,16 @@ def _table() -> str:
     return connection.ops.quote_name(WaSession._meta.db_table)
 
 
+def _expiry(ttl: float) -> tuple[str, list[Any]]:
+    """SQL for "now + ttl" on the database's clock, so hosts need not agree on time.
+
+    SQLite serves one host, whose clock is the only one: it gets the value.
+    """
+    if connection.vendor == "postgresql":
+        return "statement_timestamp() + make_interval(secs => %s)", [float(ttl)]
+    return "%s", [timezone.now() + dt.timedelta(seconds=ttl)]
+
+
 def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
     """Take up to ``limit`` sessions that need an owner and have none, in one statement.
 
@@ -57,7 +67,6 @@ def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
     """
     if limit <= 0:
         return []
-    now = timezone.now()
     inner = (
         WaSession.objects.claimable()
         .order_by("lease_expires_at", "id")
@@ -67,23 +76,26 @@ def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
     with transaction.atomic(), connection.cursor() as cursor:
         # Compiled inside the transaction: Django refuses FOR UPDATE outside one.
         inner_sql, inner_params = inner.query.sql_with_params()
+        expiry_sql, expiry_params = _expiry(ttl)
         sql = (
             f"UPDATE {_table()} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
-            f"lease_expires_at = %s WHERE id IN ({inner_sql}) RETURNING id, lease_epoch"
+            f"lease_expires_at = {expiry_sql} WHERE id IN ({inner_sql}) "
+            f"RETURNING id, lease_epoch"
         )
-        cursor.execute(sql, [owner, now + dt.timedelta(seconds=ttl), *inner_params])
+        cursor.execute(sql, [owner, *expiry_params, *inner_params])
         rows = cursor.fetchall()
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
 
 
 def renew(owner: str, ttl: float) -> list[Lease]:
     """Extend every lease ``owner`` still holds, in one statement; return them."""
+    expiry_sql, expiry_params = _expiry(ttl)
     sql = (
-        f"UPDATE {_table()} SET lease_expires_at = %s "
+        f"UPDATE {_table()} SET lease_expires_at = {expiry_sql} "
         f"WHERE lease_owner = %s RETURNING id, lease_epoch"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [timezone.now() + dt.timedelta(seconds=ttl), owner])
+        cursor.execute(sql, [*expiry_params, owner])
         rows = cursor.fetchall()
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
 

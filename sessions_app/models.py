@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.core.validators import MinLengthValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
@@ -48,9 +49,8 @@ class SessionQuerySet(models.QuerySet["WaSession"]):
         return self.filter(running | stopping | logging_out | deleting)
 
     def lease_free(self) -> SessionQuerySet:
-        """Sessions nobody holds a live lease on."""
-        now = timezone.now()
-        return self.filter(Q(lease_owner="") | Q(lease_expires_at__lt=now))
+        """Sessions nobody holds a live lease on (expiry judged by the database's clock)."""
+        return self.filter(Q(lease_owner="") | Q(lease_expires_at__lt=Now()))
 
     def claimable(self) -> SessionQuerySet:
         """Sessions a supervisor may claim now."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections import Counter
 
 import pytest
 from django.db import connection, connections
+from django.db.models import F
 
 from sessions_app import leases
 from sessions_app.leases import EventRecord
@@ -85,3 +87,21 @@ def test_renewal_returns_only_leases_still_held() -> None:
     held = leases.claim("me", 10, 4)
     WaSession.objects.filter(pk=held[0].session_id).update(lease_owner="other")
     assert {x.session_id for x in leases.renew("me", 10)} == {x.session_id for x in held[1:]}
+
+
+def test_lease_expiry_comes_from_the_database_clock() -> None:
+    make_sessions(1)
+    (lease,) = leases.claim("me", 15, 1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT extract(epoch FROM lease_expires_at - statement_timestamp())"
+            " FROM sessions_app_wasession WHERE id = %s",
+            [lease.session_id],
+        )
+        (remaining,) = cursor.fetchone()
+    assert 14 < float(remaining) <= 15
+    assert not WaSession.objects.claimable().exists(), "a live lease is not claimable"
+    WaSession.objects.filter(pk=lease.session_id).update(
+        lease_expires_at=F("lease_expires_at") - dt.timedelta(seconds=16)
+    )
+    assert WaSession.objects.claimable().count() == 1, "an expired one is"
