@@ -34,11 +34,12 @@ lint: venv
 	$(BIN)/ruff check .
 
 PG_URL ?= postgres://postgres@127.0.0.1:5432/waconnect
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 ## test: lint, then every test tier (unit, integration, e2e), then the PostgreSQL tier
 test: venv chromium services lint
 	$(BIN)/python -m pytest
-	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest -m postgres tests/postgres
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -m pytest -m postgres tests/postgres
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

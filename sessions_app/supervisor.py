@@ -585,6 +585,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._listening = asyncio.Event()
         #: Set after the first reconcile pass: the supervisor is listening and has
         #: claimed what was waiting.
         self.ready = asyncio.Event()
@@ -670,11 +671,13 @@ class Supervisor:
 
     async def _doorbell_loop(self) -> None:
         if self.layer is None:
+            self._listening.set()
             await asyncio.Event().wait()
             return
         channel = await self.layer.new_channel("waconnect.supervisor.")
         await self.layer.group_add(doorbell.SUPERVISORS_GROUP, channel)
         self._channel = channel
+        self._listening.set()
         try:
             failures = 0
             while True:
@@ -754,7 +757,10 @@ class Supervisor:
     # -- reconcile ------------------------------------------------------------------------
 
     async def _reconcile_loop(self) -> None:
-        self._wake.set()  # the first pass runs at once
+        # The first pass runs once the doorbell listens: a ring in between would be
+        # lost until the next periodic pass.
+        await self._listening.wait()
+        self._wake.set()
         while True:
             periodic = False
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
