@@ -14,8 +14,12 @@ session, in one tab, one after another:
    ``sessionStorage`` on submit;
 2. waits on the detail page until ``window.waconnectMetrics.firstQrShownAt`` is
    set (the QR SVG is in the DOM, rendered server-side or from a socket push).
-   **create → QR visible** = ``firstQrShownAt - createClickedAt``: POST, redirect,
-   page load, WebSocket connect and the supervisor's work, whichever comes last;
+   With JavaScript the create page posts with fetch, opens the new session's
+   socket and puts the detail page's markup in place of the form (no second page
+   load; the URL becomes the detail page's); ``firstQrShownAt`` is only set once
+   that markup is in the document and the SVG is in its ``#qr``.
+   **create → QR visible** = ``firstQrShownAt - createClickedAt``: POST, detail
+   markup, WebSocket connect and the supervisor's work, whichever comes last;
 3. stays on the page until ``--swaps`` more codes were swapped in.
    **new QR → image swapped** = ``shownAt - issuedAt`` per swap, where ``issuedAt``
    is the server's ``qr_issued_at`` (wall clock, set when the supervisor handles
@@ -155,8 +159,19 @@ def measure_session(
         # Breakdown of create → QR, all relative to the click:
         "click_to_issued_ms": (metrics.get("firstQrIssuedAt") or math.nan) - clicked,
         "issued_to_shown_ms": shown - (metrics.get("firstQrIssuedAt") or math.nan),
-        "click_to_response_ms": origin + nav.get("responseEnd", math.nan) - clicked,
-        "click_to_dom_ready_ms": origin + nav.get("domContentLoadedEventEnd", math.nan) - clicked,
+        # In-place path (create.js): the POST's answer and the detail markup swapped in;
+        # after a full navigation (no script): the detail page's response and DOMContentLoaded.
+        "in_place": metrics.get("detailShownAt") is not None,
+        "click_to_response_ms": (
+            metrics["createRespondedAt"] - clicked
+            if metrics.get("detailShownAt") is not None
+            else origin + nav.get("responseEnd", math.nan) - clicked
+        ),
+        "click_to_dom_ready_ms": (
+            metrics["detailShownAt"] - clicked
+            if metrics.get("detailShownAt") is not None
+            else origin + nav.get("domContentLoadedEventEnd", math.nan) - clicked
+        ),
         "click_to_socket_message_ms": (metrics.get("firstMessageAt") or math.nan) - clicked,
         "swaps_ms": [s["shownAt"] - s["issuedAt"] for s in metrics["swaps"]],
         "swap_received_ms": [s["receivedAt"] - s["issuedAt"] for s in metrics["swaps"]],
@@ -291,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     create = [r["create_to_qr_ms"] for r in results]
     swaps = [v for r in results for v in r["swaps_ms"]]
     breakdown = {
-        "click → detail page response received": [r["click_to_response_ms"] for r in results],
-        "click → DOMContentLoaded": [r["click_to_dom_ready_ms"] for r in results],
+        "click → create POST answered": [r["click_to_response_ms"] for r in results],
+        "click → detail markup in the page": [r["click_to_dom_ready_ms"] for r in results],
         "click → first socket message": [r["click_to_socket_message_ms"] for r in results],
         "click → first QR issued (server clock)": [r["click_to_issued_ms"] for r in results],
         "first QR issued → visible": [r["issued_to_shown_ms"] for r in results],
@@ -339,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "first_qr_from": {
             src: sum(1 for r in results if r["first_qr_from"] == src) for src in ("page", "socket")
         },
+        "detail_shown_in_place": sum(1 for r in results if r["in_place"]),
         "old_system_bound_ms": OLD_SYSTEM_BOUND_MS,
         "targets_p99_ms": TARGETS_MS,
         "samples": results,
@@ -375,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = report["first_qr_from"]
     print(
         f"first QR came from: server-rendered page {sources['page']}×, "
-        f"socket {sources['socket']}×; browser−server clock offset "
+        f"socket {sources['socket']}×; detail page shown in place (no reload) "
+        f"{report['detail_shown_in_place']}/{len(results)}; browser−server clock offset "
         f"{offset:+.2f} ± {offset_error:.2f} ms; run took {elapsed:.0f} s"
     )
     print(

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin, UserPassesTestMixin
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views import View
 from django.views.generic import CreateView, DetailView, ListView
@@ -43,13 +44,52 @@ class SessionListView(StaffRequiredMixin, ListView):
 
 
 class SessionCreateView(StaffRequiredMixin, CreateView):
+    """The create form. A plain form post gets a redirect (or the page with its
+    errors); the page's script (``Accept: application/json``) gets
+    ``{ok, id, url, ws, html}`` or ``{ok: false, errors}`` with status 400, so it
+    can open the session's socket at once and show the detail page without a
+    second page load.
+    """
+
     model = WaSession
     form_class = SessionCreateForm
     template_name = "sessions_app/create.html"
 
+    def _wants_json(self) -> bool:
+        return "application/json" in self.request.headers.get("Accept", "")
+
     def form_valid(self, form: SessionCreateForm) -> HttpResponse:
         self.object = intents.create_session(form.cleaned_data["name"], _actor(self.request))
+        if self._wants_json():
+            pk = self.object.pk
+            url = reverse("sessions:detail", args=[pk])
+            return JsonResponse(
+                {
+                    "ok": True,
+                    "id": pk,
+                    "url": url,
+                    "ws": f"/ws/sessions/{pk}/",
+                    # The detail page as a GET would render it now: saves the page a request.
+                    "html": _detail_html(self.request, self.object),
+                }
+            )
         return redirect("sessions:detail", pk=self.object.pk)
+
+    def form_invalid(self, form: SessionCreateForm) -> HttpResponse:
+        if self._wants_json():
+            errors = {
+                field: [e["message"] for e in errs]
+                for field, errs in form.errors.get_json_data().items()
+            }
+            return JsonResponse({"ok": False, "errors": errors}, status=400)
+        return super().form_invalid(form)
+
+
+def _detail_html(request: HttpRequest, session: WaSession) -> str:
+    """The detail page for ``session``, rendered like SessionDetailView does."""
+    view = SessionDetailView(request=request, kwargs={"pk": session.pk}, args=())
+    view.object = session
+    return render_to_string(view.template_name, view.get_context_data(), request=request)
 
 
 class SessionDetailView(StaffRequiredMixin, DetailView):

@@ -1,14 +1,194 @@
-/* waconnect: the create page. Records when the admin pressed "create" so the
- * detail page's QR timing can be measured (benchmarks/bench_qr_latency.py). */
+/* waconnect: the create page.
+ *
+ * Records when the admin pressed "create" (sessionStorage
+ * waconnect.createClickedAt), so the QR timing can be measured
+ * (benchmarks/bench_qr_latency.py).
+ *
+ * With this script the form is posted with fetch (Accept: application/json). The
+ * view answers {ok, id, url, ws, html} or {ok: false, errors} (400). On success
+ * the page opens the new session's socket at once (waconnect.sessionPage, the
+ * same code as the detail page), puts the detail page's <main> (html, rendered
+ * by the view; fetched from url if absent) in place of this one, then mounts: the QR code appears as soon as both the markup and a
+ * snapshot with a code are there, without a second full page load. The URL
+ * becomes the detail page's (history.pushState), so reload, bookmarks and back
+ * behave as after the plain form post. Without the script, or when something
+ * unexpected comes back, the form posts the ordinary way (redirect, or the page
+ * with its errors).
+ *
+ * window.waconnectMetrics gets, on this path (wall-clock ms):
+ *   createRespondedAt  the create POST's answer arrived
+ *   detailShownAt      the detail page's markup replaced the form (then mounted)
+ */
 (function () {
   "use strict";
   const form = document.getElementById("create-form");
   if (!form) return;
-  form.addEventListener("submit", function () {
+
+  const waconnect = window.waconnect || {};
+
+  // This page may be reloaded at /sessions/new/ after it turned into a detail page:
+  // the reloaded document then also stands for the detail page's history entry.
+  // Forward to that entry loads what the address bar says.
+  const ownPath = location.pathname;
+  window.addEventListener("popstate", function () {
+    if (location.pathname !== ownPath && !document.getElementById("detail")) location.reload();
+  });
+  const metrics = window.waconnectMetrics;
+  const enhanced =
+    typeof window.fetch === "function" &&
+    typeof window.DOMParser === "function" &&
+    typeof waconnect.sessionPage === "function" &&
+    !!(window.history && history.pushState);
+
+  function recordClick() {
     try {
       sessionStorage.setItem("waconnect.createClickedAt", String(performance.timeOrigin + performance.now()));
     } catch (err) {
       /* storage disabled: the page works without the metric */
     }
+  }
+
+  // -- form errors, shown like the server-rendered ones --------------------------------
+
+  function clearErrors() {
+    for (const node of form.parentNode.querySelectorAll(".form-errors, .field-error")) node.remove();
+    for (const field of form.querySelectorAll(".field.has-error")) field.classList.remove("has-error");
+    for (const help of form.querySelectorAll(".field .help[data-js-hidden]")) {
+      help.hidden = false;
+      delete help.dataset.jsHidden;
+    }
+    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  }
+
+  function showErrors(errors) {
+    clearErrors();
+    let first = null;
+    const general = [];
+    for (const name of Object.keys(errors || {})) {
+      const input = name === "__all__" ? null : form.elements[name];
+      const field = input && input.closest ? input.closest(".field") : null;
+      if (!field) {
+        general.push.apply(general, errors[name]);
+        continue;
+      }
+      field.classList.add("has-error");
+      input.setAttribute("aria-invalid", "true");
+      const help = field.querySelector(".help");
+      if (help && !help.hidden) {
+        help.hidden = true;
+        help.dataset.jsHidden = "1";
+      }
+      for (const message of errors[name]) {
+        const p = document.createElement("p");
+        p.className = "field-error";
+        p.setAttribute("role", "alert");
+        p.id = name + "-error";
+        p.textContent = message;
+        field.appendChild(p);
+      }
+      if (!first) first = input;
+    }
+    if (general.length) {
+      const box = document.createElement("div");
+      box.className = "form-errors";
+      box.setAttribute("role", "alert");
+      box.dataset.js = "1";
+      for (const message of general) {
+        const p = document.createElement("p");
+        p.textContent = message;
+        box.appendChild(p);
+      }
+      form.parentNode.insertBefore(box, form);
+    }
+    if (first) first.focus();
+  }
+
+  // -- success: become the detail page ----------------------------------------------------
+
+  function showDetail(html, url) {
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    const main = document.querySelector("main");
+    const newMain = doc.querySelector("main");
+    if (!main || !newMain || !doc.getElementById("detail")) return false;
+    main.replaceChildren.apply(main, Array.prototype.slice.call(newMain.childNodes));
+    document.title = doc.title;
+    history.pushState({ waconnect: "session-detail" }, "", url);
+    // Back to /sessions/new/ is handled by session.js (mount): it loads the form afresh.
+    window.scrollTo(0, 0);
+    return true;
+  }
+
+  function becomeDetailPage(data) {
+    const page = waconnect.sessionPage(data.ws); // the socket first: it is the longest pole
+    const html =
+      typeof data.html === "string"
+        ? Promise.resolve(data.html) // the view sent the detail page along
+        : fetch(data.url, { headers: { Accept: "text/html" }, credentials: "same-origin" }).then(
+            function (response) {
+              if (!response.ok || response.redirected) throw new Error("HTTP " + response.status);
+              return response.text();
+            }
+          );
+    html
+      .then(function (html) {
+        if (!showDetail(html, data.url)) throw new Error("not a detail page");
+        if (metrics) metrics.detailShownAt = waconnect.now();
+        page.mount();
+      })
+      .catch(function () {
+        // Could not show it in place: load the detail page the ordinary way.
+        page.stop();
+        location.assign(data.url);
+      });
+  }
+
+  // -- the submit ---------------------------------------------------------------------------
+
+  const button = document.getElementById("create-submit");
+  let pending = false;
+
+  form.addEventListener("submit", function (event) {
+    recordClick();
+    if (!enhanced) return;
+    event.preventDefault();
+    if (pending) return;
+    pending = true;
+    if (button) button.disabled = true;
+    const token = form.elements.csrfmiddlewaretoken ? form.elements.csrfmiddlewaretoken.value : "";
+    let done = false; // true once the page moves on (detail shown, or navigating)
+    fetch(form.action || location.href, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { "X-CSRFToken": token, Accept: "application/json" },
+      credentials: "same-origin",
+    })
+      .then(function (response) {
+        const type = response.headers.get("Content-Type") || "";
+        if (type.indexOf("application/json") === -1) {
+          done = true;
+          if (response.redirected && response.url.indexOf(document.body.dataset.loginUrl || "/accounts/login/") !== -1) {
+            location.assign(waconnect.loginUrl()); // the login session expired
+          } else {
+            HTMLFormElement.prototype.submit.call(form); // let the server answer the ordinary way
+          }
+          return;
+        }
+        return response.json().then(function (data) {
+          if (metrics) metrics.createRespondedAt = waconnect.now();
+          if (data.ok && data.url && data.ws) {
+            done = true;
+            becomeDetailPage(data);
+          } else {
+            showErrors(data.errors || { __all__: [data.error || "HTTP " + response.status] });
+          }
+        });
+      })
+      .catch(function () {
+        if (waconnect.toast) waconnect.toast("Network error: the session was not created.", "error");
+      })
+      .finally(function () {
+        pending = false;
+        if (button && !done) button.disabled = false;
+      });
   });
 })();

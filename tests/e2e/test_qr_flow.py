@@ -263,3 +263,89 @@ def test_pairing_code_by_phone_number(logged_in_page: Page) -> None:
     expect(page.locator("#qr svg")).to_have_count(1)
     expect(page.locator("#events")).to_contain_text("pairing code for a phone number ending in 78")
     assert_not_reloaded(page, navigations, 0)
+
+
+def test_create_turns_into_the_detail_page_without_a_page_load(logged_in_page: Page) -> None:
+    """With the script, create shows the detail page in place; reload and back still work."""
+    page = logged_in_page
+    page.goto("/sessions/new/")
+    plant_marker(page)
+    requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            requests.append(f"{r.method} {r.resource_type}") if r.is_navigation_request() else None
+        ),
+    )
+    name = unique_name()
+    page.fill("#id_name", name)
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    page.wait_for_selector("#qr svg")
+
+    assert page.evaluate("() => window.__e2eMarker") == MARKER, "the create page was replaced"
+    assert requests == [], "the browser loaded a page"
+    metrics = page.evaluate("() => window.waconnectMetrics")
+    assert metrics["detailShownAt"] is not None
+    assert metrics["firstQrShownAt"] >= metrics["detailShownAt"]
+    clicked = float(page.evaluate("() => sessionStorage.getItem('waconnect.createClickedAt')"))
+    assert 0 < metrics["firstQrShownAt"] - clicked < TIMEOUT_MS
+    expect(page.locator("#session-name")).to_have_text(name)
+    expect(page).to_have_title(re.compile(re.escape(name)))
+    expect(page.locator("#create-form")).to_have_count(0)
+    expect(page.locator("#simulated-badge")).to_be_visible()
+    expect(page.locator("#socket-status")).to_have_attribute("data-online", "true")
+    expect(page.locator("#qr-countdown")).to_have_text(re.compile(r"^\d+ s$"))
+
+    # The swapped-in page is live: actions go through and come back over the socket.
+    page.click("button[data-action=stop]")
+    expect(page.locator("#state")).to_have_attribute("data-state", "stopped")
+    expect(page.locator("#events")).to_contain_text("asked to stop")
+
+    detail_url = page.url
+    page.reload()
+    expect(page.locator("#session-name")).to_have_text(name)
+    expect(page.locator("#state")).to_have_attribute("data-state", "stopped")
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/sessions/new/$"))
+    expect(page.locator("#create-form")).to_be_visible()
+    page.go_forward()
+    expect(page).to_have_url(detail_url)
+    expect(page.locator("#session-name")).to_have_text(name)
+
+
+def test_back_from_the_in_place_detail_page_shows_the_form(logged_in_page: Page) -> None:
+    """Back right after creating (no reload in between) returns to a working create form."""
+    page = logged_in_page
+    create_session(page, unique_name())
+    page.wait_for_selector("#qr svg")
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/sessions/new/$"))
+    expect(page.locator("#create-form")).to_be_visible()
+    name = unique_name()
+    create_session(page, name)
+    expect(page.locator("#session-name")).to_have_text(name)
+    page.wait_for_selector("#qr svg")
+
+
+def test_create_without_javascript_redirects_to_the_detail_page(
+    browser: Browser, live_server_url: str
+) -> None:
+    """The form works without the script: a plain post, a redirect, errors in the page."""
+    context = browser.new_context(base_url=live_server_url, java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.goto("/sessions/new/")
+        page.fill("#id_name", "-bad name")
+        page.click("#create-submit")
+        expect(page.locator(".field.has-error .field-error")).to_contain_text("letters, digits")
+        name = unique_name()
+        page.fill("#id_name", name)
+        page.click("#create-submit")
+        page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+        expect(page.locator("#session-name")).to_have_text(name)
+        expect(page.locator("#simulated-badge")).to_be_visible()
+    finally:
+        context.close()

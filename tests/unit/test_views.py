@@ -185,3 +185,54 @@ def test_admin_lists_sessions_and_acts_through_intents(
     assert WaSession.objects.get(pk=session.pk).desired_state == "stopped"
     page = staff_client.get(reverse("admin:sessions_app_wasession_change", args=[session.pk]))
     assert b"asked to stop" in page.content
+
+
+def test_create_answers_json_to_the_page_script(staff_client: Client) -> None:
+    response = staff_client.post(
+        reverse("sessions:create"), {"name": "support"}, HTTP_ACCEPT="application/json"
+    )
+    session = WaSession.objects.get(name="support")
+    assert response.status_code == 200
+    data = response.json()
+    html = data.pop("html")
+    assert data == {
+        "ok": True,
+        "id": session.pk,
+        "url": reverse("sessions:detail", args=[session.pk]),
+        "ws": f"/ws/sessions/{session.pk}/",
+    }
+    # The detail page as the GET renders it, so the script needs no second request.
+    detail = staff_client.get(data["url"]).content.decode()
+    for fragment in ['id="detail"', 'id="session-snapshot"', "simulate-scan", "support"]:
+        assert fragment in html
+        assert fragment in detail
+    assert (session.desired_state, session.pair_request) == ("running", 1)
+    assert SessionEvent.objects.get(session=session).actor == "ada"
+
+
+def test_create_answers_json_form_errors_with_400(staff_client: Client) -> None:
+    WaSession.objects.create(name="taken")
+    url = reverse("sessions:create")
+    bad = staff_client.post(url, {"name": "no spaces"}, HTTP_ACCEPT="application/json")
+    assert bad.status_code == 400
+    assert bad.json()["ok"] is False
+    assert "Use letters, digits" in " ".join(bad.json()["errors"]["name"])
+    taken = staff_client.post(url, {"name": "TAKEN"}, HTTP_ACCEPT="application/json")
+    assert taken.status_code == 400
+    assert taken.json()["errors"] == {"name": ["A session with this name already exists."]}
+    assert WaSession.objects.count() == 1
+
+
+def test_create_json_still_needs_staff_and_csrf(
+    client: Client, plain_user: Any, staff_user: Any
+) -> None:
+    url = reverse("sessions:create")
+    anonymous = client.post(url, {"name": "x1"}, HTTP_ACCEPT="application/json")
+    assert anonymous.status_code == 302
+    assert anonymous["Location"].startswith(reverse("login"))
+    client.force_login(plain_user)
+    assert client.post(url, {"name": "x2"}, HTTP_ACCEPT="application/json").status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(staff_user)
+    assert strict.post(url, {"name": "x3"}, HTTP_ACCEPT="application/json").status_code == 403
+    assert not WaSession.objects.exists()
