@@ -6,6 +6,9 @@ database they fail instead of skipping.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from django.db import connection
 
@@ -15,3 +18,15 @@ def on_postgresql() -> None:
     assert connection.vendor == "postgresql", (
         "tests/postgres need DATABASE_URL=postgres://… (make test sets it)"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_stray_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Threads (asgiref's, the supervisor's) keep their own connections to the test
+    database; end them before pytest-django drops it."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
