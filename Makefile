@@ -36,15 +36,12 @@ lint: venv
 PG_URL ?= postgres://postgres@127.0.0.1:5432/waconnect
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-## test: lint, every tier on SQLite (unit, integration, e2e), then the lease and
-## supervisor tests again on PostgreSQL, then a separate supervisor over Redis
+## test: lint, every tier on SQLite + in-memory layer (unit, integration, e2e), then
+## tests/postgres and the lease and supervisor tests again on PostgreSQL + Redis
 test: venv chromium services lint
 	$(BIN)/python -m pytest
-	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest -m "not benchmark" \
-	  tests/postgres/test_leases_pg.py tests/unit/test_leases.py tests/unit/test_models.py \
-	  tests/unit/test_supervisor.py
-	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -m pytest -m postgres \
-	  tests/postgres/test_cross_process.py
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -m pytest -m "not benchmark" \
+	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

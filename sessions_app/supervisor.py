@@ -674,7 +674,10 @@ class Supervisor:
             self._listening.set()
             await asyncio.Event().wait()
             return
-        channel = await self.layer.new_channel("waconnect.supervisor.")
+        # The default prefix, not one of our own: channels-redis reads every
+        # process-local channel through one BLPOP on one prefix, and a channel with
+        # another prefix would starve the consumers' receives in the same process.
+        channel = await self.layer.new_channel()
         await self.layer.group_add(doorbell.SUPERVISORS_GROUP, channel)
         self._channel = channel
         self._listening.set()

@@ -30,7 +30,7 @@ async def until(
     before the call is not missed.
     """
     layer = get_channel_layer()
-    channel = await layer.new_channel("test.")
+    channel = await layer.new_channel()  # see Supervisor._doorbell_loop on prefixes
     await layer.group_add(doorbell.session_group(session_id), channel)
     try:
         snap = await current(session_id)
