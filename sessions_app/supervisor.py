@@ -630,7 +630,10 @@ class Supervisor:
         finally:
             for task in [stop_wait, *side]:
                 task.cancel()
-            await asyncio.gather(stop_wait, *side, return_exceptions=True)
+            # Bounded: a library that swallows a cancellation must not hang shutdown.
+            _, stuck = await asyncio.wait([stop_wait, *side], timeout=5.0)
+            for task in stuck:
+                logger.warning("task %s did not stop in time", task.get_name(), extra=self._extra())
             await self._shutdown()
 
     def stop(self) -> None:
@@ -690,6 +693,11 @@ class Supervisor:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    current = asyncio.current_task()
+                    if self._stop.is_set() or (current is not None and current.cancelling()):
+                        # channels-redis can turn our cancellation into a read
+                        # timeout: we are being stopped, not failing.
+                        return
                     failures += 1
                     logger.warning(
                         "doorbell receive failed; retrying", exc_info=True, extra=self._extra()
