@@ -154,14 +154,8 @@
     if (pending) return;
     pending = true;
     if (button) button.disabled = true;
-    const token = form.elements.csrfmiddlewaretoken ? form.elements.csrfmiddlewaretoken.value : "";
     let done = false; // true once the page moves on (detail shown, or navigating)
-    fetch(form.action || location.href, {
-      method: "POST",
-      body: new FormData(form),
-      headers: { "X-CSRFToken": token, Accept: "application/json" },
-      credentials: "same-origin",
-    })
+    waconnect.postForm(form)
       .then(function (response) {
         const type = response.headers.get("Content-Type") || "";
         if (type.indexOf("application/json") === -1) {

@@ -168,6 +168,18 @@
    * The answer is {ok, message, redirect} (or {ok: false, error} with a 4xx status);
    * the new state arrives over the socket.
    */
+  /** POST a form with fetch, asking for JSON, with its CSRF token (one place for both
+   * the action buttons and the create form). */
+  waconnect.postForm = function (form, url) {
+    const token = form.elements.csrfmiddlewaretoken ? form.elements.csrfmiddlewaretoken.value : "";
+    return fetch(url || form.action || location.href, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { "X-CSRFToken": token, Accept: "application/json" },
+      credentials: "same-origin",
+    });
+  };
+
   waconnect.enhanceActionForms = function (root, options) {
     const opts = options || {};
     root.addEventListener("submit", function (event) {
@@ -177,13 +189,7 @@
       if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
       const button = form.querySelector("button");
       if (button) button.disabled = true;
-      const token = form.elements.csrfmiddlewaretoken ? form.elements.csrfmiddlewaretoken.value : "";
-      fetch(form.action, {
-        method: "POST",
-        body: new FormData(form),
-        headers: { "X-CSRFToken": token, Accept: "application/json" },
-        credentials: "same-origin",
-      })
+      waconnect.postForm(form)
         .then(function (response) {
           const type = response.headers.get("Content-Type") || "";
           if (type.indexOf("application/json") !== -1) {
