@@ -67,6 +67,11 @@ def simulated_timing() -> dict[str, float]:
     return dict(_get("SIMULATED_TIMING", {}))
 
 
+def simulated_service() -> str:
+    """``host:port`` of the simulated WhatsApp service, or "" for one in process."""
+    return str(_get("SIM_SERVICE", ""))
+
+
 def neonize_store() -> str:
     """Where neonize keeps device credentials: beside the app's own database.
 

@@ -306,12 +306,10 @@ class SessionRunner:
             await self._close_connection()
             self.round_for = self.last_pair_attempt = session.pair_request
             self.round_qr_count = 0
-            await self._connect(session, ConnectSpec(self.session_id), "QR round requested")
+            await self._connect(session, self._spec(), "QR round requested")
         elif action is Action.RESUME:
             await self._close_connection()  # a driver that did not reconnect in time
-            await self._connect(
-                session, ConnectSpec(self.session_id, jid=session.jid), "resuming the linked device"
-            )
+            await self._connect(session, self._spec(session.jid), "resuming the linked device")
         elif action is Action.CLOSE:
             await self._close_connection()
             await self._transition(
@@ -324,6 +322,9 @@ class SessionRunner:
             await self._logout(session)
         elif action is Action.DELETE:
             await self._delete(session)
+
+    def _spec(self, jid: str = "") -> ConnectSpec:
+        return ConnectSpec(self.session_id, jid=jid, owner=self.lease.owner, epoch=self.lease.epoch)
 
     async def _connect(self, session: WaSession, spec: ConnectSpec, why: str) -> None:
         trigger = Trigger.CONNECT

@@ -155,13 +155,17 @@ WACONNECT_WORKER_TERM_GRACE = env.float("WACONNECT_WORKER_TERM_GRACE", default=1
 WACONNECT_WORKER_LOG_LEVEL = env("WACONNECT_WORKER_LOG_LEVEL", default="WARNING")
 WACONNECT_SIMULATED_TIMING = {
     key: env.float(f"WACONNECT_SIM_{key.upper()}")
-    for key in ("connect_delay", "first_qr_ttl", "next_qr_ttl", "pair_delay")
+    for key in ("connect_delay", "first_qr_ttl", "next_qr_ttl", "pair_delay", "auto_scan")
     if env.str(f"WACONNECT_SIM_{key.upper()}", default="")
 } | (
     {"qr_count": env.int("WACONNECT_SIM_QR_COUNT")}
     if env.str("WACONNECT_SIM_QR_COUNT", default="")
     else {}
 )
+
+# host:port of `manage.py simulated_whatsapp`: supervisors in several processes then
+# share one simulated WhatsApp (tests, demos, benchmarks). Empty: one per process.
+WACONNECT_SIM_SERVICE = env("WACONNECT_SIM_SERVICE", default="")
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -16,10 +16,17 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 @dataclasses.dataclass(frozen=True)
 class ConnectSpec:
-    """What to connect: a new device to pair (``jid`` empty) or a stored one."""
+    """What to connect: a new device to pair (``jid`` empty) or a stored one.
+
+    ``owner`` and ``epoch`` name the lease the connection is opened under; a driver
+    may pass them on (the simulated WhatsApp service records them with every
+    overlap, so a test can tell whose connection kicked whose).
+    """
 
     session_id: int
     jid: str = ""
+    owner: str = ""
+    epoch: int = 0
 
     @property
     def pairing(self) -> bool:

@@ -8,6 +8,10 @@ from sessions_app.drivers.base import Driver
 
 def build_driver() -> Driver:
     name = conf.driver_name()
+    if name == "simulated" and conf.simulated_service():
+        from sessions_app.drivers.simulated_remote import RemoteSimulatedDriver
+
+        return RemoteSimulatedDriver(conf.simulated_service())
     if name == "simulated":
         from sessions_app.drivers.simulated import (
             SimulatedDriver,

@@ -4,8 +4,12 @@ Used by tests, demos and benchmarks, and labelled "simulated" in the UI wherever
 is in use. :class:`SimulatedWhatsApp` plays WhatsApp's side: it issues rotating QR
 codes on WhatsApp's cadence, links devices when the simulated phone "scans", allows
 one live connection per device (a second one kicks the first with "stream
-replaced") and records every overlap and every connection count, so tests can
-assert that nobody ever connected a session twice.
+replaced") and records every overlap, with both connections' owners, and every
+connection count, so tests can assert that nobody ever connected a session twice.
+
+The world runs in the supervisor's process (:class:`SimulatedDriver`, unit tests
+and ``make run``) or behind a loopback socket shared by many processes
+(:mod:`sessions_app.drivers.simulated_service`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import dataclasses
 import itertools
 import logging
 import secrets
+import time
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from sessions_app.drivers.base import (
@@ -48,6 +54,22 @@ class SimulatedTiming:
     next_qr_ttl: float = 20.0
     qr_count: int = 6
     pair_delay: float = 0.2
+    #: Seconds after the first QR code when the phone scans by itself; negative:
+    #: never (a person, a test or ``simulate_phone`` scans). For load and chaos runs.
+    auto_scan: float = -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlap:
+    """Two live connections of one device: ``new`` kicked ``old`` ("stream replaced")."""
+
+    session_id: int
+    jid: str
+    old_owner: str
+    old_epoch: int
+    new_owner: str
+    new_epoch: int
+    at: float  # wall clock, seconds
 
 
 @dataclasses.dataclass
@@ -55,10 +77,15 @@ class _Connection:
     session_id: int
     jid: str
     on_event: EventSink
+    owner: str = ""
+    epoch: int = 0
     task: asyncio.Task[None] | None = None
     awaiting_scan: bool = False
+    connected: bool = False
     scanned: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     token: int = 0
+    #: Ends the transport when WhatsApp's side drops the connection (a kick).
+    on_drop: Callable[[], None] | None = None
 
     def emit(self, event: DriverEvent) -> None:
         self.on_event(event)
@@ -74,17 +101,32 @@ class SimulatedWhatsApp:
         self.max_live: collections.Counter[int] = collections.Counter()
         self.connects: collections.Counter[int] = collections.Counter()
         self.qr_issued: collections.Counter[int] = collections.Counter()
-        self.overlaps: list[tuple[int, str]] = []
+        self.overlaps: list[Overlap] = []
         self._connections: dict[int, list[_Connection]] = collections.defaultdict(list)
         self._tokens = itertools.count(1)
         self._changed: asyncio.Condition | None = None
 
     async def until_live(self, session_id: int, count: int) -> None:
         """Wait until ``session_id`` has exactly ``count`` live connections."""
+        await self._until(lambda: self.live[session_id] == count)
+
+    def connected_sessions(self) -> set[int]:
+        """Sessions with a live connection that WhatsApp considers logged in."""
+        return {sid for sid, conns in self._connections.items() if any(c.connected for c in conns)}
+
+    async def until_connected(self, session_ids: Iterable[int], timeout: float) -> set[int]:
+        """Wait until every session in ``session_ids`` is connected; return the missing."""
+        wanted = set(session_ids)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._until(lambda: wanted <= self.connected_sessions())
+        return wanted - self.connected_sessions()
+
+    async def _until(self, predicate: Callable[[], bool]) -> None:
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
-            await self._changed.wait_for(lambda: self.live[session_id] == count)
+            await self._changed.wait_for(predicate)
 
     def _notify(self) -> None:
         if self._changed is None:
@@ -99,31 +141,72 @@ class SimulatedWhatsApp:
 
     # -- the connection side, used by SimulatedDriver -------------------------------
 
-    def open(self, spec: ConnectSpec, on_event: EventSink) -> _Connection:
-        conn = _Connection(spec.session_id, spec.jid, on_event, token=next(self._tokens))
+    def open(
+        self,
+        spec: ConnectSpec,
+        on_event: EventSink,
+        on_drop: Callable[[], None] | None = None,
+    ) -> _Connection:
+        """A new connection for ``spec``; any live one of the same device is kicked.
+
+        A session is one device here (before and after pairing): two live
+        connections of one session are the double connection waconnect exists to
+        prevent, so each is recorded as an :class:`Overlap`.
+        """
         sid = spec.session_id
+        conn = _Connection(
+            sid,
+            spec.jid,
+            on_event,
+            owner=spec.owner,
+            epoch=spec.epoch,
+            token=next(self._tokens),
+            on_drop=on_drop,
+        )
         self.live[sid] += 1
         self.connects[sid] += 1
         self.max_live[sid] = max(self.max_live[sid], self.live[sid])
-        others = [c for c in self._connections[sid] if c.jid == spec.jid and spec.jid]
+        others = list(self._connections[sid])
         self._connections[sid].append(conn)
         for other in others:
             # One live connection per device: the newcomer kicks the old one.
-            self.overlaps.append((sid, spec.jid))
+            self.overlaps.append(
+                Overlap(
+                    sid, spec.jid, other.owner, other.epoch, spec.owner, spec.epoch, time.time()
+                )
+            )
+            logger.warning(
+                "stream replaced: %s (epoch %d) kicked %s (epoch %d)",
+                spec.owner or "?",
+                spec.epoch,
+                other.owner or "?",
+                other.epoch,
+                extra={"session": sid},
+            )
             other.emit(Replaced(sid))
+            self._drop(other)
         conn.task = asyncio.get_running_loop().create_task(
             self._run(conn), name=f"simulated-whatsapp-{sid}"
         )
         self._notify()
         return conn
 
-    async def close(self, conn: _Connection) -> None:
+    def _drop(self, conn: _Connection) -> None:
+        """Forget a connection now (WhatsApp's side ends it)."""
         if conn in self._connections[conn.session_id]:
             self._connections[conn.session_id].remove(conn)
             self.live[conn.session_id] -= 1
             self._notify()
         if conn.task is not None and conn.task is not asyncio.current_task():
             conn.task.cancel()
+        if conn.on_drop is not None:
+            conn.on_drop()
+
+    async def close(self, conn: _Connection) -> None:
+        """The client ends its connection (and waits until WhatsApp's side has)."""
+        conn.on_drop = None
+        self._drop(conn)
+        if conn.task is not None and conn.task is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError):
                 await conn.task
 
@@ -135,9 +218,11 @@ class SimulatedWhatsApp:
             if self.devices.get(conn.jid) != conn.session_id:
                 conn.emit(LoggedOut(conn.session_id, reason="device not linked"))
                 return
-            conn.emit(Connected(conn.session_id))
+            self._mark_connected(conn)
             return
         conn.awaiting_scan = True
+        if timing.auto_scan >= 0:
+            asyncio.get_running_loop().call_later(timing.auto_scan, conn.scanned.set)
         for index in range(timing.qr_count):
             ttl = timing.first_qr_ttl if index == 0 else timing.next_qr_ttl
             self.qr_issued[conn.session_id] += 1
@@ -157,7 +242,12 @@ class SimulatedWhatsApp:
         conn.emit(PairSuccess(conn.session_id, jid=jid, push_name="Simulated phone"))
         if timing.pair_delay:
             await asyncio.sleep(timing.pair_delay)
+        self._mark_connected(conn)
+
+    def _mark_connected(self, conn: _Connection) -> None:
+        conn.connected = True
         conn.emit(Connected(conn.session_id))
+        self._notify()
 
     @staticmethod
     def _qr_payload() -> str:
@@ -185,13 +275,16 @@ class SimulatedWhatsApp:
         if gesture == "logout":
             if conn.jid:
                 self.forget(conn.jid)
+            conn.connected = False
             conn.emit(LoggedOut(session_id, reason="removed from the phone"))
             return True
         if gesture == "disconnect":
+            conn.connected = False
             conn.emit(Disconnected(session_id, reason="network dropped", will_retry=False))
             return True
         if gesture == "replace":
-            self.overlaps.append((session_id, conn.jid))
+            # Somebody else's client took the device: not one of waconnect's overlaps.
+            conn.connected = False
             conn.emit(Replaced(session_id))
             return True
         raise ValueError(f"unknown gesture {gesture!r}; expected one of {GESTURES}")

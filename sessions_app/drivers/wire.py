@@ -106,8 +106,10 @@ def to_driver_event(session_id: int, message: dict[str, Any]) -> DriverEvent | N
     if kind == "connected":
         return Connected(session_id)
     if kind == "disconnected":
-        # whatsmeow reconnects by itself after a network drop.
-        return Disconnected(session_id, reason="connection lost", will_retry=True)
+        # whatsmeow reconnects by itself after a network drop (a sender may say not).
+        will_retry = message.get("will_retry", True)
+        reason = message.get("reason", "connection lost")
+        return Disconnected(session_id, reason=str(reason), will_retry=will_retry is not False)
     if kind == "keepalive_timeout":
         return KeepAliveTimeout(session_id)
     if kind == "keepalive_restored":
@@ -124,3 +126,30 @@ def to_driver_event(session_id: int, message: dict[str, Any]) -> DriverEvent | N
     if kind == "error":
         return ConnectError(session_id, message["message"], retryable=message["retryable"])
     return None
+
+
+def from_driver_event(event: DriverEvent) -> bytes:
+    """The message for a driver event: what a simulated WhatsApp sends its client."""
+    if isinstance(event, QrCode):
+        return encode("qr", code=event.code, valid_for=event.valid_for)
+    if isinstance(event, PairingCode):
+        return encode("pair_code", code=event.code)
+    if isinstance(event, PairSuccess):
+        return encode("paired", jid=event.jid, push_name=event.push_name)
+    if isinstance(event, Disconnected):
+        return encode("disconnected", reason=event.reason, will_retry=event.will_retry)
+    if isinstance(event, LoggedOut):
+        return encode("logged_out", reason=event.reason)
+    if isinstance(event, Banned):
+        left = (event.until - dt.datetime.now(dt.UTC)).total_seconds() if event.until else 0.0
+        return encode("banned", expire=max(0.0, left), reason=event.reason)
+    if isinstance(event, ConnectError):
+        return encode("error", message=event.message, retryable=event.retryable)
+    simple = {
+        Connected: "connected",
+        KeepAliveTimeout: "keepalive_timeout",
+        KeepAliveRestored: "keepalive_restored",
+        Replaced: "replaced",
+        QrTimeout: "qr_timeout",
+    }
+    return encode(simple[type(event)])

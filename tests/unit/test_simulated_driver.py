@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -78,12 +79,34 @@ async def test_a_second_connection_of_a_device_kicks_the_first() -> None:
     world.devices["1@s.whatsapp.net"] = 3
     one, two = SimulatedDriver(world), SimulatedDriver(world)
     first, second = Inbox(), Inbox()
-    await one.start(ConnectSpec(3, jid="1@s.whatsapp.net"), first)
+    await one.start(ConnectSpec(3, jid="1@s.whatsapp.net", owner="a", epoch=1), first)
     assert isinstance(await first.next(), Connected)
-    await two.start(ConnectSpec(3, jid="1@s.whatsapp.net"), second)
+    await two.start(ConnectSpec(3, jid="1@s.whatsapp.net", owner="b", epoch=2), second)
     assert isinstance(await first.next(), Replaced)
-    assert world.overlaps == [(3, "1@s.whatsapp.net")]
+    assert isinstance(await second.next(), Connected)
+    [overlap] = world.overlaps
+    assert (overlap.session_id, overlap.jid) == (3, "1@s.whatsapp.net")
+    assert (overlap.old_owner, overlap.old_epoch, overlap.new_owner, overlap.new_epoch) == (
+        "a",
+        1,
+        "b",
+        2,
+    )
     assert world.max_live[3] == 2
+    assert world.live[3] == 1, "the kicked connection is gone on WhatsApp's side"
+    assert world.connected_sessions() == {3}
+
+
+async def test_the_phone_scans_by_itself_when_asked_to() -> None:
+    world = SimulatedWhatsApp(dataclasses.replace(TIMING, auto_scan=0.01))
+    driver, inbox = SimulatedDriver(world), Inbox()
+    await driver.start(ConnectSpec(8), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    assert isinstance(await inbox.next(), PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    assert await world.until_connected([8], timeout=1) == set()
+    await driver.stop(8)
+    assert await world.until_connected([8], timeout=0.01) == {8}
 
 
 async def test_an_unknown_device_is_logged_out() -> None:

@@ -1,0 +1,266 @@
+"""The simulated WhatsApp as a service on the loopback interface.
+
+Several supervisor processes (and the tests and benchmarks that watch them) need
+one WhatsApp between them, or a double connection made by two processes could
+never be seen. This module serves one :class:`SimulatedWhatsApp` world over TCP:
+every connection a :class:`~sessions_app.drivers.simulated_remote.RemoteSimulatedDriver`
+opens is one WhatsApp connection of one device, and, as with WhatsApp, a second
+live connection of a device kicks the first with "stream replaced". The world
+records each such overlap with both connections' owners and fencing numbers.
+
+A connection starts with ``hello`` and then carries the driver events of
+:mod:`sessions_app.drivers.wire` down and a few commands up (``stop``, ``logout``,
+``gesture``, ``pair_phone``). A connection that starts with ``control`` is a
+test's or benchmark's: it reads the counters, makes phone gestures and waits for
+sessions to be connected. Started by ``manage.py simulated_whatsapp`` and by the
+test fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from sessions_app.drivers import wire
+from sessions_app.drivers.base import ConnectSpec
+from sessions_app.drivers.simulated import GESTURES, Overlap, SimulatedWhatsApp
+
+logger = logging.getLogger(__name__)
+
+#: What clients send: the first line (``hello`` or ``control``), then commands.
+CLIENT_MESSAGES: dict[str, dict[str, type]] = {
+    "hello": {"session": int, "jid": str, "owner": str, "epoch": int},
+    "stop": {},
+    "logout": {},
+    "gesture": {"gesture": str},
+    "pair_phone": {"phone": str},
+    "control": {},
+    "stats": {},
+    "phone": {"session": int, "gesture": str},
+    "forget": {"jid": str},
+    "wait_connected": {"sessions": list, "timeout": float},
+}
+
+#: What the service sends on a device connection: driver events and replies.
+SERVICE_MESSAGES: dict[str, dict[str, type]] = {**wire.EVENTS, "done": {"ok": bool}}
+
+#: Control replies can be large (counters of thousands of sessions).
+CONTROL_LIMIT = 64 * 1024 * 1024
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:7480"`` → ``("127.0.0.1", 7480)``; a clear error otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT for the simulated WhatsApp service, got {address!r}")
+    return host, int(port)
+
+
+class SimulatedWhatsAppService:
+    """Serves one :class:`SimulatedWhatsApp` world on ``host:port`` (0: any free port)."""
+
+    def __init__(self, world: SimulatedWhatsApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.world = world
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, limit=2 * wire.MAX_LINE
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.port = port
+        return host, port
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            first = wire.decode(await reader.readline(), CLIENT_MESSAGES)
+            if first["t"] == "hello":
+                await self._serve_device(first, reader, writer)
+            elif first["t"] == "control":
+                await self._serve_control(reader, writer)
+            else:
+                raise wire.ProtocolError(f"a connection cannot start with {first['t']!r}")
+        except ValueError as exc:  # ProtocolError, or a line over the limit
+            logger.warning("simulated WhatsApp: dropped a client: %s", exc)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _serve_device(
+        self, hello: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        spec = ConnectSpec(
+            hello["session"], jid=hello["jid"], owner=hello["owner"], epoch=hello["epoch"]
+        )
+
+        def send(event: Any) -> None:
+            if not writer.is_closing():
+                writer.write(wire.from_driver_event(event))
+
+        conn = self.world.open(spec, send, on_drop=writer.close)
+        said_bye = False
+        try:
+            while line := await reader.readline():
+                message = wire.decode(line, CLIENT_MESSAGES)
+                kind = message["t"]
+                if kind in ("stop", "logout"):
+                    if kind == "logout" and conn.jid:
+                        self.world.forget(conn.jid)
+                    said_bye = True
+                    break
+                if kind == "gesture":
+                    ok = self._gesture(spec.session_id, message["gesture"])
+                elif kind == "pair_phone":
+                    ok = self.world.pairing_code(spec.session_id)
+                else:
+                    raise wire.ProtocolError(f"{kind!r} is not a device command")
+                send_raw(writer, wire.encode("done", ok=ok))
+        finally:
+            await self.world.close(conn)
+        if said_bye and not writer.is_closing():
+            writer.write(wire.encode("stopped"))
+            await writer.drain()
+
+    def _gesture(self, session_id: int, gesture: str) -> bool:
+        return gesture in GESTURES and self.world.gesture(session_id, gesture)
+
+    async def _serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while line := await reader.readline():
+            message = wire.decode(line, CLIENT_MESSAGES)
+            kind = message["t"]
+            if kind == "stats":
+                reply = wire.encode("stats", **self.stats())
+            elif kind == "phone":
+                reply = wire.encode(
+                    "done", ok=self._gesture(message["session"], message["gesture"])
+                )
+            elif kind == "forget":
+                self.world.forget(message["jid"])
+                reply = wire.encode("done", ok=True)
+            elif kind == "wait_connected":
+                missing = await self.world.until_connected(message["sessions"], message["timeout"])
+                reply = wire.encode("waited", missing=sorted(missing))
+            else:
+                raise wire.ProtocolError(f"{kind!r} is not a control command")
+            send_raw(writer, reply)
+            await writer.drain()
+
+    def stats(self) -> dict[str, Any]:
+        world = self.world
+        return {
+            "live": dict(world.live),
+            "max_live": dict(world.max_live),
+            "connects": dict(world.connects),
+            "qr_issued": dict(world.qr_issued),
+            "connected": sorted(world.connected_sessions()),
+            "overlaps": [dataclasses.asdict(o) for o in world.overlaps],
+        }
+
+
+def send_raw(writer: asyncio.StreamWriter, line: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(line)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceStats:
+    """The service's counters, keyed by session id."""
+
+    live: dict[int, int]
+    max_live: dict[int, int]
+    connects: dict[int, int]
+    qr_issued: dict[int, int]
+    connected: set[int]
+    overlaps: list[Overlap]
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> ServiceStats:
+        def counts(name: str) -> dict[int, int]:
+            return {int(k): int(v) for k, v in message[name].items()}
+
+        return cls(
+            live=counts("live"),
+            max_live=counts("max_live"),
+            connects=counts("connects"),
+            qr_issued=counts("qr_issued"),
+            connected=set(message["connected"]),
+            overlaps=[Overlap(**o) for o in message["overlaps"]],
+        )
+
+
+class ServiceControl:
+    """A test's or benchmark's line to the service: counters, phone gestures, waits."""
+
+    def __init__(self, address: str) -> None:
+        self.host, self.port = parse_address(address)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> ServiceControl:
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, limit=CONTROL_LIMIT
+        )
+        self._writer.write(wire.encode("control"))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+
+    async def _ask(self, kind: str, **fields: Any) -> dict[str, Any]:
+        assert self._reader is not None and self._writer is not None, "use async with"
+        async with self._lock:
+            self._writer.write(wire.encode(kind, **fields))
+            line = await self._reader.readline()
+        if not line:
+            raise ConnectionError("the simulated WhatsApp service closed the control line")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    async def stats(self) -> ServiceStats:
+        return ServiceStats.from_message(await self._ask("stats"))
+
+    async def phone(self, session_id: int, gesture: str) -> bool:
+        """Make the phone of ``session_id`` scan, log out, drop or replace."""
+        return bool((await self._ask("phone", session=session_id, gesture=gesture))["ok"])
+
+    async def forget(self, jid: str) -> None:
+        await self._ask("forget", jid=jid)
+
+    async def wait_connected(self, session_ids: Iterable[int], timeout: float) -> set[int]:
+        """Wait until every session is connected; return those that were not in time."""
+        reply = await self._ask("wait_connected", sessions=list(session_ids), timeout=timeout)
+        return set(reply["missing"])

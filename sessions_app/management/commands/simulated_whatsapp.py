@@ -1,0 +1,59 @@
+"""``manage.py simulated_whatsapp``: one simulated WhatsApp for many processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from sessions_app import conf
+from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
+from sessions_app.drivers.simulated_service import SimulatedWhatsAppService
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve a simulated WhatsApp on the loopback interface until SIGTERM/SIGINT. "
+        "Point supervisors at it with WACONNECT_DRIVER=simulated and "
+        "WACONNECT_SIM_SERVICE=HOST:PORT; like WhatsApp it allows one live connection "
+        "per device and records every overlap. Prints 'listening on HOST:PORT' when ready."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Default: 127.0.0.1.")
+        parser.add_argument("--port", type=int, default=7480, help="0: any free port.")
+        parser.add_argument(
+            "--auto-scan",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="The phone scans every QR round by itself after SECONDS (load tests).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["host"] not in ("127.0.0.1", "::1", "localhost"):
+            raise CommandError("the simulated WhatsApp serves the loopback interface only")
+        timing = SimulatedTiming(**conf.simulated_timing())
+        if options["auto_scan"] is not None:
+            timing = dataclasses.replace(timing, auto_scan=options["auto_scan"])
+        asyncio.run(self._serve(SimulatedWhatsApp(timing), options["host"], options["port"]))
+
+    async def _serve(self, world: SimulatedWhatsApp, host: str, port: int) -> None:
+        service = SimulatedWhatsAppService(world, host, port)
+        try:
+            bound_host, bound_port = await service.start()
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        self.stdout.write(f"listening on {bound_host}:{bound_port}")
+        self.stdout.flush()
+        await stop.wait()
+        await service.aclose()
+        overlaps = len(world.overlaps)
+        self.stdout.write(f"stopped; {overlaps} overlap(s) of live connections recorded")

@@ -1,0 +1,202 @@
+"""The simulated WhatsApp service over loopback TCP, and the driver that talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sessions_app.drivers import wire
+from sessions_app.drivers.base import (
+    Connected,
+    ConnectSpec,
+    Disconnected,
+    Driver,
+    DriverError,
+    LoggedOut,
+    PairingCode,
+    PairSuccess,
+    QrCode,
+    Replaced,
+)
+from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
+from sessions_app.drivers.simulated_remote import RemoteSimulatedDriver
+from sessions_app.drivers.simulated_service import (
+    ServiceControl,
+    SimulatedWhatsAppService,
+    parse_address,
+)
+from tests.unit.test_simulated_driver import Inbox
+
+pytestmark = pytest.mark.timeout(20)
+
+TIMING = SimulatedTiming(first_qr_ttl=5, next_qr_ttl=5, qr_count=2, pair_delay=0)
+
+
+@dataclasses.dataclass
+class Running:
+    service: SimulatedWhatsAppService
+    address: str
+    control: ServiceControl
+
+    @property
+    def world(self) -> SimulatedWhatsApp:
+        return self.service.world
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    service = SimulatedWhatsAppService(SimulatedWhatsApp(TIMING))
+    host, port = await service.start()
+    address = f"{host}:{port}"
+    async with ServiceControl(address) as control:
+        yield Running(service, address, control)
+    await service.aclose()
+
+
+async def pair(driver: RemoteSimulatedDriver, control: ServiceControl, session_id: int) -> str:
+    inbox = Inbox()
+    await driver.start(ConnectSpec(session_id, owner="pairer", epoch=1), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    assert await control.phone(session_id, "scan")
+    paired = await inbox.next()
+    assert isinstance(paired, PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    await driver.stop(session_id)
+    return paired.jid
+
+
+def test_it_implements_the_driver_protocol() -> None:
+    assert isinstance(RemoteSimulatedDriver("127.0.0.1:1"), Driver)
+
+
+@pytest.mark.parametrize("bad", ["", "7480", "host:", ":7480", "host:port"])
+def test_a_bad_address_is_refused_clearly(bad: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address(bad)
+
+
+async def test_a_qr_round_over_tcp_pairs_and_connects(running: Running) -> None:
+    driver, inbox = RemoteSimulatedDriver(running.address), Inbox()
+    await driver.start(ConnectSpec(1, owner="sup-a", epoch=3), inbox)
+    qr = await inbox.next()
+    assert isinstance(qr, QrCode) and qr.valid_for == 5
+    assert await running.control.phone(1, "scan")
+    assert isinstance(await inbox.next(), PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    assert await running.control.wait_connected([1], timeout=2) == set()
+    stats = await running.control.stats()
+    assert stats.connected == {1} and stats.live == {1: 1} and stats.qr_issued == {1: 1}
+    await driver.aclose()
+    assert await running.control.wait_connected([1], timeout=0.05) == {1}
+
+
+async def test_a_second_connection_kicks_the_first_and_is_recorded_with_owners(
+    running: Running,
+) -> None:
+    jid = await pair(RemoteSimulatedDriver(running.address), running.control, 2)
+    zombie, successor = (
+        RemoteSimulatedDriver(running.address),
+        RemoteSimulatedDriver(running.address),
+    )
+    old, new = Inbox(), Inbox()
+    await zombie.start(ConnectSpec(2, jid=jid, owner="zombie", epoch=4), old)
+    assert isinstance(await old.next(), Connected)
+    await successor.start(ConnectSpec(2, jid=jid, owner="successor", epoch=5), new)
+    assert isinstance(await new.next(), Connected)
+    assert isinstance(await old.next(), Replaced)
+    [overlap] = (await running.control.stats()).overlaps
+    assert (overlap.old_owner, overlap.old_epoch) == ("zombie", 4)
+    assert (overlap.new_owner, overlap.new_epoch) == ("successor", 5)
+    await zombie.stop(2)
+    await successor.stop(2)
+    assert old.queue.empty(), "a kicked connection reports its reason once, then nothing"
+
+
+async def test_stop_then_start_at_once_never_overlaps(running: Running) -> None:
+    jid = await pair(RemoteSimulatedDriver(running.address), running.control, 3)
+    driver = RemoteSimulatedDriver(running.address)
+    for epoch in range(30):
+        inbox = Inbox()
+        await driver.start(ConnectSpec(3, jid=jid, owner="flip", epoch=epoch), inbox)
+        assert isinstance(await inbox.next(), Connected)
+        await driver.stop(3)
+        assert running.world.live[3] == 0, "stop returns once WhatsApp let go"
+    stats = await running.control.stats()
+    assert stats.overlaps == [] and stats.max_live[3] == 1
+
+
+async def test_a_connection_the_service_drops_is_reported_as_disconnected(
+    running: Running,
+) -> None:
+    driver, inbox = RemoteSimulatedDriver(running.address), Inbox()
+    await driver.start(ConnectSpec(4), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    await running.service.aclose()  # WhatsApp goes away
+    event = await inbox.next()
+    assert isinstance(event, Disconnected) and not event.will_retry
+    await driver.aclose()
+
+
+async def test_no_service_fails_the_start(running: Running) -> None:
+    await running.service.aclose()
+    with pytest.raises(ConnectionError):
+        await RemoteSimulatedDriver(running.address).start(ConnectSpec(5), Inbox())
+
+
+async def test_gestures_and_pairing_code_through_the_driver(running: Running) -> None:
+    driver, inbox = RemoteSimulatedDriver(running.address), Inbox()
+    await driver.start(ConnectSpec(6), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    await driver.request_pairing_code(6, "+4915112345678")
+    assert isinstance(await inbox.next(), PairingCode)
+    assert await driver.gesture(6, "scan")
+    assert isinstance(await inbox.next(), PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    with pytest.raises(DriverError):
+        await driver.request_pairing_code(6, "+4915112345678")
+    assert not await driver.gesture(6, "scan"), "nothing to scan once linked"
+    assert not await driver.gesture(99, "scan"), "no connection, no gesture"
+    assert await driver.gesture(6, "logout")
+    assert isinstance(await inbox.next(), LoggedOut)
+    await driver.aclose()
+
+
+async def test_logout_unlinks_the_device_with_or_without_a_connection(running: Running) -> None:
+    driver = RemoteSimulatedDriver(running.address)
+    for connected in (True, False):
+        jid = await pair(driver, running.control, 7)
+        if connected:
+            await driver.start(ConnectSpec(7, jid=jid), Inbox())
+        await driver.logout(7, jid)
+        inbox = Inbox()
+        await driver.start(ConnectSpec(7, jid=jid), inbox)
+        assert isinstance(await inbox.next(), LoggedOut)
+        await driver.stop(7)
+
+
+async def test_garbage_is_dropped_and_logged(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection(running.service.host, running.service.port)
+    writer.write(b"not json\n")
+    assert await reader.read() == b"", "the service hangs up"
+    writer.close()
+    assert "dropped a client: not JSON" in caplog.text
+
+
+async def test_a_command_out_of_place_is_a_protocol_error(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    reader, writer = await asyncio.open_connection(running.service.host, running.service.port)
+    writer.write(wire.encode("hello", session=8, jid="", owner="x", epoch=1))
+    writer.write(wire.encode("stats"))
+    while await reader.readline():
+        pass
+    writer.close()
+    assert "'stats' is not a device command" in caplog.text
+    assert (await running.control.stats()).live == {8: 0}
