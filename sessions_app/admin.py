@@ -11,10 +11,11 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html
 
 from sessions_app import intents, snapshots
-from sessions_app.models import SessionEvent, WaSession
+from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import State
 
 BADGE_COLOURS = {
@@ -144,6 +145,24 @@ class SessionEventAdmin(admin.ModelAdmin):
     list_filter = ["kind", "to_state"]
     search_fields = ["session__name", "message", "actor"]
     list_select_related = ["session"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(SupervisorPresence)
+class SupervisorPresenceAdmin(admin.ModelAdmin):
+    """Who is running: each supervisor renews its row with its leases."""
+
+    list_display = ["owner", "sessions", "max_sessions", "started_at", "expires_at", "alive"]
+    readonly_fields = ["owner", "sessions", "max_sessions", "started_at", "expires_at"]
+
+    @admin.display(boolean=True)
+    def alive(self, obj: SupervisorPresence) -> bool:
+        return obj.expires_at > timezone.now()
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -43,6 +43,17 @@ async def ring_supervisors(session_id: int, reason: str) -> None:
         )
 
 
+async def wake_supervisors(reason: str) -> None:
+    """Tell every supervisor to look for work now: one joined, left or handed over."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(SUPERVISORS_GROUP, {"type": "supervisors.wake", "reason": reason})
+    except Exception:
+        logger.warning("could not wake the supervisors; the reconcile will catch up", exc_info=True)
+
+
 def ring_supervisors_sync(session_id: int, reason: str) -> None:
     async_to_sync(ring_supervisors)(session_id, reason)
 

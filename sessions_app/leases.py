@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Min, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from sessions_app.models import SessionEvent, WaSession
+from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,7 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None = N
                 from_state=event.from_state,
                 to_state=event.to_state,
                 actor=f"supervisor:{lease.owner}",
+                epoch=lease.epoch,
             )
     return bool(updated)
 
@@ -152,3 +154,68 @@ def release_all(owner: str) -> int:
 def load(session_id: int) -> WaSession | None:
     """The session row as it is now, or None once it was deleted."""
     return WaSession.objects.filter(pk=session_id).first()
+
+
+# -- presence: who is there to share the work ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Census:
+    """What a supervisor needs to know to take its fair share."""
+
+    wanted: int  # sessions that need an owner, owned or not
+    other_caps: list[int]  # the caps of the other live supervisors
+    next_expiry: float | None  # seconds until another's lease or presence runs out
+
+
+def announce(owner: str, ttl: float, max_sessions: int, held: int) -> None:
+    """Say (again) that ``owner`` is alive until now + ``ttl``, on the database's clock."""
+    table = connection.ops.quote_name(SupervisorPresence._meta.db_table)
+    expiry_sql, expiry_params = _expiry(ttl)
+    sql = (
+        f"INSERT INTO {table} (owner, started_at, expires_at, max_sessions, sessions) "
+        f"VALUES (%s, %s, {expiry_sql}, %s, %s) ON CONFLICT (owner) DO UPDATE SET "
+        f"expires_at = excluded.expires_at, max_sessions = excluded.max_sessions, "
+        f"sessions = excluded.sessions"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [owner, timezone.now(), *expiry_params, max_sessions, held])
+
+
+def withdraw(owner: str) -> None:
+    """Leave the census: a clean shutdown's first statement, so others take over all."""
+    SupervisorPresence.objects.filter(owner=owner).delete()
+
+
+def _db_now() -> dt.datetime:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement_timestamp()")
+            now: dt.datetime = cursor.fetchone()[0]
+            return now
+    return timezone.now()
+
+
+def census(owner: str) -> Census:
+    """Count the work and the workers; say when someone else's lease runs out next."""
+    alive = SupervisorPresence.objects.filter(expires_at__gt=Now()).exclude(owner=owner)
+    others_leases = WaSession.objects.needing_owner().filter(
+        ~Q(lease_owner="") & ~Q(lease_owner=owner) & Q(lease_expires_at__gt=Now())
+    )
+    now = _db_now()
+    expiries = [
+        others_leases.aggregate(at=Min("lease_expires_at"))["at"],
+        alive.aggregate(at=Min("expires_at"))["at"],
+    ]
+    upcoming = [(at - now).total_seconds() for at in expiries if at is not None]
+    return Census(
+        wanted=WaSession.objects.needing_owner().count(),
+        other_caps=list(alive.values_list("max_sessions", flat=True)),
+        next_expiry=max(0.0, min(upcoming)) if upcoming else None,
+    )
+
+
+def held_sessions(owner: str) -> list[tuple[int, str, bool]]:
+    """``(id, state, has_credentials)`` of every session ``owner`` holds."""
+    rows = WaSession.objects.filter(lease_owner=owner).values_list("id", "state", "jid")
+    return [(sid, state, bool(jid)) for sid, state, jid in rows]

@@ -162,6 +162,11 @@ class SessionEvent(models.Model):
     actor = models.CharField(
         max_length=150, help_text="Who caused it: a username, or supervisor:<owner>."
     )
+    epoch = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The lease (fencing number) a supervisor wrote this under; empty for people.",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -199,3 +204,25 @@ class PhoneAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gesture} on {self.session_id}"
+
+
+class SupervisorPresence(models.Model):
+    """A running supervisor, renewed with its leases: who is there to share the work.
+
+    Each supervisor claims no more than its fair share of the sessions that need an
+    owner, counted over the supervisors whose presence has not expired, and hands
+    over what it holds beyond that share when another one joins.
+    """
+
+    owner = models.CharField(max_length=128, unique=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(help_text="Gone unless renewed by then (database clock).")
+    max_sessions = models.PositiveIntegerField(help_text="This supervisor's cap.")
+    sessions = models.PositiveIntegerField(default=0, help_text="Leases held at the last renewal.")
+
+    class Meta:
+        ordering = ["started_at"]
+        verbose_name = "supervisor"
+
+    def __str__(self) -> str:
+        return self.owner

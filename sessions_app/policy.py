@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+from collections.abc import Sequence
 
 from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
 
@@ -140,3 +141,48 @@ def needs_owner(view: SessionView) -> bool:
     """
     outside = dataclasses.replace(view, connection_open=False, retry_due=True)
     return plan(outside) is not Action.RELEASE
+
+
+# -- sharing the sessions between supervisors ---------------------------------------
+
+
+def fair_share(wanted: int, my_cap: int, other_caps: Sequence[int]) -> int:
+    """How many of the ``wanted`` sessions this supervisor should own.
+
+    Water-filling over every live supervisor's cap: a capped supervisor takes at
+    most its cap and the rest is split evenly (rounded up, so the shares always
+    cover ``wanted`` when the caps allow it) over the others.
+    """
+    caps = sorted([*other_caps, my_cap])
+    remaining, left = wanted, len(caps)
+    for cap in caps:
+        even = -(-remaining // left)  # ceil
+        if cap >= even:
+            return min(my_cap, even)
+        remaining -= cap
+        left -= 1
+    return my_cap  # every cap is below an even split: everyone runs full
+
+
+def shed_count(held: int, share: int) -> int:
+    """How many sessions to hand over so another supervisor can take its share.
+
+    Only past a slack of a tenth of the share (at least one), so that a few
+    sessions stopping or starting do not move sessions around; when it does
+    shed, it sheds down to the share.
+    """
+    slack = max(1, share // 10)
+    return held - share if held > share + slack else 0
+
+
+#: A session in the middle of a QR round is never handed over: its code would change.
+_NOT_HANDED_OVER: frozenset[State] = frozenset({State.QR_REQUIRED, State.PAIRING})
+
+
+def pick_to_shed(sessions: Sequence[tuple[int, State | str, bool]], count: int) -> list[int]:
+    """Which of ``(id, state, has_credentials)`` to hand over: linked devices only
+    (the next owner resumes them without a QR), never one in a QR round, newest first."""
+    movable = [
+        sid for sid, state, linked in sessions if linked and State(state) not in _NOT_HANDED_OVER
+    ]
+    return sorted(movable, reverse=True)[: max(0, count)]

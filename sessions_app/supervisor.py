@@ -50,7 +50,15 @@ from sessions_app.drivers.base import (
 )
 from sessions_app.leases import EventRecord, Lease
 from sessions_app.models import PhoneAction, SessionEvent, WaSession
-from sessions_app.policy import Action, Backoff, SessionView, plan
+from sessions_app.policy import (
+    Action,
+    Backoff,
+    SessionView,
+    fair_share,
+    pick_to_shed,
+    plan,
+    shed_count,
+)
 from sessions_app.states import LIVE_STATES, Desired, State, Trigger, is_allowed, transition
 
 logger = logging.getLogger(__name__)
@@ -120,10 +128,18 @@ _db_load = supervisor_db(leases.load)
 _db_claim = supervisor_db(leases.claim)
 _db_renew = supervisor_db(leases.renew)
 _db_release_all = supervisor_db(leases.release_all)
+_db_announce = supervisor_db(leases.announce)
+_db_withdraw = supervisor_db(leases.withdraw)
+_db_census = supervisor_db(leases.census)
+_db_held = supervisor_db(leases.held_sessions)
 _db_close = supervisor_db(connections.close_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
+
+#: Look for work this long after another's lease is due to expire (clock skew
+#: between our sleep and the database's clock).
+EXPIRY_SLACK = 0.1
 
 
 @supervisor_db
@@ -160,6 +176,7 @@ class SessionRunner:
         self.round_qr_count = 0  # QR codes seen in the current round
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.exit_reason = "done"
+        self.handover_why = ""
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self.task = asyncio.get_running_loop().create_task(
@@ -177,10 +194,11 @@ class SessionRunner:
             self.exit_reason = reason
             self.task.cancel()
 
-    def hand_over(self) -> None:
-        """Clean shutdown: close the connection, record it, release the lease."""
+    def hand_over(self, why: str = "supervisor shutting down; handing over") -> None:
+        """Close the connection, record why, release the lease for another owner."""
         if not self._finishing:
             self.exit_reason = "handover"
+            self.handover_why = why
             self.task.cancel()
 
     # -- the loop ----------------------------------------------------------------------
@@ -236,11 +254,7 @@ class SessionRunner:
         event = None
         state = State(session.state)
         if state in LIVE_STATES and is_allowed(state, Trigger.DISCONNECTED):
-            why = (
-                "supervisor shutting down; handing over"
-                if self.exit_reason == "handover"
-                else "supervisor error"
-            )
+            why = self.handover_why if self.exit_reason == "handover" else "supervisor error"
             target = transition(state, Trigger.DISCONNECTED)
             fields = {"state": target, "state_changed_at": timezone.now(), **_QR_CLEARED}
             event = EventRecord(SessionEvent.Kind.STATE, why, state, target)
@@ -587,6 +601,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
+        self._next_expiry = self.config.reconcile_interval
         #: Set after the first reconcile pass: the supervisor is listening and has
         #: claimed what was waiting.
         self.ready = asyncio.Event()
@@ -645,12 +660,16 @@ class Supervisor:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):  # first: the others may now take everything
+            await _db_withdraw(self.owner)
         runners = list(self.runners.values())
         for runner in runners:
             runner.hand_over()
         await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
         with contextlib.suppress(Exception):
             await _db_release_all(self.owner)
+        if runners:
+            await doorbell.wake_supervisors("a supervisor left")
         with contextlib.suppress(Exception):
             await self.driver.aclose()
         with contextlib.suppress(Exception):  # give back our database connection
@@ -731,6 +750,12 @@ class Supervisor:
                 logger.warning("lease renewal failed", exc_info=True, extra=self._extra())
                 continue
             self._last_renewal = started
+            try:
+                await _db_announce(
+                    self.owner, self.config.lease_ttl, self.config.max_sessions, len(held)
+                )
+            except Exception:
+                logger.warning("could not renew our presence", exc_info=True, extra=self._extra())
             if self.fenced:
                 logger.info("lease renewal works again; claiming resumes", extra=self._extra())
                 self.fenced = False
@@ -772,22 +797,37 @@ class Supervisor:
         # The first pass runs once the doorbell listens: a ring in between would be
         # lost until the next periodic pass.
         await self._listening.wait()
+        await self._join()
         self._wake.set()
+        last_periodic = self.clock()
         while True:
-            periodic = False
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-            # cancellation that races the wake-up, and this loop would never end.
-            try:
-                async with asyncio.timeout(self.config.reconcile_interval):
+            # Wake on a ring, when another's lease or presence runs out (to take
+            # over a dead supervisor's sessions without delay), or for the
+            # periodic pass. asyncio.timeout, not wait_for: on 3.11 wait_for can
+            # swallow a cancellation that races the wake-up.
+            until_periodic = self.config.reconcile_interval - (self.clock() - last_periodic)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(until_periodic, self._next_expiry))):
                     await self._wake.wait()
-            except TimeoutError:
-                periodic = True
+            periodic = self.clock() - last_periodic >= self.config.reconcile_interval
+            if periodic:
+                last_periodic = self.clock()
             self._wake.clear()
             try:
                 await self.reconcile(periodic=periodic)
             except Exception:
+                self._next_expiry = self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
             self.ready.set()
+
+    async def _join(self) -> None:
+        """Enter the census and ask the others to make room for our share."""
+        try:
+            await _db_announce(self.owner, self.config.lease_ttl, self.config.max_sessions, 0)
+        except Exception:
+            logger.warning("could not announce ourselves", exc_info=True, extra=self._extra())
+            return
+        await doorbell.wake_supervisors("a supervisor joined")
 
     async def reconcile(self, *, periodic: bool = True) -> int:
         """Claim what needs an owner; on the periodic pass, re-check owned sessions too."""
@@ -800,9 +840,17 @@ class Supervisor:
                     await self.layer.group_add(doorbell.SUPERVISORS_GROUP, self._channel)
         if self.fenced:
             return 0
+        census = await _db_census(self.owner)
+        self._next_expiry = (
+            self.config.reconcile_interval
+            if census.next_expiry is None
+            else census.next_expiry + EXPIRY_SLACK
+        )
+        share = fair_share(census.wanted, self.config.max_sessions, census.other_caps)
+        await self._shed(share)
         claimed = 0
         while True:
-            room = self.config.max_sessions - len(self.runners)
+            room = share - len(self.runners)
             batch = min(room, self.config.claim_batch)
             if batch <= 0:
                 break
@@ -819,3 +867,24 @@ class Supervisor:
             if len(got) < batch:
                 break
         return claimed
+
+    async def _shed(self, share: int) -> None:
+        """Hand over what we hold beyond our share, so a newcomer can take it."""
+        count = shed_count(len(self.runners), share)
+        if not count:
+            return
+        chosen = pick_to_shed(await _db_held(self.owner), count)
+        runners = [self.runners[sid] for sid in chosen if sid in self.runners]
+        if not runners:
+            return
+        logger.info(
+            "holding %d sessions, fair share %d: handing %d over",
+            len(self.runners),
+            share,
+            len(runners),
+            extra=self._extra(),
+        )
+        for runner in runners:
+            runner.hand_over("handed over to another supervisor to balance the load")
+        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
+        await doorbell.wake_supervisors("sessions handed over")

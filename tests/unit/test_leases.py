@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from sessions_app import leases
 from sessions_app.leases import EventRecord
-from sessions_app.models import SessionEvent, WaSession
+from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 
 pytestmark = pytest.mark.django_db
 
@@ -54,3 +55,28 @@ def test_release_frees_the_session_for_the_next_claimer(sessions: list[WaSession
     assert not leases.release(lease), "a second release finds nothing"
     assert lease.session_id in {x.session_id for x in leases.claim("b", 10, 5)}
     assert leases.release_all("b") == 5
+
+
+def test_the_census_counts_live_peers_and_the_work(sessions: list[WaSession]) -> None:
+    leases.announce("a", 10, 1000, 0)
+    leases.announce("b", 10, 7, 0)
+    leases.announce("gone", 10, 5, 0)
+    SupervisorPresence.objects.filter(owner="gone").update(expires_at=timezone.now())
+    leases.announce("a", 10, 1000, 2)  # a renewal updates the row
+    assert SupervisorPresence.objects.get(owner="a").sessions == 2
+
+    census = leases.census("a")
+    assert census.wanted == len(sessions)
+    assert census.other_caps == [7], "only the others that are alive count"
+    assert census.next_expiry is not None and 0 < census.next_expiry <= 10
+
+    leases.claim("b", 4, 2)
+    assert 0 < leases.census("a").next_expiry <= 4, "b's leases run out first"  # type: ignore[operator]
+    leases.withdraw("b")
+    assert leases.census("a").other_caps == []
+
+
+def test_events_carry_the_epoch_they_were_written_under(sessions: list[WaSession]) -> None:
+    (lease,) = leases.claim("a", 10, 1)
+    leases.write(lease, {}, EventRecord("info", "hello"))
+    assert SessionEvent.objects.get(session_id=lease.session_id).epoch == lease.epoch

@@ -12,8 +12,11 @@ from sessions_app.policy import (
     Action,
     Backoff,
     SessionView,
+    fair_share,
     needs_owner,
+    pick_to_shed,
     plan,
+    shed_count,
     should_reconnect,
 )
 from sessions_app.states import WAITS_FOR_ADMIN, Desired, State
@@ -157,3 +160,48 @@ def test_needs_owner_ignores_the_local_connection_and_timers() -> None:
     for view in VIEWS:
         outside = dataclasses.replace(view, connection_open=False, retry_due=True)
         assert needs_owner(view) is (plan(outside) is not Action.RELEASE)
+
+
+# -- sharing sessions between supervisors -------------------------------------------
+
+CAP_SETS = [caps for n in range(1, 5) for caps in itertools.product((1, 3, 7, 50), repeat=n)]
+
+
+def test_fair_shares_cover_the_work_within_every_cap() -> None:
+    for caps, wanted in itertools.product(CAP_SETS, range(60)):
+        shares = [
+            fair_share(wanted, cap, [c for j, c in enumerate(caps) if j != i])
+            for i, cap in enumerate(caps)
+        ]
+        assert all(0 <= share <= cap for share, cap in zip(shares, caps, strict=True))
+        assert sum(shares) >= min(wanted, sum(caps)), "some sessions would have no owner"
+        uncapped = {share for share, cap in zip(shares, caps, strict=True) if share < cap}
+        assert len(uncapped) <= 1, "supervisors below their cap get the same share"
+        assert sum(shares) < wanted + len(caps), "rounding up gives at most one extra each"
+
+
+def test_a_third_supervisor_gets_a_third() -> None:
+    assert fair_share(300, 1000, [1000, 1000]) == 100
+    assert shed_count(150, 100) == 50
+
+
+def test_small_differences_do_not_move_sessions() -> None:
+    assert shed_count(100, 99) == 0
+    assert shed_count(110, 100) == 0
+    assert shed_count(111, 100) == 11
+    assert shed_count(2, 1) == 0 and shed_count(3, 1) == 2
+    assert shed_count(0, 0) == 0
+
+
+def test_only_linked_devices_outside_a_qr_round_are_handed_over() -> None:
+    sessions = [
+        (1, State.CONNECTED, True),
+        (2, State.QR_REQUIRED, False),
+        (3, State.PAIRING, True),
+        (4, State.CONNECTING, False),
+        (5, State.DISCONNECTED, True),
+        (6, State.CONNECTED, True),
+    ]
+    assert pick_to_shed(sessions, 10) == [6, 5, 1]
+    assert pick_to_shed(sessions, 2) == [6, 5]
+    assert pick_to_shed(sessions, 0) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -324,3 +325,58 @@ async def test_two_supervisors_never_share_a_session(world: SimulatedWhatsApp) -
         assert not owned_one & owned_two
         assert owned_one | owned_two == {s.pk for s in sessions}
     assert all(world.max_live[s.pk] == 1 for s in sessions)
+
+
+@pytest.fixture
+def self_scanning() -> SimulatedWhatsApp:
+    """A world whose phones scan every QR round at once: sessions link by themselves."""
+    return SimulatedWhatsApp(SimulatedTiming(first_qr_ttl=5, pair_delay=0, auto_scan=0.0))
+
+
+def owned_by(owner: str) -> Callable[[dict[str, object]], bool]:
+    return lambda snap: (
+        snap is not None
+        and (snap["lease_owner"], snap["state"])
+        == (
+            owner,
+            "connected",
+        )
+    )
+
+
+async def test_a_new_supervisor_takes_its_share_without_a_new_qr(
+    self_scanning: SimulatedWhatsApp,
+) -> None:
+    world = self_scanning
+    async with running(world, owner="first"):
+        sessions = [await create(f"share{i}", "ada") for i in range(20)]
+        ids = [s.pk for s in sessions]
+        for pk in ids:
+            await until(pk, owned_by("first"))
+        async with running(world, owner="second") as second:
+            # The first hands over its newest ten; the second resumes them.
+            for pk in sorted(ids)[10:]:
+                await until(pk, owned_by("second"))
+            assert await world.until_connected(ids, timeout=5) == set()
+            assert sorted(second.runners) == sorted(ids)[10:]
+    assert all(world.qr_issued[pk] == 1 for pk in ids), "a hand-over never makes a new QR"
+    assert all(world.max_live[pk] == 1 for pk in ids), "and never connects a device twice"
+    assert world.overlaps == []
+    moved = await events_of(sorted(ids)[-1])
+    assert (
+        "state",
+        "disconnected",
+        "handed over to another supervisor to balance the load",
+    ) in moved
+
+
+async def test_a_capped_supervisor_leaves_the_rest_to_the_others(
+    self_scanning: SimulatedWhatsApp,
+) -> None:
+    world = self_scanning
+    capped = dataclasses.replace(FAST, max_sessions=3)
+    async with running(world, capped, owner="small") as small, running(world, owner="big") as big:
+        sessions = [await create(f"cap{i}", "ada") for i in range(12)]
+        assert await world.until_connected([s.pk for s in sessions], timeout=10) == set()
+        assert len(small.runners) <= 3
+        assert set(small.runners) | set(big.runners) == {s.pk for s in sessions}
