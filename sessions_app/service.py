@@ -18,14 +18,18 @@ from sessions_app.supervisor import Supervisor
 logger = logging.getLogger(__name__)
 
 
-def build_supervisor(*, max_sessions: int | None = None) -> Supervisor:
+def build_supervisor(*, max_sessions: int | None = None, poll_only: bool = False) -> Supervisor:
     overrides = {"max_sessions": max_sessions} if max_sessions else {}
-    return Supervisor(build_driver(), config=conf.supervisor_config(**overrides))
+    return Supervisor(
+        build_driver(),
+        config=conf.supervisor_config(**overrides),
+        layer=None if poll_only else True,
+    )
 
 
-async def serve(*, max_sessions: int | None = None) -> None:
+async def serve(*, max_sessions: int | None = None, poll_only: bool = False) -> None:
     """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over."""
-    supervisor = build_supervisor(max_sessions=max_sessions)
+    supervisor = build_supervisor(max_sessions=max_sessions, poll_only=poll_only)
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -102,6 +102,8 @@ class SimulatedWhatsApp:
         self.connects: collections.Counter[int] = collections.Counter()
         self.qr_issued: collections.Counter[int] = collections.Counter()
         self.overlaps: list[Overlap] = []
+        #: When each session last became connected (wall clock): failover timings.
+        self.connected_at: dict[int, float] = {}
         self._connections: dict[int, list[_Connection]] = collections.defaultdict(list)
         self._tokens = itertools.count(1)
         self._changed: asyncio.Condition | None = None
@@ -121,6 +123,18 @@ class SimulatedWhatsApp:
             async with asyncio.timeout(timeout):
                 await self._until(lambda: wanted <= self.connected_sessions())
         return wanted - self.connected_sessions()
+
+    async def until_idle(self, session_ids: Iterable[int], timeout: float) -> set[int]:
+        """Wait until no session in ``session_ids`` has a live connection; return the rest."""
+        wanted = set(session_ids)
+
+        def busy() -> set[int]:
+            return {sid for sid in wanted if self.live[sid]}
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._until(lambda: not busy())
+        return busy()
 
     async def _until(self, predicate: Callable[[], bool]) -> None:
         if self._changed is None:
@@ -246,6 +260,7 @@ class SimulatedWhatsApp:
 
     def _mark_connected(self, conn: _Connection) -> None:
         conn.connected = True
+        self.connected_at[conn.session_id] = time.time()
         conn.emit(Connected(conn.session_id))
         self._notify()
 

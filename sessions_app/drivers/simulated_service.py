@@ -45,6 +45,7 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "phone": {"session": int, "gesture": str},
     "forget": {"jid": str},
     "wait_connected": {"sessions": list, "timeout": float},
+    "wait_idle": {"sessions": list, "timeout": float},
 }
 
 #: What the service sends on a device connection: driver events and replies.
@@ -165,6 +166,9 @@ class SimulatedWhatsAppService:
             elif kind == "wait_connected":
                 missing = await self.world.until_connected(message["sessions"], message["timeout"])
                 reply = wire.encode("waited", missing=sorted(missing))
+            elif kind == "wait_idle":
+                busy = await self.world.until_idle(message["sessions"], message["timeout"])
+                reply = wire.encode("waited", missing=sorted(busy))
             else:
                 raise wire.ProtocolError(f"{kind!r} is not a control command")
             send_raw(writer, reply)
@@ -178,6 +182,7 @@ class SimulatedWhatsAppService:
             "connects": dict(world.connects),
             "qr_issued": dict(world.qr_issued),
             "connected": sorted(world.connected_sessions()),
+            "connected_at": dict(world.connected_at),
             "overlaps": [dataclasses.asdict(o) for o in world.overlaps],
         }
 
@@ -196,6 +201,7 @@ class ServiceStats:
     connects: dict[int, int]
     qr_issued: dict[int, int]
     connected: set[int]
+    connected_at: dict[int, float]  # when each session last became connected (wall clock)
     overlaps: list[Overlap]
 
     @classmethod
@@ -209,6 +215,7 @@ class ServiceStats:
             connects=counts("connects"),
             qr_issued=counts("qr_issued"),
             connected=set(message["connected"]),
+            connected_at={int(k): float(v) for k, v in message["connected_at"].items()},
             overlaps=[Overlap(**o) for o in message["overlaps"]],
         )
 
@@ -263,4 +270,9 @@ class ServiceControl:
     async def wait_connected(self, session_ids: Iterable[int], timeout: float) -> set[int]:
         """Wait until every session is connected; return those that were not in time."""
         reply = await self._ask("wait_connected", sessions=list(session_ids), timeout=timeout)
+        return set(reply["missing"])
+
+    async def wait_idle(self, session_ids: Iterable[int], timeout: float) -> set[int]:
+        """Wait until no session has a live connection; return those still connected."""
+        reply = await self._ask("wait_idle", sessions=list(session_ids), timeout=timeout)
         return set(reply["missing"])

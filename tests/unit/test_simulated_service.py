@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -90,8 +91,11 @@ async def test_a_qr_round_over_tcp_pairs_and_connects(running: Running) -> None:
     assert await running.control.wait_connected([1], timeout=2) == set()
     stats = await running.control.stats()
     assert stats.connected == {1} and stats.live == {1: 1} and stats.qr_issued == {1: 1}
+    assert stats.connected_at[1] <= time.time()
+    assert await running.control.wait_idle([1], timeout=0.05) == {1}
     await driver.aclose()
     assert await running.control.wait_connected([1], timeout=0.05) == {1}
+    assert await running.control.wait_idle([1], timeout=1) == set()
 
 
 async def test_a_second_connection_kicks_the_first_and_is_recorded_with_owners(

@@ -24,5 +24,15 @@ class Command(BaseCommand):
             help="Own at most this many sessions (default: WACONNECT_MAX_SESSIONS).",
         )
 
+        parser.add_argument(
+            "--poll-only",
+            action="store_true",
+            help=(
+                "Do not listen to the doorbell: find work only on the periodic reconcile "
+                "(WACONNECT_RECONCILE_INTERVAL). The design waconnect replaces; for "
+                "comparison benchmarks."
+            ),
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
-        asyncio.run(serve(max_sessions=options["max_sessions"]))
+        asyncio.run(serve(max_sessions=options["max_sessions"], poll_only=options["poll_only"]))
