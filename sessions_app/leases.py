@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from django.db import connection, transaction
@@ -144,6 +144,15 @@ def delete(lease: Lease) -> bool:
     """Delete the session row (and its log) if ``lease`` is still current."""
     deleted, _ = _fenced(lease).delete()
     return bool(deleted)
+
+
+def release_unrun(owner: str, running: Collection[int]) -> int:
+    """Give back the leases ``owner`` holds but runs nothing for (after self-fencing)."""
+    return (
+        WaSession.objects.filter(lease_owner=owner)
+        .exclude(pk__in=list(running))
+        .update(lease_owner="", lease_expires_at=None)
+    )
 
 
 def release_all(owner: str) -> int:

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from sessions_app import doorbell, leases, snapshots
 from sessions_app.conf import SupervisorConfig, supervisor_config
-from sessions_app.dbthread import supervisor_db
+from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.base import (
     Banned,
     Connected,
@@ -126,13 +126,15 @@ def _db_release(
 
 _db_load = supervisor_db(leases.load)
 _db_claim = supervisor_db(leases.claim)
-_db_renew = supervisor_db(leases.renew)
+_db_renew = lease_db(leases.renew)
+_db_release_unrun = lease_db(leases.release_unrun)
 _db_release_all = supervisor_db(leases.release_all)
-_db_announce = supervisor_db(leases.announce)
+_db_announce = lease_db(leases.announce)
 _db_withdraw = supervisor_db(leases.withdraw)
 _db_census = supervisor_db(leases.census)
 _db_held = supervisor_db(leases.held_sessions)
 _db_close = supervisor_db(connections.close_all)
+_db_close_lease = lease_db(connections.close_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
@@ -672,8 +674,9 @@ class Supervisor:
             await doorbell.wake_supervisors("a supervisor left")
         with contextlib.suppress(Exception):
             await self.driver.aclose()
-        with contextlib.suppress(Exception):  # give back our database connection
+        with contextlib.suppress(Exception):  # give back our database connections
             await _db_close()
+            await _db_close_lease()
         logger.info(
             "supervisor %s stopped; %d sessions handed over",
             self.owner,
@@ -764,11 +767,17 @@ class Supervisor:
                 lease = held_ids.get(session_id)
                 if lease is None or lease.epoch != runner.lease.epoch:
                     runner.abandon("lease lost")
-            for lease in held:
-                if lease.session_id not in self.runners:
-                    # We self-fenced (or crashed a runner) but the DB still says ours.
-                    await supervisor_db(leases.release)(lease)
+            if any(lease.session_id not in self.runners for lease in held):
+                # We self-fenced (or a runner crashed) but the database still says
+                # ours: give those back in one statement, and let anyone claim them.
+                try:
+                    released = await _db_release_unrun(self.owner, list(self.runners))
+                except Exception:
+                    logger.warning("could not release leases", exc_info=True, extra=self._extra())
+                    continue
+                if released:
                     self._wake.set()
+                    await doorbell.wake_supervisors("leases given back")
 
     async def _fence_watchdog(self) -> None:
         """Drop every connection before our leases can expire if renewal stalls."""

@@ -112,17 +112,24 @@ class SimulatedWhatsApp:
         """Wait until ``session_id`` has exactly ``count`` live connections."""
         await self._until(lambda: self.live[session_id] == count)
 
-    def connected_sessions(self) -> set[int]:
-        """Sessions with a live connection that WhatsApp considers logged in."""
-        return {sid for sid, conns in self._connections.items() if any(c.connected for c in conns)}
+    def connected_sessions(self, exclude_owner: str = "") -> set[int]:
+        """Sessions with a live connection that WhatsApp considers logged in
+        (opened by anyone but ``exclude_owner``, when given)."""
+        return {
+            sid
+            for sid, conns in self._connections.items()
+            if any(c.connected and not (exclude_owner and c.owner == exclude_owner) for c in conns)
+        }
 
-    async def until_connected(self, session_ids: Iterable[int], timeout: float) -> set[int]:
+    async def until_connected(
+        self, session_ids: Iterable[int], timeout: float, exclude_owner: str = ""
+    ) -> set[int]:
         """Wait until every session in ``session_ids`` is connected; return the missing."""
         wanted = set(session_ids)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._until(lambda: wanted <= self.connected_sessions())
-        return wanted - self.connected_sessions()
+                await self._until(lambda: wanted <= self.connected_sessions(exclude_owner))
+        return wanted - self.connected_sessions(exclude_owner)
 
     async def until_idle(self, session_ids: Iterable[int], timeout: float) -> set[int]:
         """Wait until no session in ``session_ids`` has a live connection; return the rest."""

@@ -44,7 +44,7 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "stats": {},
     "phone": {"session": int, "gesture": str},
     "forget": {"jid": str},
-    "wait_connected": {"sessions": list, "timeout": float},
+    "wait_connected": {"sessions": list, "timeout": float, "exclude_owner": str},
     "wait_idle": {"sessions": list, "timeout": float},
 }
 
@@ -164,7 +164,9 @@ class SimulatedWhatsAppService:
                 self.world.forget(message["jid"])
                 reply = wire.encode("done", ok=True)
             elif kind == "wait_connected":
-                missing = await self.world.until_connected(message["sessions"], message["timeout"])
+                missing = await self.world.until_connected(
+                    message["sessions"], message["timeout"], message["exclude_owner"]
+                )
                 reply = wire.encode("waited", missing=sorted(missing))
             elif kind == "wait_idle":
                 busy = await self.world.until_idle(message["sessions"], message["timeout"])
@@ -267,9 +269,17 @@ class ServiceControl:
     async def forget(self, jid: str) -> None:
         await self._ask("forget", jid=jid)
 
-    async def wait_connected(self, session_ids: Iterable[int], timeout: float) -> set[int]:
-        """Wait until every session is connected; return those that were not in time."""
-        reply = await self._ask("wait_connected", sessions=list(session_ids), timeout=timeout)
+    async def wait_connected(
+        self, session_ids: Iterable[int], timeout: float, exclude_owner: str = ""
+    ) -> set[int]:
+        """Wait until every session is connected (by anyone but ``exclude_owner``);
+        return those that were not in time."""
+        reply = await self._ask(
+            "wait_connected",
+            sessions=list(session_ids),
+            timeout=timeout,
+            exclude_owner=exclude_owner,
+        )
         return set(reply["missing"])
 
     async def wait_idle(self, session_ids: Iterable[int], timeout: float) -> set[int]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 from django.db import connection
 
 
@@ -18,6 +19,12 @@ def on_postgresql() -> None:
     assert connection.vendor == "postgresql", (
         "tests/postgres need DATABASE_URL=postgres://… (make test sets it)"
     )
+
+
+@pytest.fixture
+def redis_layer() -> None:
+    layer = get_channel_layer()
+    assert type(layer).__name__ == "RedisChannelLayer", "set REDIS_URL (make test does)"
 
 
 @pytest.fixture(scope="session", autouse=True)

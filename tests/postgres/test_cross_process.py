@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, connections
 
@@ -27,12 +26,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_layer() -> None:
-    layer = get_channel_layer()
-    assert type(layer).__name__ == "RedisChannelLayer", "set REDIS_URL (make test does)"
 
 
 @pytest.fixture

@@ -109,8 +109,10 @@ async def test_a_second_connection_kicks_the_first_and_is_recorded_with_owners(
     old, new = Inbox(), Inbox()
     await zombie.start(ConnectSpec(2, jid=jid, owner="zombie", epoch=4), old)
     assert isinstance(await old.next(), Connected)
+    assert await running.control.wait_connected([2], timeout=0.05, exclude_owner="zombie") == {2}
     await successor.start(ConnectSpec(2, jid=jid, owner="successor", epoch=5), new)
     assert isinstance(await new.next(), Connected)
+    assert await running.control.wait_connected([2], timeout=1, exclude_owner="zombie") == set()
     assert isinstance(await old.next(), Replaced)
     [overlap] = (await running.control.stats()).overlaps
     assert (overlap.old_owner, overlap.old_epoch) == ("zombie", 4)

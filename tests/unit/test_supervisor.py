@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from sessions_app import intents, leases
 from sessions_app.conf import SupervisorConfig
+from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
 from sessions_app.models import SessionEvent, WaSession
 from sessions_app.supervisor import Supervisor
@@ -380,3 +382,14 @@ async def test_a_capped_supervisor_leaves_the_rest_to_the_others(
         assert await world.until_connected([s.pk for s in sessions], timeout=10) == set()
         assert len(small.runners) <= 3
         assert set(small.runners) | set(big.runners) == {s.pk for s in sessions}
+
+
+async def test_renewal_does_not_wait_behind_a_backlog_of_writes(world: SimulatedWhatsApp) -> None:
+    async with running(world) as sup:
+        session = await paired("busy", sup)
+        before = (await get(pk=session.pk)).lease_expires_at
+        # Hold the session-write thread longer than the self-fence limit.
+        await supervisor_db(time.sleep)(FAST.lease_ttl)
+        assert not sup.fenced, "a write backlog made the supervisor fence itself"
+        assert world.live[session.pk] == 1
+        assert (await get(pk=session.pk)).lease_expires_at > before

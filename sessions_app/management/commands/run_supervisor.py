@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -35,4 +37,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck
+        # supervisor is waiting on, without stopping it.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         asyncio.run(serve(max_sessions=options["max_sessions"], poll_only=options["poll_only"]))

@@ -1,0 +1,304 @@
+"""Chaos: three supervisor processes, 300 sessions, and every fault the leases must survive.
+
+The system waconnect replaces connected one WhatsApp device from two processes at
+once. Here three ``run_supervisor`` processes share 300 sessions on the simulated
+WhatsApp service (which, like WhatsApp, kicks the older of two live connections of
+a device and records it), on the machine's PostgreSQL and Redis, while the test
+
+- SIGKILLs a supervisor (twice), and starts a replacement each time;
+- freezes one with SIGSTOP past its lease, lets the others take over, then
+  SIGCONTs it: the zombie;
+- restarts one cleanly (SIGTERM, then a new process);
+- kills the supervisors' PostgreSQL connections (``pg_terminate_backend``);
+- drops every Redis connection (``CLIENT KILL``);
+- and flips intents (stop/start) at random throughout.
+
+After every fault, every session that should run is connected again within the
+lease TTL + 5 s, and every stopped one has no connection. At the end: no two live
+connections of one device ever overlapped, except at most one "stream replaced"
+per session of the zombie, kicked by its successor; none of the zombie's stale
+writes was accepted; and each session's event log is a complete chain of state
+changes that ends in the state the row holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, connections
+
+from benchmarks.cluster import APPLICATION_NAME, Cluster, SupervisorProcess
+from sessions_app import intents
+from sessions_app.drivers.simulated_service import ServiceControl
+from sessions_app.models import SessionEvent, WaSession
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(420),
+]
+
+SESSIONS = 300
+SUPERVISORS = 3
+TTL = 8.0
+RECOVERY = TTL + 5.0  # the issue's bound: back within lease TTL + 5 s of a fault
+SETTINGS = {
+    "WACONNECT_LEASE_TTL": str(TTL),
+    "WACONNECT_RENEW_INTERVAL": "2",
+    "WACONNECT_SELF_FENCE_MARGIN": "3",
+    "WACONNECT_RECONCILE_INTERVAL": "4",
+    "WACONNECT_BACKOFF_BASE": "0.2",
+    "WACONNECT_BACKOFF_CAP": "2",
+    "WACONNECT_SIM_FIRST_QR_TTL": "30",
+    "WACONNECT_SIM_PAIR_DELAY": "0",
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    db = settings.DATABASES["default"]
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+    with Cluster(
+        database_url=url,
+        redis_url=os.environ["REDIS_URL"],
+        log_dir=tmp_path,
+        settings=SETTINGS,
+        auto_scan=0.05,
+    ) as running:
+        try:
+            yield running
+        finally:
+            running.close()
+            print(running.logs()[-200_000:])  # shown by pytest when the test failed
+
+
+@pytest.fixture
+async def control(cluster: Cluster) -> AsyncIterator[ServiceControl]:
+    async with ServiceControl(cluster.address) as line:
+        yield line
+    await sync_to_async(connections.close_all)()
+
+
+@sync_to_async
+def create_sessions(count: int) -> list[int]:
+    return [intents.create_session(f"chaos-{i:03d}", "chaos").pk for i in range(count)]
+
+
+@sync_to_async
+def held_by(owner: str) -> dict[int, int]:
+    """The sessions ``owner`` holds, with their fencing numbers."""
+    return dict(WaSession.objects.filter(lease_owner=owner).values_list("id", "lease_epoch"))
+
+
+@sync_to_async
+def terminate_supervisor_backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            [APPLICATION_NAME],
+        )
+        return int(cursor.fetchone()[0])
+
+
+@sync_to_async
+def backends() -> list[tuple[object, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, state, wait_event_type, wait_event, left(query, 120)"
+            " FROM pg_stat_activity WHERE application_name = %s",
+            [APPLICATION_NAME],
+        )
+        return list(cursor.fetchall())
+
+
+def drop_redis_connections() -> int:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        return int(client.client_kill_filter(_type="normal", skipme=True))
+    finally:
+        client.close()
+
+
+class Chaos:
+    """The intents the test holds, and the checks made after each fault."""
+
+    def __init__(self, cluster: Cluster, control: ServiceControl, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.control = control
+        self.rng = rng
+        self.running: set[int] = set()
+        self.stopped: set[int] = set()
+
+    @sync_to_async
+    def flip(self, count: int) -> None:
+        """Stop some running sessions and start some stopped ones, at random."""
+        for pk in self.rng.sample(sorted(self.running | self.stopped), count):
+            session = WaSession.objects.get(pk=pk)
+            if pk in self.running:
+                intents.stop(session, "chaos")
+                self.running.discard(pk)
+                self.stopped.add(pk)
+            else:
+                intents.start(session, "chaos")
+                self.stopped.discard(pk)
+                self.running.add(pk)
+
+    async def recovered(self, fault: str, since: float, exclude_owner: str = "") -> None:
+        """Every session that should run is connected within RECOVERY of ``since``."""
+        left = max(0.0, since + RECOVERY - time.monotonic())
+        missing = await self.control.wait_connected(self.running, left, exclude_owner)
+        if missing:
+            await self.diagnose()
+        assert not missing, f"after {fault}: {len(missing)} sessions not back within {RECOVERY}s"
+        print(f"{time.strftime('%H:%M:%S')} {fault}: all back in {time.monotonic() - since:.1f}s")
+        left = max(0.0, since + RECOVERY - time.monotonic())
+        busy = await self.control.wait_idle(self.stopped, left)
+        assert not busy, f"after {fault}: {len(busy)} stopped sessions still connected"
+
+    async def took_its_share(self, newcomer: SupervisorProcess, since: float) -> None:
+        """A supervisor that joins gets about a third within RECOVERY (others hand over)."""
+        share = len(self.running) // SUPERVISORS
+        floor = share - max(1, share // 10) - 1  # the policy's slack, and rounding
+        owner = newcomer.owner()
+        held: dict[int, int] = {}
+        while time.monotonic() < since + RECOVERY:
+            held = await held_by(owner)
+            if len(held) >= floor:
+                return
+            await asyncio.sleep(0.2)  # another process's progress: observed, not awaited
+        raise AssertionError(f"a new supervisor holds {len(held)} sessions, not ~{share}")
+
+    async def diagnose(self) -> None:
+        """Stacks of every live supervisor (SIGUSR1) and what their connections wait on."""
+        for supervisor in self.cluster.alive:
+            supervisor.signal(signal.SIGUSR1)
+        for row in await backends():
+            print("backend:", row)
+
+    def replace(self, dead: SupervisorProcess) -> SupervisorProcess:
+        self.cluster.supervisors.remove(dead)
+        return self.cluster.start_supervisor()
+
+
+@sync_to_async
+def stale_writes_accepted(owner: str, held: dict[int, int]) -> list[SessionEvent]:
+    """Events the zombie wrote under its old leases after someone else took over."""
+    actor = f"supervisor:{owner}"
+    stale = []
+    for pk, epoch in held.items():
+        successor = (
+            SessionEvent.objects.filter(session_id=pk, epoch__gt=epoch).order_by("id").first()
+        )
+        if successor is None:
+            continue
+        stale += SessionEvent.objects.filter(
+            session_id=pk, actor=actor, epoch=epoch, id__gt=successor.id
+        )
+    return stale
+
+
+@sync_to_async
+def broken_event_chains() -> list[str]:
+    """Sessions whose state changes do not form one chain ending in the row's state."""
+    broken = []
+    for session in WaSession.objects.all():
+        state = "stopped"
+        for event in session.events.filter(kind=SessionEvent.Kind.STATE).order_by("id"):
+            if event.from_state != state:
+                broken.append(f"{session.pk}: {event.from_state}→{event.to_state} after {state}")
+            state = event.to_state
+        if state != session.state:
+            broken.append(f"{session.pk}: log ends in {state}, row says {session.state}")
+    return broken
+
+
+async def test_no_double_connection_under_chaos(
+    cluster: Cluster, control: ServiceControl, redis_layer: None
+) -> None:
+    seed = int(os.environ.get("CHAOS_SEED", time.time()))
+    print(f"CHAOS_SEED={seed}")
+    chaos = Chaos(cluster, control, random.Random(seed))
+    for _ in range(SUPERVISORS):
+        cluster.start_supervisor()
+    chaos.running = set(await create_sessions(SESSIONS))
+    missing = await control.wait_connected(chaos.running, timeout=120)
+    assert not missing, f"{len(missing)} sessions never linked"
+
+    # 1. SIGKILL, with intents flipping at the same time; then a replacement joins.
+    victim = chaos.rng.choice(cluster.alive)
+    fault_at = time.monotonic()
+    victim.kill()
+    print(f"{time.strftime('%H:%M:%S')} SIGKILL {victim.name}")
+    await chaos.flip(20)
+    await chaos.recovered("a SIGKILL", fault_at)
+    joined_at = time.monotonic()
+    newcomer = chaos.replace(victim)
+    await chaos.took_its_share(newcomer, joined_at)
+    await chaos.recovered("a new supervisor joining", joined_at)
+
+    # 2. A zombie: frozen past its lease, taken over, then woken.
+    zombie = chaos.rng.choice(cluster.alive)
+    owner = zombie.owner()
+    held = await held_by(owner)
+    assert held, "the zombie holds sessions (the spread gives each a share)"
+    frozen_at = time.monotonic()
+    zombie.signal(signal.SIGSTOP)
+    await chaos.recovered("a SIGSTOP", frozen_at, exclude_owner=owner)
+    await asyncio.sleep(max(0.0, frozen_at + TTL + 2 - time.monotonic()))  # past its lease
+    woken_at = time.monotonic()
+    zombie.signal(signal.SIGCONT)
+    await chaos.flip(20)
+    await chaos.recovered("a SIGCONT", woken_at)
+
+    # 3. A clean restart hands over without a new QR code.
+    qr_before = sum((await control.stats()).qr_issued.values())
+    victim = chaos.rng.choice([s for s in cluster.alive if s is not zombie])
+    restart_at = time.monotonic()
+    assert victim.terminate() == 0
+    chaos.replace(victim)
+    await chaos.recovered("a clean restart", restart_at)
+    assert sum((await control.stats()).qr_issued.values()) == qr_before, "a hand-over made a QR"
+
+    # 4. PostgreSQL drops the supervisors' connections.
+    fault_at = time.monotonic()
+    assert await terminate_supervisor_backends() >= SUPERVISORS
+    await chaos.flip(20)
+    await chaos.recovered("pg_terminate_backend", fault_at)
+
+    # 5. Redis drops every connection; rings may be lost, the reconcile repairs.
+    fault_at = time.monotonic()
+    assert drop_redis_connections() >= SUPERVISORS
+    await chaos.flip(20)
+    await chaos.recovered("a Redis drop", fault_at)
+
+    # 6. SIGKILL again, this time the zombie itself.
+    fault_at = time.monotonic()
+    zombie.kill()
+    await chaos.flip(20)
+    await chaos.recovered("a second SIGKILL", fault_at)
+    chaos.replace(zombie)
+
+    stats = await control.stats()
+    per_session = collections.Counter(o.session_id for o in stats.overlaps)
+    foreign = [o for o in stats.overlaps if o.old_owner != owner or o.new_owner == owner]
+    assert not foreign, f"double connections outside the zombie's: {foreign[:5]}"
+    assert set(per_session) <= set(held), "only the zombie's sessions were replaced"
+    assert max(per_session.values(), default=0) <= 1, "more than one stream replaced"
+    assert all(count <= 2 for count in stats.max_live.values())
+    assert await stale_writes_accepted(owner, held) == [], "a zombie's write was accepted"
+
+    for supervisor in cluster.alive:  # hand everything over: no writer is left
+        assert supervisor.terminate() == 0
+    assert await broken_event_chains() == []
