@@ -99,7 +99,8 @@ class Cluster:
     """Start the service and supervisors; everything stops on ``close``.
 
     ``settings`` are extra environment variables for every process (lease timings,
-    ``WACONNECT_SIM_*`` cadence); ``auto_scan`` makes every QR round scan itself.
+    ``WACONNECT_SIM_*`` cadence); ``auto_scan`` makes every QR round scan itself;
+    ``client_timeout`` is how long the service keeps a silent client's connection.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Cluster:
         log_dir: Path,
         settings: Mapping[str, str] | None = None,
         auto_scan: float | None = 0.05,
+        client_timeout: float = 15.0,
         log_level: str = "INFO",
     ) -> None:
         self.database_url = database_url
@@ -117,6 +119,7 @@ class Cluster:
         self.log_dir = log_dir
         self.settings = dict(settings or {})
         self.auto_scan = auto_scan
+        self.client_timeout = client_timeout
         self.log_level = log_level
         self.address = ""
         self.supervisors: list[SupervisorProcess] = []
@@ -158,6 +161,7 @@ class Cluster:
 
     def start_service(self, timeout: float = 30.0) -> str:
         args = [sys.executable, "manage.py", "simulated_whatsapp", "--port", "0"]
+        args += ["--client-timeout", str(self.client_timeout)]
         if self.auto_scan is not None:
             args += ["--auto-scan", str(self.auto_scan)]
         log = (self.log_dir / "simulated-whatsapp.log").open("wb")

@@ -72,6 +72,11 @@ def simulated_service() -> str:
     return str(_get("SIM_SERVICE", ""))
 
 
+def simulated_keepalive() -> float:
+    """Seconds between the simulated driver's keep-alive pings to the service."""
+    return float(_get("SIM_KEEPALIVE", 5.0))
+
+
 def neonize_store() -> str:
     """Where neonize keeps device credentials: beside the app's own database.
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from sessions_app import doorbell, leases, snapshots
@@ -227,6 +227,11 @@ class SessionRunner:
             logger.warning("lost the lease; dropping the connection", extra=self._extra())
         except asyncio.CancelledError:
             pass
+        except DatabaseError as exc:  # e.g. the server dropped our connection
+            self.exit_reason = "crashed"
+            logger.warning(
+                "database error (%s); handing the session over", exc, extra=self._extra()
+            )
         except Exception:
             self.exit_reason = "crashed"
             logger.exception("session runner failed", extra=self._extra())

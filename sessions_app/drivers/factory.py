@@ -11,7 +11,7 @@ def build_driver() -> Driver:
     if name == "simulated" and conf.simulated_service():
         from sessions_app.drivers.simulated_remote import RemoteSimulatedDriver
 
-        return RemoteSimulatedDriver(conf.simulated_service())
+        return RemoteSimulatedDriver(conf.simulated_service(), conf.simulated_keepalive())
     if name == "simulated":
         from sessions_app.drivers.simulated import (
             SimulatedDriver,

@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 #: How long a polite goodbye (or a reply) may take before the socket is just closed.
 REPLY_TIMEOUT = 2.0
 
+#: Seconds between keep-alive pings on every connection (the service drops a
+#: client that falls silent, as WhatsApp does).
+KEEPALIVE = 5.0
+
 
 @dataclasses.dataclass
 class _Link:
@@ -58,10 +62,12 @@ class RemoteSimulatedDriver:
     name: ClassVar[str] = "simulated"
     simulated: ClassVar[bool] = True
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keepalive: float = KEEPALIVE) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
+        self.keepalive = keepalive
         self._links: dict[int, _Link] = {}
+        self._pinger: asyncio.Task[None] | None = None
 
     async def start(self, spec: ConnectSpec, on_event: EventSink) -> None:
         if spec.session_id in self._links:
@@ -79,6 +85,18 @@ class RemoteSimulatedDriver:
         link.task = asyncio.get_running_loop().create_task(
             self._read(link), name=f"simulated-link-{spec.session_id}"
         )
+        if self._pinger is None:
+            self._pinger = asyncio.get_running_loop().create_task(
+                self._ping_forever(), name="simulated-keepalive"
+            )
+
+    async def _ping_forever(self) -> None:
+        ping = wire.encode("ping")
+        while True:
+            await asyncio.sleep(self.keepalive)
+            for link in list(self._links.values()):
+                if not link.stopping and not link.writer.is_closing():
+                    link.writer.write(ping)
 
     async def _read(self, link: _Link) -> None:
         sid = link.session_id
@@ -165,4 +183,7 @@ class RemoteSimulatedDriver:
         return await self._command(session_id, "gesture", gesture=gesture)
 
     async def aclose(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
         await asyncio.gather(*(self.stop(sid) for sid in list(self._links)))

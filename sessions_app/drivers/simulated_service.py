@@ -38,6 +38,7 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "hello": {"session": int, "jid": str, "owner": str, "epoch": int},
     "stop": {},
     "logout": {},
+    "ping": {},
     "gesture": {"gesture": str},
     "pair_phone": {"phone": str},
     "control": {},
@@ -64,12 +65,25 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 class SimulatedWhatsAppService:
-    """Serves one :class:`SimulatedWhatsApp` world on ``host:port`` (0: any free port)."""
+    """Serves one :class:`SimulatedWhatsApp` world on ``host:port`` (0: any free port).
 
-    def __init__(self, world: SimulatedWhatsApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    Like WhatsApp, it drops a client that sends nothing (not even a keep-alive ping)
+    for ``client_timeout`` seconds. That stands in for the neonize worker's own
+    heartbeat deadline: a frozen supervisor's connections end before its leases
+    can pass to another supervisor. ``None``: never.
+    """
+
+    def __init__(
+        self,
+        world: SimulatedWhatsApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_timeout: float | None = None,
+    ) -> None:
         self.world = world
         self.host = host
         self.port = port
+        self.client_timeout = client_timeout
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -124,9 +138,11 @@ class SimulatedWhatsAppService:
         conn = self.world.open(spec, send, on_drop=writer.close)
         said_bye = False
         try:
-            while line := await reader.readline():
+            while line := await self._next_line(reader, spec):
                 message = wire.decode(line, CLIENT_MESSAGES)
                 kind = message["t"]
+                if kind == "ping":
+                    continue
                 if kind in ("stop", "logout"):
                     if kind == "logout" and conn.jid:
                         self.world.forget(conn.jid)
@@ -144,6 +160,20 @@ class SimulatedWhatsAppService:
         if said_bye and not writer.is_closing():
             writer.write(wire.encode("stopped"))
             await writer.drain()
+
+    async def _next_line(self, reader: asyncio.StreamReader, spec: ConnectSpec) -> bytes:
+        """The client's next line; b"" once it hung up or fell silent too long."""
+        try:
+            async with asyncio.timeout(self.client_timeout):
+                return await reader.readline()
+        except TimeoutError:
+            logger.warning(
+                "simulated WhatsApp: no keep-alive from %s for %ss; dropping its connection",
+                spec.owner or "?",
+                self.client_timeout,
+                extra={"session": spec.session_id},
+            )
+            return b""
 
     def _gesture(self, session_id: int, gesture: str) -> bool:
         return gesture in GESTURES and self.world.gesture(session_id, gesture)

@@ -62,7 +62,11 @@ SETTINGS = {
     "WACONNECT_BACKOFF_CAP": "2",
     "WACONNECT_SIM_FIRST_QR_TTL": "30",
     "WACONNECT_SIM_PAIR_DELAY": "0",
+    "WACONNECT_SIM_KEEPALIVE": "1",
 }
+#: A frozen supervisor's connections end this long after its last ping: before its
+#: leases expire (TTL − self-fence margin), like a neonize worker's own deadline.
+CLIENT_TIMEOUT = 4.0
 
 
 @pytest.fixture
@@ -75,6 +79,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         log_dir=tmp_path,
         settings=SETTINGS,
         auto_scan=0.05,
+        client_timeout=CLIENT_TIMEOUT,
     ) as running:
         try:
             yield running
@@ -141,10 +146,13 @@ class Chaos:
         self.running: set[int] = set()
         self.stopped: set[int] = set()
 
-    @sync_to_async
-    def flip(self, count: int) -> None:
+    async def flip(self, count: int) -> None:
         """Stop some running sessions and start some stopped ones, at random."""
-        for pk in self.rng.sample(sorted(self.running | self.stopped), count):
+        await self.flip_these(self.rng.sample(sorted(self.running | self.stopped), count))
+
+    @sync_to_async
+    def flip_these(self, pks: list[int]) -> None:
+        for pk in pks:
             session = WaSession.objects.get(pk=pk)
             if pk in self.running:
                 intents.stop(session, "chaos")
@@ -253,6 +261,9 @@ async def test_no_double_connection_under_chaos(
     owner = zombie.owner()
     held = await held_by(owner)
     assert held, "the zombie holds sessions (the spread gives each a share)"
+    # Freeze it while it acts on intents: writes it began under its lease are
+    # still in flight when it wakes, after others have taken the sessions over.
+    await chaos.flip_these(sorted(held)[:10])
     frozen_at = time.monotonic()
     zombie.signal(signal.SIGSTOP)
     await chaos.recovered("a SIGSTOP", frozen_at, exclude_owner=owner)
@@ -298,6 +309,7 @@ async def test_no_double_connection_under_chaos(
     assert max(per_session.values(), default=0) <= 1, "more than one stream replaced"
     assert all(count <= 2 for count in stats.max_live.values())
     assert await stale_writes_accepted(owner, held) == [], "a zombie's write was accepted"
+    print(f"zombie: {zombie.output().count('lost the lease')} writes refused by the fence")
 
     for supervisor in cluster.alive:  # hand everything over: no writer is left
         assert supervisor.terminate() == 0

@@ -206,3 +206,21 @@ async def test_a_command_out_of_place_is_a_protocol_error(
     writer.close()
     assert "'stats' is not a device command" in caplog.text
     assert (await running.control.stats()).live == {8: 0}
+
+
+async def test_a_silent_client_is_dropped_and_a_pinging_one_kept() -> None:
+    service = SimulatedWhatsAppService(SimulatedWhatsApp(TIMING), client_timeout=0.3)
+    host, port = await service.start()
+    address = f"{host}:{port}"
+    pinging, silent = RemoteSimulatedDriver(address, 0.05), RemoteSimulatedDriver(address, 60)
+    alive, frozen = Inbox(), Inbox()
+    await pinging.start(ConnectSpec(1), alive)
+    await silent.start(ConnectSpec(2), frozen)
+    assert isinstance(await frozen.next(), QrCode)
+    event = await frozen.next()  # after client_timeout without a ping
+    assert isinstance(event, Disconnected)
+    assert service.world.live[2] == 0
+    assert service.world.live[1] == 1, "pings keep a connection"
+    await pinging.aclose()
+    await silent.aclose()
+    await service.aclose()

@@ -26,6 +26,16 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="Default: 127.0.0.1.")
         parser.add_argument("--port", type=int, default=7480, help="0: any free port.")
         parser.add_argument(
+            "--client-timeout",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help=(
+                "Drop a connection whose client sent nothing (clients ping every "
+                "WACONNECT_SIM_KEEPALIVE seconds) for this long; 0: never. Default 15."
+            ),
+        )
+        parser.add_argument(
             "--auto-scan",
             type=float,
             default=None,
@@ -39,10 +49,13 @@ class Command(BaseCommand):
         timing = SimulatedTiming(**conf.simulated_timing())
         if options["auto_scan"] is not None:
             timing = dataclasses.replace(timing, auto_scan=options["auto_scan"])
-        asyncio.run(self._serve(SimulatedWhatsApp(timing), options["host"], options["port"]))
+        client_timeout = options["client_timeout"] or None
+        world = SimulatedWhatsApp(timing)
+        service = SimulatedWhatsAppService(world, options["host"], options["port"], client_timeout)
+        asyncio.run(self._serve(service))
 
-    async def _serve(self, world: SimulatedWhatsApp, host: str, port: int) -> None:
-        service = SimulatedWhatsAppService(world, host, port)
+    async def _serve(self, service: SimulatedWhatsAppService) -> None:
+        world, host, port = service.world, service.host, service.port
         try:
             bound_host, bound_port = await service.start()
         except OSError as exc:
