@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from channels.layers import channel_layers
+from django.db import connection
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +34,18 @@ def staff_user(django_user_model):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def plain_user(django_user_model):  # type: ignore[no-untyped-def]
     return django_user_model.objects.create_user(username="bob", password="correct horse battery")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """On PostgreSQL, end the connections other threads kept (asgiref's, the
+    supervisor's; connections persist there) before pytest-django drops the test
+    database, which it cannot while anyone is connected."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
