@@ -113,6 +113,20 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None = N
     Returns False when the lease was lost (or the session deleted): nothing was
     written, and the caller must stop the connection.
     """
+    return _fenced_update(lease, fields, event)
+
+
+def release(
+    lease: Lease, fields: Mapping[str, Any] | None = None, event: EventRecord | None = None
+) -> bool:
+    """Give the lease back with a last fenced write (and its event), in one statement;
+    False if it was already lost."""
+    return _fenced_update(
+        lease, {**(fields or {}), "lease_owner": "", "lease_expires_at": None}, event
+    )
+
+
+def _fenced_update(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None) -> bool:
     with transaction.atomic():
         updated = _fenced(lease).update(**fields, version=F("version") + 1)
         if updated and event is not None:
@@ -126,18 +140,6 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None = N
                 epoch=lease.epoch,
             )
     return bool(updated)
-
-
-def release(lease: Lease, fields: Mapping[str, Any] | None = None) -> bool:
-    """Give the lease back (with a last fenced write); False if it was already lost."""
-    return bool(
-        _fenced(lease).update(
-            **(fields or {}),
-            version=F("version") + 1,
-            lease_owner="",
-            lease_expires_at=None,
-        )
-    )
 
 
 def delete(lease: Lease) -> bool:

@@ -114,9 +114,9 @@ def _db_write(
 
 @supervisor_db
 def _db_release(
-    lease: Lease, fields: dict[str, Any]
+    lease: Lease, fields: dict[str, Any], event: EventRecord | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    if not leases.release(lease, fields):
+    if not leases.release(lease, fields, event):
         return None
     session = leases.load(lease.session_id)
     if session is None:
@@ -138,6 +138,9 @@ _db_close_lease = lease_db(connections.close_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
+
+#: Releases within this many seconds share one ring to the other supervisors.
+WAKE_COALESCE = 0.05
 
 #: Look for work this long after another's lease is due to expire (clock skew
 #: between our sleep and the database's clock).
@@ -265,11 +268,10 @@ class SessionRunner:
             target = transition(state, Trigger.DISCONNECTED)
             fields = {"state": target, "state_changed_at": timezone.now(), **_QR_CLEARED}
             event = EventRecord(SessionEvent.Kind.STATE, why, state, target)
-        if event is not None and not await _db_write(self.lease, fields, event):
-            return
         self.sup._runner_done(self)  # before the release: a re-claim gets a new runner
-        published = await _db_release(self.lease, {})
+        published = await _db_release(self.lease, fields, event)
         if published:
+            self.sup.wake_others_soon("sessions handed over")
             await doorbell.publish(*published)
 
     # -- deciding ----------------------------------------------------------------------
@@ -609,6 +611,8 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
         self._next_expiry = self.config.reconcile_interval
+        self._wake_others_pending = False
+        self._background: set[asyncio.Task[None]] = set()
         #: Set after the first reconcile pass: the supervisor is listening and has
         #: claimed what was waiting.
         self.ready = asyncio.Event()
@@ -688,6 +692,25 @@ class Supervisor:
             len(runners),
             extra=self._extra(),
         )
+
+    def wake_others_soon(self, reason: str) -> None:
+        """Ring the other supervisors within WAKE_COALESCE, once for many releases.
+
+        A shutdown or a rebalance releases sessions one by one; the others should
+        start claiming after the first ones rather than after the last.
+        """
+        if self._wake_others_pending:
+            return
+        self._wake_others_pending = True
+
+        async def ring() -> None:
+            await asyncio.sleep(WAKE_COALESCE)
+            self._wake_others_pending = False
+            await doorbell.wake_supervisors(reason)
+
+        task = asyncio.get_running_loop().create_task(ring(), name="waconnect-wake-others")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _runner_done(self, runner: SessionRunner) -> None:
         """Forget a runner (idempotent); it may still be closing its last write."""

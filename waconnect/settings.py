@@ -173,6 +173,7 @@ WACONNECT_SIMULATED_TIMING = {
 # host:port of `manage.py simulated_whatsapp`: supervisors in several processes then
 # share one simulated WhatsApp (tests, demos, benchmarks). Empty: one per process.
 WACONNECT_SIM_SERVICE = env("WACONNECT_SIM_SERVICE", default="")
+WACONNECT_SIM_KEEPALIVE = env.float("WACONNECT_SIM_KEEPALIVE", default=5.0)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
