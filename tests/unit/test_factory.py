@@ -1,0 +1,41 @@
+"""The driver the settings name, and the settings that would break the leases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from sessions_app.drivers.factory import build_driver
+from sessions_app.drivers.neonize_driver import NeonizeDriver
+from sessions_app.drivers.simulated import SimulatedDriver
+from sessions_app.drivers.simulated_remote import RemoteSimulatedDriver
+
+
+def test_simulated_in_process_or_through_the_service(settings: Any) -> None:
+    settings.WACONNECT_DRIVER = "simulated"
+    settings.WACONNECT_SIM_SERVICE = ""
+    assert isinstance(build_driver(), SimulatedDriver)
+    settings.WACONNECT_SIM_SERVICE = "127.0.0.1:7480"
+    settings.WACONNECT_SIM_KEEPALIVE = 1.5
+    driver = build_driver()
+    assert isinstance(driver, RemoteSimulatedDriver)
+    assert (driver.port, driver.keepalive) == (7480, 1.5)
+
+
+def test_a_worker_must_give_up_on_its_supervisor_before_the_lease_passes(settings: Any) -> None:
+    settings.WACONNECT_DRIVER = "neonize"
+    settings.WACONNECT_LEASE_TTL = 15
+    settings.WACONNECT_SELF_FENCE_MARGIN = 2
+    settings.WACONNECT_WORKER_DEADLINE = 10
+    assert isinstance(build_driver(), NeonizeDriver)
+    settings.WACONNECT_WORKER_DEADLINE = 13
+    with pytest.raises(ImproperlyConfigured, match="WACONNECT_WORKER_DEADLINE"):
+        build_driver()
+
+
+def test_an_unknown_driver_is_named(settings: Any) -> None:
+    settings.WACONNECT_DRIVER = "carrier-pigeon"
+    with pytest.raises(ValueError, match="carrier-pigeon"):
+        build_driver()
