@@ -148,12 +148,20 @@ def delete(lease: Lease) -> bool:
     return bool(deleted)
 
 
-def release_unrun(owner: str, running: Collection[int]) -> int:
-    """Give back the leases ``owner`` holds but runs nothing for (after self-fencing)."""
-    return (
-        WaSession.objects.filter(lease_owner=owner)
-        .exclude(pk__in=list(running))
-        .update(lease_owner="", lease_expires_at=None)
+def release_leases(owner: str, held: Collection[Lease]) -> int:
+    """Give back exactly these leases (each fenced by its epoch), in one statement.
+
+    For leases whose runner ended without releasing (self-fenced, crashed): only
+    the epoch tells them from a lease claimed again a moment ago, whose runner may
+    not be registered yet.
+    """
+    if not held:
+        return 0
+    match = Q()
+    for lease in held:
+        match |= Q(pk=lease.session_id, lease_epoch=lease.epoch)
+    return WaSession.objects.filter(match, lease_owner=owner).update(
+        lease_owner="", lease_expires_at=None
     )
 
 

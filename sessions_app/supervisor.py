@@ -127,7 +127,7 @@ def _db_release(
 _db_load = supervisor_db(leases.load)
 _db_claim = supervisor_db(leases.claim)
 _db_renew = lease_db(leases.renew)
-_db_release_unrun = lease_db(leases.release_unrun)
+_db_release_leases = lease_db(leases.release_leases)
 _db_release_all = supervisor_db(leases.release_all)
 _db_announce = lease_db(leases.announce)
 _db_withdraw = supervisor_db(leases.withdraw)
@@ -611,6 +611,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
         self._next_expiry = self.config.reconcile_interval
+        self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
         self._wake_others_pending = False
         self._background: set[asyncio.Task[None]] = set()
         #: Set after the first reconcile pass: the supervisor is listening and has
@@ -717,6 +718,9 @@ class Supervisor:
         if self.runners.get(runner.session_id) is not runner:
             return
         del self.runners[runner.session_id]
+        if runner.exit_reason in ("self-fenced", "crashed"):
+            # Perhaps still ours in the database: the next renewal gives it back.
+            self._orphans[runner.session_id] = runner.lease.epoch
         if runner.exit_reason in ("released", "deleted"):
             # An intent may have changed while it was finishing: look again.
             self._wake.set()
@@ -795,17 +799,28 @@ class Supervisor:
                 lease = held_ids.get(session_id)
                 if lease is None or lease.epoch != runner.lease.epoch:
                     runner.abandon("lease lost")
-            if any(lease.session_id not in self.runners for lease in held):
-                # We self-fenced (or a runner crashed) but the database still says
-                # ours: give those back in one statement, and let anyone claim them.
-                try:
-                    released = await _db_release_unrun(self.owner, list(self.runners))
-                except Exception:
-                    logger.warning("could not release leases", exc_info=True, extra=self._extra())
-                    continue
-                if released:
-                    self._wake.set()
-                    await doorbell.wake_supervisors("leases given back")
+            await self._release_orphans(held_ids)
+
+    async def _release_orphans(self, held: dict[int, Lease]) -> None:
+        """Give back leases still ours whose runner ended without releasing them
+        (we self-fenced, or it crashed), so that anyone may claim them."""
+        orphans = [
+            held[sid]
+            for sid, epoch in self._orphans.items()
+            if sid in held and held[sid].epoch == epoch and sid not in self.runners
+        ]
+        self._orphans = {}  # the rest were not ours any more at this renewal
+        if not orphans:
+            return
+        try:
+            released = await _db_release_leases(self.owner, orphans)
+        except Exception:
+            logger.warning("could not release leases", exc_info=True, extra=self._extra())
+            self._orphans.update({lease.session_id: lease.epoch for lease in orphans})
+            return
+        if released:
+            self._wake.set()
+            await doorbell.wake_supervisors("leases given back")
 
     async def _fence_watchdog(self) -> None:
         """Drop every connection before our leases can expire if renewal stalls."""

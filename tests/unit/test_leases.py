@@ -80,3 +80,14 @@ def test_events_carry_the_epoch_they_were_written_under(sessions: list[WaSession
     (lease,) = leases.claim("a", 10, 1)
     leases.write(lease, {}, EventRecord("info", "hello"))
     assert SessionEvent.objects.get(session_id=lease.session_id).epoch == lease.epoch
+
+
+def test_release_leases_gives_back_only_the_epochs_named(sessions: list[WaSession]) -> None:
+    old, other = leases.claim("a", 10, 2)
+    WaSession.objects.filter(pk=old.session_id).update(lease_owner="", lease_expires_at=None)
+    (again,) = [x for x in leases.claim("a", 10, 5) if x.session_id == old.session_id]
+    # The old epoch of a session claimed again is not released; the other one is.
+    assert leases.release_leases("a", [old, other]) == 1
+    assert WaSession.objects.get(pk=again.session_id).lease_owner == "a"
+    assert WaSession.objects.get(pk=other.session_id).lease_owner == ""
+    assert leases.release_leases("a", []) == 0

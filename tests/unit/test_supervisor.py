@@ -317,6 +317,15 @@ async def test_self_fences_before_the_lease_can_expire(
         assert dropped_at < expires, "connections must drop before anyone may claim them"
         assert (await get(pk=session.pk)).lease_expires_at == expires, "nothing was renewed"
 
+        # The database comes back before the lease expired: the lease is still
+        # ours, without a runner; it is given back and the session resumes.
+        monkeypatch.undo()
+        async with asyncio.timeout(FAST.lease_ttl + 2):
+            await world.until_live(session.pk, 1)
+        await until(session.pk, state_is("connected"))
+        assert (await get(pk=session.pk)).lease_epoch == session.lease_epoch + 1
+        assert world.qr_issued[session.pk] == 1 and world.max_live[session.pk] == 1
+
 
 async def test_two_supervisors_never_share_a_session(world: SimulatedWhatsApp) -> None:
     async with running(world, owner="one") as one, running(world, owner="two") as two:
