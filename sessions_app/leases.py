@@ -24,6 +24,15 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
+from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
+
+#: Observed columns that describe a QR round; cleared whenever the round is over.
+QR_CLEARED: dict[str, Any] = {
+    "qr_code": "",
+    "qr_issued_at": None,
+    "qr_expires_at": None,
+    "pairing_code": "",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +155,51 @@ def delete(lease: Lease) -> bool:
     """Delete the session row (and its log) if ``lease`` is still current."""
     deleted, _ = _fenced(lease).delete()
     return bool(deleted)
+
+
+def hand_over(owner: str, session_ids: Collection[int], why: str) -> list[int]:
+    """Release these sessions for another supervisor, in one transaction: a live one
+    is recorded as ``disconnected`` (with ``why`` in its log) first.
+
+    The caller closed their connections already. One transaction for all of them,
+    rather than one per session, is what keeps a shutdown with hundreds of sessions
+    within a second or two: the others can claim only what was released.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        held = list(
+            WaSession.objects.select_for_update()
+            .filter(lease_owner=owner, pk__in=list(session_ids))
+            .values_list("id", "state", "lease_epoch")
+        )
+        events = []
+        by_target: dict[State, list[int]] = {}
+        for pk, state, epoch in held:
+            if State(state) in LIVE_STATES and is_allowed(state, Trigger.DISCONNECTED):
+                target = transition(state, Trigger.DISCONNECTED)
+                by_target.setdefault(target, []).append(pk)
+                events.append(
+                    SessionEvent(
+                        session_id=pk,
+                        at=now,
+                        kind=SessionEvent.Kind.STATE,
+                        message=why[:500],
+                        from_state=state,
+                        to_state=target,
+                        actor=f"supervisor:{owner}",
+                        epoch=epoch,
+                    )
+                )
+        for target, pks in by_target.items():
+            WaSession.objects.filter(pk__in=pks).update(
+                state=target, state_changed_at=now, **QR_CLEARED
+            )
+        SessionEvent.objects.bulk_create(events)
+        released = [pk for pk, _, _ in held]
+        WaSession.objects.filter(pk__in=released).update(
+            lease_owner="", lease_expires_at=None, version=F("version") + 1
+        )
+    return released
 
 
 def release_leases(owner: str, held: Collection[Lease]) -> int:

@@ -23,7 +23,7 @@ def build_supervisor(*, max_sessions: int | None = None, poll_only: bool = False
     return Supervisor(
         build_driver(),
         config=conf.supervisor_config(**overrides),
-        layer=None if poll_only else True,
+        poll_only=poll_only,
     )
 
 

@@ -77,12 +77,7 @@ class _Exit(Exception):
     """The runner has nothing more to do."""
 
 
-_QR_CLEARED: dict[str, Any] = {
-    "qr_code": "",
-    "qr_issued_at": None,
-    "qr_expires_at": None,
-    "pairing_code": "",
-}
+_QR_CLEARED = leases.QR_CLEARED
 
 
 @supervisor_db
@@ -124,6 +119,16 @@ def _db_release(
     return snapshots.snapshot(session), snapshots.row(session)
 
 
+@supervisor_db
+def _db_hand_over(
+    owner: str, session_ids: list[int], why: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Hand sessions over; the snapshots and list rows to publish."""
+    released = leases.hand_over(owner, session_ids, why)
+    sessions = WaSession.objects.filter(pk__in=released)
+    return [(snapshots.snapshot(s, with_events=False), snapshots.row(s)) for s in sessions]
+
+
 _db_load = supervisor_db(leases.load)
 _db_claim = supervisor_db(leases.claim)
 _db_renew = lease_db(leases.renew)
@@ -138,9 +143,6 @@ _db_close_lease = lease_db(connections.close_all)
 
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
-
-#: Releases within this many seconds share one ring to the other supervisors.
-WAKE_COALESCE = 0.05
 
 #: Look for work this long after another's lease is due to expire (clock skew
 #: between our sleep and the database's clock).
@@ -180,8 +182,8 @@ class SessionRunner:
         self.last_pair_attempt = 0  # the pair_request last tried (for backoff)
         self.round_qr_count = 0  # QR codes seen in the current round
         self.fresh = True  # just claimed: the DB state is the previous owner's
+        self.started = supervisor.clock()  # after the claim committed
         self.exit_reason = "done"
-        self.handover_why = ""
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self.task = asyncio.get_running_loop().create_task(
@@ -199,11 +201,11 @@ class SessionRunner:
             self.exit_reason = reason
             self.task.cancel()
 
-    def hand_over(self, why: str = "supervisor shutting down; handing over") -> None:
-        """Close the connection, record why, release the lease for another owner."""
+    def hand_over(self) -> None:
+        """Close the connection; the supervisor then releases the lease with the
+        others it hands over (:func:`sessions_app.leases.hand_over`)."""
         if not self._finishing:
             self.exit_reason = "handover"
-            self.handover_why = why
             self.task.cancel()
 
     # -- the loop ----------------------------------------------------------------------
@@ -247,7 +249,7 @@ class SessionRunner:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
             await self._close_connection()
-            if self.exit_reason in ("handover", "crashed"):
+            if self.exit_reason == "crashed":
                 await self._release_with_handover_state()
         except Exception:
             logger.warning(
@@ -264,14 +266,14 @@ class SessionRunner:
         event = None
         state = State(session.state)
         if state in LIVE_STATES and is_allowed(state, Trigger.DISCONNECTED):
-            why = self.handover_why if self.exit_reason == "handover" else "supervisor error"
+            why = "supervisor error; handing over"
             target = transition(state, Trigger.DISCONNECTED)
             fields = {"state": target, "state_changed_at": timezone.now(), **_QR_CLEARED}
             event = EventRecord(SessionEvent.Kind.STATE, why, state, target)
         self.sup._runner_done(self)  # before the release: a re-claim gets a new runner
         published = await _db_release(self.lease, fields, event)
         if published:
-            self.sup.wake_others_soon("sessions handed over")
+            await doorbell.wake_supervisors("a session was handed over")
             await doorbell.publish(*published)
 
     # -- deciding ----------------------------------------------------------------------
@@ -594,8 +596,12 @@ class Supervisor:
         config: SupervisorConfig | None = None,
         layer: BaseChannelLayer | bool | None = True,
         clock: Callable[[], float] = time.monotonic,
+        poll_only: bool = False,
     ) -> None:
+        """``poll_only``: no doorbell and no waking at lease expiry, only the periodic
+        pass (the design waconnect replaces; for comparison benchmarks)."""
         self.driver = driver
+        self.poll_only = poll_only
         self.owner = owner or make_owner_id()
         self.config = config or supervisor_config()
         self.backoff = Backoff(base=self.config.backoff_base, cap=self.config.backoff_cap)
@@ -612,8 +618,6 @@ class Supervisor:
         self._listening = asyncio.Event()
         self._next_expiry = self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
-        self._wake_others_pending = False
-        self._background: set[asyncio.Task[None]] = set()
         #: Set after the first reconcile pass: the supervisor is listening and has
         #: claimed what was waiting.
         self.ready = asyncio.Event()
@@ -627,7 +631,10 @@ class Supervisor:
         """Run until :meth:`stop`; then hand every session over and return."""
         self._loop = asyncio.get_running_loop()
         self._last_renewal = self.clock()
-        self.layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
+        if self.poll_only:
+            self.layer = None
+        else:
+            self.layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
         prepare = getattr(self.driver, "prepare", None)
         if prepare is not None:  # e.g. neonize: create its store, warm workers
             await prepare()
@@ -675,13 +682,10 @@ class Supervisor:
         with contextlib.suppress(Exception):  # first: the others may now take everything
             await _db_withdraw(self.owner)
         runners = list(self.runners.values())
-        for runner in runners:
-            runner.hand_over()
-        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
         with contextlib.suppress(Exception):
+            await self._hand_over(runners, "supervisor shutting down; handing over")
+        with contextlib.suppress(Exception):  # anything left, e.g. a self-fenced lease
             await _db_release_all(self.owner)
-        if runners:
-            await doorbell.wake_supervisors("a supervisor left")
         with contextlib.suppress(Exception):
             await self.driver.aclose()
         with contextlib.suppress(Exception):  # give back our database connections
@@ -693,25 +697,6 @@ class Supervisor:
             len(runners),
             extra=self._extra(),
         )
-
-    def wake_others_soon(self, reason: str) -> None:
-        """Ring the other supervisors within WAKE_COALESCE, once for many releases.
-
-        A shutdown or a rebalance releases sessions one by one; the others should
-        start claiming after the first ones rather than after the last.
-        """
-        if self._wake_others_pending:
-            return
-        self._wake_others_pending = True
-
-        async def ring() -> None:
-            await asyncio.sleep(WAKE_COALESCE)
-            self._wake_others_pending = False
-            await doorbell.wake_supervisors(reason)
-
-        task = asyncio.get_running_loop().create_task(ring(), name="waconnect-wake-others")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _runner_done(self, runner: SessionRunner) -> None:
         """Forget a runner (idempotent); it may still be closing its last write."""
@@ -796,8 +781,13 @@ class Supervisor:
                 self.fenced = False
             held_ids = {lease.session_id: lease for lease in held}
             for session_id, runner in list(self.runners.items()):
+                if runner.started >= started:
+                    # Claimed on the other database thread while this renewal was
+                    # under way: the renewal may not have seen it yet.
+                    continue
                 lease = held_ids.get(session_id)
                 if lease is None or lease.epoch != runner.lease.epoch:
+                    logger.warning("lease lost; dropping the connection", extra=runner._extra())
                     runner.abandon("lease lost")
             await self._release_orphans(held_ids)
 
@@ -859,7 +849,10 @@ class Supervisor:
             # swallow a cancellation that races the wake-up.
             until_periodic = self.config.reconcile_interval - (self.clock() - last_periodic)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(until_periodic, self._next_expiry))):
+                wake_in = (
+                    until_periodic if self.poll_only else min(until_periodic, self._next_expiry)
+                )
+                async with asyncio.timeout(max(0.0, wake_in)):
                     await self._wake.wait()
             periodic = self.clock() - last_periodic >= self.config.reconcile_interval
             if periodic:
@@ -936,7 +929,16 @@ class Supervisor:
             len(runners),
             extra=self._extra(),
         )
+        await self._hand_over(runners, "handed over to another supervisor to balance the load")
+
+    async def _hand_over(self, runners: list[SessionRunner], why: str) -> None:
+        """Close these sessions' connections, then release them all at once and ring."""
         for runner in runners:
-            runner.hand_over("handed over to another supervisor to balance the load")
+            runner.hand_over()
         await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
-        await doorbell.wake_supervisors("sessions handed over")
+        if not runners:
+            return
+        published = await _db_hand_over(self.owner, [r.session_id for r in runners], why)
+        await doorbell.wake_supervisors(why)  # first: the others claim while we publish
+        for snapshot, row in published:
+            await doorbell.publish(snapshot, row)

@@ -110,7 +110,10 @@ if REDIS_URL:
                 # 5 s channels-redis blocks in BZPOPMIN waiting for a message: an
                 # idle channel would then fail its receive every few seconds
                 # (redis-py #4091). Give reads room beyond the blocking pop.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                # redis-py 8 also caps a pool at 100 connections and raises past
+                # that: a proxy dropping many sockets at once would fail their
+                # group_discard and leave their channels in the groups for a day.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 10_000}],
                 "capacity": 1000,
                 "expiry": 30,
             },

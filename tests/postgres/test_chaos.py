@@ -10,7 +10,7 @@ a device and records it), on the machine's PostgreSQL and Redis, while the test
   SIGCONTs it: the zombie;
 - restarts one cleanly (SIGTERM, then a new process);
 - kills the supervisors' PostgreSQL connections (``pg_terminate_backend``);
-- drops every Redis connection (``CLIENT KILL``);
+- drops every connection to its Redis database (``CLIENT KILL``);
 - and flips intents (stop/start) at random throughout.
 
 After every fault, every session that should run is connected again within the
@@ -129,9 +129,13 @@ def backends() -> list[tuple[object, ...]]:
 
 
 def drop_redis_connections() -> int:
+    """Kill every connection to our Redis database (others on the server are left)."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     try:
-        return int(client.client_kill_filter(_type="normal", skipme=True))
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        me = client.client_id()
+        ours = [c["id"] for c in client.client_list() if int(c["db"]) == db and int(c["id"]) != me]
+        return sum(int(client.client_kill_filter(_id=cid)) for cid in ours)
     finally:
         client.close()
 

@@ -154,3 +154,26 @@ async def test_list_socket_sends_rows_then_row_updates(session: WaSession) -> No
     )
     assert await ws.receive_json_from() == {"type": "removed", "id": session.pk}
     await ws.disconnect()
+
+
+async def test_pushes_skip_the_database_clean_up_other_messages_keep_it(
+    session: WaSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleanups: list[str] = []
+
+    async def counted() -> None:
+        cleanups.append("cleanup")
+
+    monkeypatch.setattr("channels.consumer.aclose_old_connections", counted)
+    ws = await connect(f"/ws/sessions/{session.pk}/")
+    await ws.connect()
+    await ws.receive_json_from()
+    before = len(cleanups)
+    snap = await push(session, qr_code="https://wa.me/x#pushed", version=11)
+    await doorbell.publish(snap, None)
+    assert (await ws.receive_json_from())["snapshot"]["version"] == 11
+    assert len(cleanups) == before, "a push went through the sync thread"
+    await ws.send_json_to({"type": "ping"})
+    assert await ws.receive_json_from() == {"type": "pong"}
+    assert len(cleanups) == before + 1, "a browser's message keeps the clean-up"
+    await ws.disconnect()

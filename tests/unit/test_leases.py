@@ -91,3 +91,33 @@ def test_release_leases_gives_back_only_the_epochs_named(sessions: list[WaSessio
     assert WaSession.objects.get(pk=again.session_id).lease_owner == "a"
     assert WaSession.objects.get(pk=other.session_id).lease_owner == ""
     assert leases.release_leases("a", []) == 0
+
+
+def test_hand_over_records_disconnected_and_releases_in_one_go(
+    sessions: list[WaSession],
+) -> None:
+    mine = leases.claim("a", 10, 3)
+    (theirs,) = leases.claim("b", 10, 1)
+    live, idle, untouched = (lease.session_id for lease in mine)
+    WaSession.objects.filter(pk=live).update(state="connected", qr_code="x")
+    WaSession.objects.filter(pk=idle).update(state="error")
+
+    released = leases.hand_over("a", [live, idle, theirs.session_id], "deploying")
+
+    assert sorted(released) == sorted([live, idle]), "only ours, only those named"
+    rows = {s.pk: s for s in WaSession.objects.all()}
+    assert (rows[live].state, rows[live].qr_code, rows[live].lease_owner) == (
+        "disconnected",
+        "",
+        "",
+    )
+    assert (rows[idle].state, rows[idle].lease_owner) == ("error", "")
+    assert rows[untouched].lease_owner == "a" and rows[theirs.session_id].lease_owner == "b"
+    [event] = SessionEvent.objects.filter(session_id=live)
+    assert (event.from_state, event.to_state, event.message, event.epoch) == (
+        "connected",
+        "disconnected",
+        "deploying",
+        mine[0].epoch,
+    )
+    assert not SessionEvent.objects.filter(session_id=idle).exists()

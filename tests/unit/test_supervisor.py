@@ -402,3 +402,31 @@ async def test_renewal_does_not_wait_behind_a_backlog_of_writes(world: Simulated
         assert not sup.fenced, "a write backlog made the supervisor fence itself"
         assert world.live[session.pk] == 1
         assert (await get(pk=session.pk)).lease_expires_at > before
+
+
+async def test_a_renewal_that_raced_a_claim_does_not_drop_the_claimed_session(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renewal and claims run on two database threads: a renewal may answer from
+    # before a claim committed and be read after the claim's runner started.
+    from sessions_app import supervisor as module
+
+    renew = module._db_renew
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def renew_from_before_the_claim(owner: str, ttl: float) -> list[leases.Lease]:
+        held = await renew(owner, ttl)
+        if not answered.is_set():
+            answered.set()
+            await release.wait()
+        return held
+
+    monkeypatch.setattr(module, "_db_renew", renew_from_before_the_claim)
+    async with running(world) as sup:
+        await answered.wait()
+        session = await create("raced", "ada")
+        await until(session.pk, state_is("qr_required"))
+        release.set()
+        await scan(session)
+        await until(session.pk, state_is("connected"))
+        assert session.pk in sup.runners and world.live[session.pk] == 1
