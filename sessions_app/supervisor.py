@@ -158,6 +158,26 @@ def _db_take_gestures(session_id: int) -> list[str]:
     return [a.gesture for a in actions if a.created_at >= fresh_since]
 
 
+#: The columns whose change a runner must act on that it did not write itself:
+#: intent (the web side's) and lease. The periodic pass compares them in one query.
+WATCHED_FIELDS = ("desired_state", "pair_request", "connect_request", "lease_owner", "lease_epoch")
+
+
+def watched(session: WaSession) -> tuple[Any, ...]:
+    return tuple(getattr(session, name) for name in WATCHED_FIELDS)
+
+
+@supervisor_db
+def _db_owned_changes(owner: str) -> tuple[dict[int, tuple[Any, ...]], set[int]]:
+    """For the periodic pass, in two queries: the watched columns of every session
+    ``owner`` holds, and the sessions with a simulated phone gesture waiting."""
+    rows = WaSession.objects.filter(lease_owner=owner).values_list("id", *WATCHED_FIELDS)
+    gestured = PhoneAction.objects.filter(session__lease_owner=owner).values_list(
+        "session_id", flat=True
+    )
+    return {row[0]: tuple(row[1:]) for row in rows}, set(gestured)
+
+
 @supervisor_db
 def _db_log(session_id: int, kind: str, message: str, actor: str) -> None:
     SessionEvent.objects.create(session_id=session_id, kind=kind, message=message, actor=actor)
@@ -183,6 +203,7 @@ class SessionRunner:
         self.round_qr_count = 0  # QR codes seen in the current round
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.started = supervisor.clock()  # after the claim committed
+        self.seen: tuple[Any, ...] = ()  # watched columns at the last step
         self.exit_reason = "done"
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
@@ -287,6 +308,7 @@ class SessionRunner:
                 raise _Exit
             if (session.lease_owner, session.lease_epoch) != (self.lease.owner, self.lease.epoch):
                 raise LeaseLost
+            self.seen = watched(session)
             if gestures and self.sup.driver.simulated:
                 gestures = False
                 await self._apply_gestures()
@@ -877,8 +899,7 @@ class Supervisor:
     async def reconcile(self, *, periodic: bool = True) -> int:
         """Claim what needs an owner; on the periodic pass, re-check owned sessions too."""
         if periodic:
-            for runner in self.runners.values():
-                runner.poke("periodic reconcile")
+            await self._poke_changed()
             if self.layer is not None and self._channel is not None:
                 # Group membership expires (a day by default): renew it.
                 with contextlib.suppress(Exception):
@@ -912,6 +933,15 @@ class Supervisor:
             if len(got) < batch:
                 break
         return claimed
+
+    async def _poke_changed(self) -> None:
+        """The safety net for a lost ring: poke only the runners whose session
+        changed since their last step (or has a phone gesture waiting), found in
+        two queries, instead of every runner reading its row."""
+        rows, gestured = await _db_owned_changes(self.owner)
+        for session_id, runner in list(self.runners.items()):
+            if rows.get(session_id) != runner.seen or session_id in gestured:
+                runner.poke("periodic reconcile")
 
     async def _shed(self, share: int) -> None:
         """Hand over what we hold beyond our share, so a newcomer can take it."""

@@ -430,3 +430,29 @@ async def test_a_renewal_that_raced_a_claim_does_not_drop_the_claimed_session(
         await scan(session)
         await until(session.pk, state_is("connected"))
         assert session.pk in sup.runners and world.live[session.pk] == 1
+
+
+async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the passes this test makes: no periodic pass of the supervisor's own.
+    async with running(world, dataclasses.replace(FAST, reconcile_interval=60)) as sup:
+        quiet = await paired("quiet", sup)
+        changed = await paired("changed", sup)
+        await sup.reconcile(periodic=True)  # queued behind the runners' last reads
+        loads: list[int] = []
+        from sessions_app import supervisor as module
+
+        load = module._db_load
+
+        async def counted(session_id: int) -> WaSession | None:
+            loads.append(session_id)
+            return await load(session_id)
+
+        monkeypatch.setattr(module, "_db_load", counted)
+        # An intent written without its ring (as if Redis had dropped it).
+        await sync_to_async(WaSession.objects.filter(pk=changed.pk).update)(desired_state="stopped")
+        await sup.reconcile(periodic=True)
+        await until(changed.pk, settled("stopped"))
+        assert quiet.pk not in loads, "an unchanged session was read again"
+        assert world.live[quiet.pk] == 1
