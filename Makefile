@@ -48,7 +48,12 @@ test: venv chromium services lint
 unit: venv
 	$(BIN)/python -m pytest tests/unit
 
-## bench: the benchmarks (results go in docs/benchmarks.md)
-bench: venv chromium
+## bench: the benchmarks (results go in docs/benchmarks.md); the cluster ones use
+## PostgreSQL and Redis (their own database and Redis db) like the production shape
+bench: venv chromium services
 	$(BIN)/python benchmarks/bench_qr_latency.py --sessions 50
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_cluster_qr.py
+	$(BIN)/python benchmarks/bench_failover.py
+	$(BIN)/python benchmarks/bench_fanout.py
+	$(BIN)/python benchmarks/bench_scale.py

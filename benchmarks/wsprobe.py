@@ -9,6 +9,10 @@ server plus the loopback TCP hop, and how much is Chromium delivering the messag
 Minimal RFC 6455 client: text frames, fragmentation, ping/pong and close; no
 extensions. It runs an asyncio loop in a daemon thread so the Playwright sync API
 keeps the main thread.
+
+``WsClient`` / ``open_websocket`` are the same client as an ``asyncio.Protocol``
+(callbacks, no task per socket), for holding many sockets in one process
+(``benchmarks/bench_fanout.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -142,3 +147,165 @@ class QrProbe:
         if data.get("type") == "snapshot" and issued is not None:
             with self._lock:
                 self.received.setdefault(int(issued), at)
+
+
+# -- many sockets on one loop --------------------------------------------------------
+
+
+class FrameReader:
+    """Incremental parser of a server's (unmasked) frames: feed bytes, get messages.
+
+    ``feed`` returns ``(opcode, payload)`` for every complete message (fragments
+    joined, with the first fragment's opcode) and every control frame.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._opcode = OP_TEXT
+        self._fragments = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += data
+        out: list[tuple[int, bytes]] = []
+        while (frame := self._next_frame()) is not None:
+            fin, opcode, payload = frame
+            if opcode >= OP_CLOSE:  # control frames are never fragmented
+                out.append((opcode, payload))
+                continue
+            if opcode != OP_CONT:
+                self._opcode = opcode
+            self._fragments += payload
+            if fin:
+                out.append((self._opcode, bytes(self._fragments)))
+                self._fragments.clear()
+        return out
+
+    def _next_frame(self) -> tuple[bool, int, bytes] | None:
+        buf = self._buffer
+        if len(buf) < 2:
+            return None
+        length, start = buf[1] & 0x7F, 2
+        if length == 126:
+            if len(buf) < 4:
+                return None
+            (length,), start = struct.unpack_from("!H", buf, 2), 4
+        elif length == 127:
+            if len(buf) < 10:
+                return None
+            (length,), start = struct.unpack_from("!Q", buf, 2), 10
+        if len(buf) < start + length:
+            return None
+        payload = bytes(buf[start : start + length])
+        fin, opcode = bool(buf[0] & 0x80), buf[0] & 0x0F
+        del buf[: start + length]
+        return fin, opcode, payload
+
+
+def upgrade_request(host: str, port: int, path: str, cookie: str) -> bytes:
+    """The HTTP upgrade a browser on ``http://host:port`` sends (Origin and session cookie)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: http://{host}:{port}\r\n"
+        f"Cookie: sessionid={cookie}\r\n\r\n"
+    ).encode()
+
+
+class WsClient(asyncio.Protocol):
+    """One WebSocket read by callbacks on the event loop: no task per socket.
+
+    Cheap enough to hold a thousand sockets in one process. ``on_message(raw, at)``
+    is called for each complete text/binary message with ``at`` = ``time.time()``
+    in ms when the bytes that completed it were handed to the protocol. Pings are
+    answered; a close frame or a lost connection resolves ``closed``.
+    """
+
+    def __init__(self, request: bytes, on_message: Callable[[bytes, float], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._request = request
+        self._on_message = on_message
+        self._transport: asyncio.Transport | None = None
+        self._head = b""
+        self._reader: FrameReader | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        at = time.time() * 1000
+        if self._reader is None:
+            data = self._read_head(data)
+            if self._reader is None:
+                return
+        for opcode, payload in self._reader.feed(data):
+            if opcode in (OP_TEXT, OP_BINARY):
+                self._on_message(payload, at)
+            elif opcode == OP_PING and self._transport is not None:
+                self._transport.write(_client_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                self.close()
+
+    def _read_head(self, data: bytes) -> bytes:
+        """Collect the HTTP answer; return what follows it once it is complete."""
+        self._head += data
+        head, sep, rest = self._head.partition(b"\r\n\r\n")
+        if not sep:
+            return b""
+        if not head.startswith(b"HTTP/1.1 101"):
+            error = ConnectionError(head.decode(errors="replace"))
+            if not self.opened.done():
+                self.opened.set_exception(error)
+            self.close()
+            return b""
+        self._reader = FrameReader()
+        if not self.opened.done():
+            self.opened.set_result(None)
+        return rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_text(self, text: str) -> None:
+        if self._transport is not None:
+            self._transport.write(_client_frame(OP_TEXT, text.encode()))
+
+    def close(self) -> None:
+        """Send a close frame (if open) and drop the connection."""
+        transport, self._transport = self._transport, None
+        if transport is None or transport.is_closing():
+            return
+        if self._reader is not None:
+            transport.write(_client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        transport.close()
+
+
+async def open_websocket(
+    host: str,
+    port: int,
+    path: str,
+    cookie: str,
+    on_message: Callable[[bytes, float], None],
+    timeout: float = 10.0,
+) -> WsClient:
+    """Connect and complete the upgrade; raise ``ConnectionError`` if it is refused."""
+    loop = asyncio.get_running_loop()
+    request = upgrade_request(host, port, path, cookie)
+    _, client = await asyncio.wait_for(
+        loop.create_connection(lambda: WsClient(request, on_message), host, port), timeout
+    )
+    try:
+        await asyncio.wait_for(client.opened, timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
