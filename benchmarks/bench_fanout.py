@@ -81,6 +81,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.liveserver import REPO, free_port
+from benchmarks.stats import percentile, summary
 from benchmarks.wsprobe import WsClient, open_websocket
 
 HOST = "127.0.0.1"
@@ -95,27 +96,6 @@ _DROPPED_ENV = ("DATABASE_URL", "REDIS_URL", "WACONNECT_DRIVER", "WACONNECT_INLI
 
 
 # -- numbers ---------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (as in bench_qr_latency.py)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    return {
-        "count": len(values),
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else math.nan,
-    }
 
 
 def process_cpu_s(pid: int) -> float:

@@ -55,6 +55,7 @@ from benchmarks.liveserver import (
     CHROMIUM_ARGS,
     LiveServer,
 )
+from benchmarks.stats import percentile
 from benchmarks.wsprobe import QrProbe
 
 OLD_SYSTEM_BOUND_MS = 30_000.0
@@ -71,17 +72,6 @@ METRICS = """() => ({
     })(),
     timeOrigin: performance.timeOrigin,
 })"""
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default 'linear')."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def summary(values: Sequence[float]) -> dict[str, float | int]:
