@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -260,31 +260,33 @@ def withdraw(owner: str) -> None:
     SupervisorPresence.objects.filter(owner=owner).delete()
 
 
-def _db_now() -> dt.datetime:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT statement_timestamp()")
-            now: dt.datetime = cursor.fetchone()[0]
-            return now
-    return timezone.now()
+def _until(column: str) -> ExpressionWrapper:
+    """``column − now`` on the database's clock, as a duration."""
+    return ExpressionWrapper(F(column) - Now(), output_field=DurationField())
 
 
 def census(owner: str) -> Census:
-    """Count the work and the workers; say when someone else's lease runs out next."""
-    alive = SupervisorPresence.objects.filter(expires_at__gt=Now()).exclude(owner=owner)
-    others_leases = WaSession.objects.needing_owner().filter(
-        ~Q(lease_owner="") & ~Q(lease_owner=owner) & Q(lease_expires_at__gt=Now())
+    """Count the work and the workers; say when someone else's lease runs out next.
+
+    Two statements (it runs on every ring, on the way from "create" to the QR).
+    """
+    others_lease = ~Q(lease_owner="") & ~Q(lease_owner=owner) & Q(lease_expires_at__gt=Now())
+    work = WaSession.objects.needing_owner().aggregate(
+        wanted=Count("id"), next_lease=Min(_until("lease_expires_at"), filter=others_lease)
     )
-    now = _db_now()
-    expiries = [
-        others_leases.aggregate(at=Min("lease_expires_at"))["at"],
-        alive.aggregate(at=Min("expires_at"))["at"],
-    ]
-    upcoming = [(at - now).total_seconds() for at in expiries if at is not None]
+    alive = list(
+        SupervisorPresence.objects.filter(expires_at__gt=Now())
+        .exclude(owner=owner)
+        .annotate(left=_until("expires_at"))
+        .values_list("max_sessions", "left")
+    )
+    upcoming = [left for _, left in alive]
+    if work["next_lease"] is not None:
+        upcoming.append(work["next_lease"])
     return Census(
-        wanted=WaSession.objects.needing_owner().count(),
-        other_caps=list(alive.values_list("max_sessions", flat=True)),
-        next_expiry=max(0.0, min(upcoming)) if upcoming else None,
+        wanted=work["wanted"],
+        other_caps=[cap for cap, _ in alive],
+        next_expiry=max(0.0, min(upcoming).total_seconds()) if upcoming else None,
     )
 
 
