@@ -144,6 +144,9 @@ _db_close_lease = lease_db(connections.close_all)
 
 GESTURE_MAX_AGE = dt.timedelta(seconds=30)
 
+#: Seconds between repeated cancellations of a runner (see SessionRunner._cancel).
+CANCEL_REPEAT = 0.05
+
 #: Look for work this long after another's lease is due to expire (clock skew
 #: between our sleep and the database's clock).
 EXPIRY_SLACK = 0.1
@@ -205,6 +208,8 @@ class SessionRunner:
         self.started = supervisor.clock()  # after the claim committed
         self.seen: tuple[Any, ...] = ()  # watched columns at the last step
         self.exit_reason = "done"
+        self._stopping: asyncio.Future[None] | None = None  # the driver stop under way
+        self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self.task = asyncio.get_running_loop().create_task(
@@ -220,14 +225,35 @@ class SessionRunner:
         """Drop the connection at once, write nothing (lease lost or self-fenced)."""
         if not self._finishing:
             self.exit_reason = reason
-            self.task.cancel()
+            self._cancel()
 
     def hand_over(self) -> None:
         """Close the connection; the supervisor then releases the lease with the
         others it hands over (:func:`sessions_app.leases.hand_over`)."""
         if not self._finishing:
             self.exit_reason = "handover"
-            self.task.cancel()
+            self._cancel()
+
+    def _cancel(self) -> None:
+        """Cancel the runner, and again until it takes.
+
+        asgiref's ``sync_to_async`` (every database call) swallows a cancellation
+        that arrives while its thread is busy: it waits for the call and returns
+        its result. Under load most runners are in a database call, so a single
+        ``cancel()`` would often be lost and the runner would go on, connection
+        and all.
+        """
+        self.task.cancel()
+        if self._canceller is None:
+            self._canceller = asyncio.get_running_loop().create_task(
+                self._cancel_until_done(), name=f"waconnect-cancel-{self.session_id}"
+            )
+
+    async def _cancel_until_done(self) -> None:
+        while not (self.task.done() or self._finishing):
+            await asyncio.sleep(CANCEL_REPEAT)
+            if not (self.task.done() or self._finishing):
+                self.task.cancel()
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -407,11 +433,12 @@ class SessionRunner:
         self.connection_open = False
         self.round_for = None
         try:
-            await asyncio.wait_for(
-                self.sup.driver.logout(self.session_id, session.jid), self.sup.config.stop_timeout
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+            # cancellation of a hand-over, and the runner would never end.
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await self.sup.driver.logout(self.session_id, session.jid)
         except Exception as exc:
-            logger.warning("logout did not finish cleanly: %s", exc, extra=self._extra())
+            logger.warning("logout did not finish cleanly: %r", exc, extra=self._extra())
         fields = {
             "jid": "",
             "push_name": "",
@@ -427,12 +454,10 @@ class SessionRunner:
     async def _delete(self, session: WaSession) -> None:
         await self._close_connection()
         try:
-            await asyncio.wait_for(
-                self.sup.driver.logout(self.session_id, session.jid),
-                self.sup.config.stop_timeout,
-            )
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await self.sup.driver.logout(self.session_id, session.jid)
         except Exception as exc:
-            logger.warning("could not unlink before deleting: %s", exc, extra=self._extra())
+            logger.warning("could not unlink before deleting: %r", exc, extra=self._extra())
         if not await supervisor_db(leases.delete)(self.lease):
             raise LeaseLost
         logger.info("deleted session %r", session.name, extra=self._extra())
@@ -441,17 +466,25 @@ class SessionRunner:
         raise _Exit
 
     async def _close_connection(self) -> None:
-        if not self.connection_open:
+        """Stop the driver's connection and wait (bounded) until it is closed.
+
+        The stop runs as its own task: if this runner is cancelled meanwhile (a
+        hand-over), ``_finish`` waits for the same stop again, so the lease is
+        never released while the connection may still be open.
+        """
+        if self.connection_open:
+            self.connection_open = False
+            self.attempt += 1
+            self.round_for = None
+            self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+        if self._stopping is None:
             return
-        self.connection_open = False
-        self.attempt += 1
-        self.round_for = None
         try:
-            await asyncio.wait_for(
-                asyncio.shield(self.sup.driver.stop(self.session_id)), self.sup.config.stop_timeout
-            )
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await asyncio.shield(self._stopping)
         except Exception as exc:
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
+        self._stopping = None
 
     def _arm_retry_timer(self, session: WaSession) -> None:
         if self._retry_timer is not None:
@@ -934,6 +967,21 @@ class Supervisor:
                 break
         return claimed
 
+    async def _stop_runners(self, runners: list[SessionRunner]) -> list[SessionRunner]:
+        """Cancel these runners and wait (bounded) until each has closed its connection.
+
+        A runner still running at the end keeps its session (and lease) and is
+        logged; only the stopped ones are returned.
+        """
+        for runner in runners:
+            runner.hand_over()
+        if runners:
+            await asyncio.wait({r.task for r in runners}, timeout=self.config.stop_timeout + 2.0)
+        for runner in runners:
+            if not runner.task.done():
+                logger.warning("did not stop in time; keeping it", extra=runner._extra())
+        return [runner for runner in runners if runner.task.done()]
+
     async def _poke_changed(self) -> None:
         """The safety net for a lost ring: poke only the runners whose session
         changed since their last step (or has a phone gesture waiting), found in
@@ -963,12 +1011,10 @@ class Supervisor:
 
     async def _hand_over(self, runners: list[SessionRunner], why: str) -> None:
         """Close these sessions' connections, then release them all at once and ring."""
-        for runner in runners:
-            runner.hand_over()
-        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
-        if not runners:
+        stopped = await self._stop_runners(runners)
+        if not stopped:
             return
-        published = await _db_hand_over(self.owner, [r.session_id for r in runners], why)
+        published = await _db_hand_over(self.owner, [r.session_id for r in stopped], why)
         await doorbell.wake_supervisors(why)  # first: the others claim while we publish
         for snapshot, row in published:
             await doorbell.publish(snapshot, row)

@@ -456,3 +456,37 @@ async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
         await until(changed.pk, settled("stopped"))
         assert quiet.pk not in loads, "an unchanged session was read again"
         assert world.live[quiet.pk] == 1
+
+
+async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asgiref swallows a cancellation that arrives during a database call (and
+    # 3.11 wait_for can too); a hand-over waiting for that runner must not wait forever.
+    from sessions_app import supervisor as module
+
+    async with running(world) as sup:
+        session = await paired("stubborn", sup)
+        load = module._db_load
+        swallowed: list[int] = []
+        entered = asyncio.Event()
+
+        async def swallows_once(session_id: int) -> WaSession | None:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed.append(session_id)
+                if len(swallowed) > 1:
+                    raise
+            return await load(session_id)
+
+        monkeypatch.setattr(module, "_db_load", swallows_once)
+        runner = sup.runners[session.pk]
+        runner.poke("test")
+        await entered.wait()
+        stopped = await sup._stop_runners([runner])
+        assert swallowed == [session.pk], "the first cancellation was lost"
+        assert stopped == [runner], "the repeated one stopped it"
+        assert world.live[session.pk] == 0, "its connection was closed"
+        monkeypatch.undo()
