@@ -41,7 +41,8 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 ## tests again on PostgreSQL + Redis
 test: venv chromium services lint
 	$(BIN)/python -m pytest
-	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -m pytest -m "not benchmark" \
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TEST_DATABASE_NAME=test_waconnect_$$$$ \
+	  $(BIN)/python -m pytest -m "not benchmark" \
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
 	  tests/unit/test_consumers.py tests/unit/test_views.py
 

@@ -98,6 +98,10 @@ else:
     # round trips): a connection the server dropped fails one call, which is then
     # handled (a session handed over, a renewal retried), and Django replaces it.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
+    # Tests: a name of their own per run (make test passes one), so two runs on one
+    # server do not drop each other's test database.
+    if env.str("TEST_DATABASE_NAME", default=""):
+        DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="")
