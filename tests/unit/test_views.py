@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
-from sessions_app.models import PhoneAction, SessionEvent, WaSession
+from sessions_app import leases
+from sessions_app.models import PhoneAction, SessionEvent, SupervisorPresence, WaSession
 
 pytestmark = pytest.mark.django_db
 
@@ -236,3 +238,21 @@ def test_create_json_still_needs_staff_and_csrf(
     strict.force_login(staff_user)
     assert strict.post(url, {"name": "x3"}, HTTP_ACCEPT="application/json").status_code == 403
     assert not WaSession.objects.exists()
+
+
+def test_admin_lists_the_running_supervisors_read_only(
+    staff_client: Client, staff_user: Any
+) -> None:
+    staff_user.is_superuser = True
+    staff_user.save()
+    leases.announce("host:1:abc", 15, 40, 12)
+    leases.announce("host:2:dead", 15, 1000, 0)
+    SupervisorPresence.objects.filter(owner="host:2:dead").update(expires_at=timezone.now())
+    url = reverse("admin:sessions_app_supervisorpresence_changelist")
+    page = staff_client.get(url).content.decode()
+    assert "host:1:abc" in page and "host:2:dead" in page
+    assert 'alt="True"' in page and 'alt="False"' in page, "alive and expired are told apart"
+    presence = SupervisorPresence.objects.get(owner="host:1:abc")
+    change = reverse("admin:sessions_app_supervisorpresence_change", args=[presence.pk])
+    assert b'name="owner"' not in staff_client.get(change).content, "nothing to edit"
+    assert staff_client.get(reverse("admin:sessions_app_supervisorpresence_add")).status_code == 403
