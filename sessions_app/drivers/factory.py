@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ImproperlyConfigured
-
 from sessions_app import conf
 from sessions_app.drivers.base import Driver
 
@@ -26,13 +24,6 @@ def build_driver() -> Driver:
         from sessions_app.drivers.neonize_driver import NeonizeDriver
 
         workers = conf.worker_config()
-        leases = conf.supervisor_config()
-        if workers.deadline >= leases.lease_ttl - leases.self_fence_margin:
-            # A worker must give up on a frozen supervisor before its lease can pass.
-            raise ImproperlyConfigured(
-                "WACONNECT_WORKER_DEADLINE must be shorter than WACONNECT_LEASE_TTL minus "
-                "WACONNECT_SELF_FENCE_MARGIN, or a frozen supervisor's workers could stay "
-                "connected after another supervisor took their sessions"
-            )
+        conf.check_gives_up_before_lease_passes("WACONNECT_WORKER_DEADLINE", workers.deadline)
         return NeonizeDriver(workers)
     raise ValueError(f"unknown WACONNECT_DRIVER {name!r}; expected 'neonize' or 'simulated'")
