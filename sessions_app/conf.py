@@ -7,6 +7,7 @@ Every setting is prefixed ``WACONNECT_`` and has a default here, so a bare
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -71,6 +72,11 @@ def simulated_timing() -> dict[str, float]:
 def simulated_service() -> str:
     """``host:port`` of the simulated WhatsApp service, or "" for one in process."""
     return str(_get("SIM_SERVICE", ""))
+
+
+def simulated_state_file() -> Path:
+    """Where the in-process simulated WhatsApp keeps its linked devices (data dir)."""
+    return Path(settings.DATA_DIR) / "simulated-whatsapp.json"
 
 
 def simulated_keepalive() -> float:

@@ -19,7 +19,10 @@ def build_driver() -> Driver:
             SimulatedWhatsApp,
         )
 
-        return SimulatedDriver(SimulatedWhatsApp(SimulatedTiming(**conf.simulated_timing())))
+        # Devices persist in the data directory, as WhatsApp and the device store keep
+        # them: a restarted `make run` resumes its sessions without a new QR code.
+        timing = SimulatedTiming(**conf.simulated_timing())
+        return SimulatedDriver(SimulatedWhatsApp(timing, state_file=conf.simulated_state_file()))
     if name == "neonize":
         from sessions_app.drivers.neonize_driver import NeonizeDriver
 

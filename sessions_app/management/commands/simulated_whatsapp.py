@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -40,6 +41,17 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--state-file",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help=(
+                "Keep the linked devices in this JSON file (mode 600), so they outlive a "
+                "restart of the service as they outlive one of WhatsApp. Default: none "
+                "(every start begins with no device linked)."
+            ),
+        )
+        parser.add_argument(
             "--auto-scan",
             type=float,
             default=None,
@@ -54,7 +66,10 @@ class Command(BaseCommand):
         if options["auto_scan"] is not None:
             timing = dataclasses.replace(timing, auto_scan=options["auto_scan"])
         client_timeout = check_client_timeout(options["client_timeout"])
-        world = SimulatedWhatsApp(timing)
+        try:
+            world = SimulatedWhatsApp(timing, state_file=options["state_file"])
+        except ValueError as exc:  # an unreadable device file
+            raise CommandError(str(exc)) from None
         service = SimulatedWhatsAppService(world, options["host"], options["port"], client_timeout)
         asyncio.run(self._serve(service))
 
