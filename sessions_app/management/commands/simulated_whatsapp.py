@@ -98,7 +98,7 @@ def check_client_timeout(given: float | None) -> float:
     timeout = conf.simulated_client_timeout() if given is None else given
     try:
         conf.check_gives_up_before_lease_passes("--client-timeout", timeout)
-    except ImproperlyConfigured as exc:
+    except (ImproperlyConfigured, ValueError) as exc:  # ValueError: bad lease timings
         raise CommandError(str(exc)) from None
     keepalive = conf.simulated_keepalive()
     if keepalive >= timeout:
