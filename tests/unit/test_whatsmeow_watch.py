@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import neonize
 import pytest
 from neonize import events as neonize_events
 from neonize.proto import Neonize_pb2 as P
 from neonize.utils.log import log_whatsmeow
+from neonize.utils.platform import generated_name
 
 from sessions_app.drivers.base import (
     ConnectError,
@@ -25,7 +27,9 @@ from sessions_app.drivers.base import (
 )
 from sessions_app.drivers.neonize_worker import SUBSCRIBED_EVENTS, Session
 from sessions_app.drivers.whatsmeow_watch import (
+    CLIENT_OUTDATED_LINE,
     KEEPALIVE_RESTORED_AFTER,
+    STREAM_REPLACED_LINE,
     WHATSMEOW_CLIENT_LOGGER,
     KeepAliveWatch,
     WhatsmeowLogWatch,
@@ -223,3 +227,14 @@ def test_the_worker_watches_keepalives_through_its_events(
     finally:
         logger = logging.getLogger(WHATSMEOW_CLIENT_LOGGER)
         logger.removeHandler(session.log_watch)
+
+
+def test_the_installed_whatsmeow_prints_exactly_the_lines_the_watch_reads() -> None:
+    """The format strings are in neonize's shared library (whatsmeow compiled in):
+    an upgrade that rewords them fails here instead of silently losing the events."""
+    library = Path(neonize.__file__).parent / generated_name()
+    compiled = library.read_bytes()
+    assert STREAM_REPLACED_LINE.encode() in compiled
+    assert f"{CLIENT_OUTDATED_LINE} (client version: %s)".encode() in compiled
+    assert whatsmeow_log_message(STREAM_REPLACED[1]) == ("replaced", {})
+    assert whatsmeow_log_message(CLIENT_OUTDATED[1]) is not None
