@@ -111,7 +111,7 @@ class Cluster:
         log_dir: Path,
         settings: Mapping[str, str] | None = None,
         auto_scan: float | None = 0.05,
-        client_timeout: float = 15.0,
+        client_timeout: float | None = None,
         log_level: str = "INFO",
     ) -> None:
         self.database_url = database_url
@@ -161,7 +161,8 @@ class Cluster:
 
     def start_service(self, timeout: float = 30.0) -> str:
         args = [sys.executable, "manage.py", "simulated_whatsapp", "--port", "0"]
-        args += ["--client-timeout", str(self.client_timeout)]
+        if self.client_timeout is not None:  # else WACONNECT_SIM_CLIENT_TIMEOUT
+            args += ["--client-timeout", str(self.client_timeout)]
         if self.auto_scan is not None:
             args += ["--auto-scan", str(self.auto_scan)]
         log = (self.log_dir / "simulated-whatsapp.log").open("wb")

@@ -211,6 +211,16 @@ class LiveServer:
         if log_file is not None:
             log_file.close()
 
+    def kill(self) -> None:
+        """SIGKILL: the process ends with nothing handed over or written (a crash)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log_file, self._log_file = self._log_file, None
+        if log_file is not None:
+            log_file.close()
+
     def cleanup(self) -> None:
         """Remove the data directory (after ``stop``)."""
         if self.data_dir is not None:

@@ -7,9 +7,11 @@ Every setting is prefixed ``WACONNECT_`` and has a default here, so a bare
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 def _get(name: str, default: Any) -> Any:
@@ -72,9 +74,40 @@ def simulated_service() -> str:
     return str(_get("SIM_SERVICE", ""))
 
 
+def simulated_state_file() -> Path:
+    """Where the in-process simulated WhatsApp keeps its linked devices (data dir)."""
+    return Path(settings.DATA_DIR) / "simulated-whatsapp.json"
+
+
 def simulated_keepalive() -> float:
     """Seconds between the simulated driver's keep-alive pings to the service."""
     return float(_get("SIM_KEEPALIVE", 5.0))
+
+
+def simulated_client_timeout() -> float:
+    """Seconds of silence after which the simulated WhatsApp service drops a client."""
+    return float(_get("SIM_CLIENT_TIMEOUT", 10.0))
+
+
+def check_gives_up_before_lease_passes(setting: str, seconds: float) -> None:
+    """Refuse a silence limit that could outlast a frozen supervisor's leases.
+
+    A neonize worker (``WACONNECT_WORKER_DEADLINE``) and the simulated WhatsApp
+    service (``WACONNECT_SIM_CLIENT_TIMEOUT``) cut the connections of a supervisor
+    that fell silent; they must do it before its leases can pass to another
+    supervisor, that is within ``WACONNECT_LEASE_TTL`` minus
+    ``WACONNECT_SELF_FENCE_MARGIN`` (the same bound a live supervisor fences
+    itself at).
+    """
+    leases = supervisor_config()
+    limit = leases.lease_ttl - leases.self_fence_margin
+    if not 0 < seconds < limit:
+        raise ImproperlyConfigured(
+            f"{setting} must be positive and shorter than WACONNECT_LEASE_TTL minus "
+            f"WACONNECT_SELF_FENCE_MARGIN ({limit:g} s), or a frozen supervisor's "
+            f"connections could stay open after another supervisor took their sessions; "
+            f"got {seconds:g} s"
+        )
 
 
 def neonize_store() -> str:

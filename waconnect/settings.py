@@ -189,6 +189,8 @@ WACONNECT_SIMULATED_TIMING = {
 # share one simulated WhatsApp (tests, demos, benchmarks). Empty: one per process.
 WACONNECT_SIM_SERVICE = env("WACONNECT_SIM_SERVICE", default="")
 WACONNECT_SIM_KEEPALIVE = env.float("WACONNECT_SIM_KEEPALIVE", default=5.0)
+# The service drops a client silent this long; below lease TTL − self-fence margin.
+WACONNECT_SIM_CLIENT_TIMEOUT = env.float("WACONNECT_SIM_CLIENT_TIMEOUT", default=10.0)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ImproperlyConfigured
-
 from sessions_app import conf
 from sessions_app.drivers.base import Driver
 
@@ -21,18 +19,14 @@ def build_driver() -> Driver:
             SimulatedWhatsApp,
         )
 
-        return SimulatedDriver(SimulatedWhatsApp(SimulatedTiming(**conf.simulated_timing())))
+        # Devices persist in the data directory, as WhatsApp and the device store keep
+        # them: a restarted `make run` resumes its sessions without a new QR code.
+        timing = SimulatedTiming(**conf.simulated_timing())
+        return SimulatedDriver(SimulatedWhatsApp(timing, state_file=conf.simulated_state_file()))
     if name == "neonize":
         from sessions_app.drivers.neonize_driver import NeonizeDriver
 
         workers = conf.worker_config()
-        leases = conf.supervisor_config()
-        if workers.deadline >= leases.lease_ttl - leases.self_fence_margin:
-            # A worker must give up on a frozen supervisor before its lease can pass.
-            raise ImproperlyConfigured(
-                "WACONNECT_WORKER_DEADLINE must be shorter than WACONNECT_LEASE_TTL minus "
-                "WACONNECT_SELF_FENCE_MARGIN, or a frozen supervisor's workers could stay "
-                "connected after another supervisor took their sessions"
-            )
+        conf.check_gives_up_before_lease_passes("WACONNECT_WORKER_DEADLINE", workers.deadline)
         return NeonizeDriver(workers)
     raise ValueError(f"unknown WACONNECT_DRIVER {name!r}; expected 'neonize' or 'simulated'")

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sessions_app.drivers import device_store, wire
+from sessions_app.drivers.whatsmeow_watch import KeepAliveWatch, WhatsmeowLogWatch
 
 logger = logging.getLogger("waconnect.worker")
 
@@ -40,6 +41,24 @@ PR_SET_PDEATHSIG = 1
 
 #: ConnectFailure reasons after which whatsmeow itself has deleted the session.
 LOGOUT_REASONS = {"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"}
+
+#: The neonize events the worker subscribes to, by class name. Every one carries
+#: fields: neonize's Go side hands each subscribed event to Python as
+#: ``proto.Marshal(...)`` and, in the versions whose ``getBytesAndSize`` takes
+#: ``&data[0]``, panics on an event that marshals to zero bytes, killing the
+#: worker. StreamReplaced, KeepAliveRestored and ClientOutdated are such events;
+#: the worker learns of them from whatsmeow's log lines and its keep-alive cycle
+#: instead (``whatsmeow_log_message``, ``KeepAliveWatch``).
+SUBSCRIBED_EVENTS = (
+    "PairStatusEv",
+    "ConnectedEv",
+    "DisconnectedEv",
+    "KeepAliveTimeoutEv",
+    "LoggedOutEv",
+    "TemporaryBanEv",
+    "ConnectFailureEv",
+    "StreamErrorEv",
+)
 
 Message = tuple[str, dict[str, Any]]
 
@@ -75,20 +94,11 @@ def event_message(event: Any, push_name: str = "") -> Message | None:
         return "disconnected", {}
     if name == "KeepAliveTimeout":
         return "keepalive_timeout", {}
-    if name == "KeepAliveRestored":
-        return "keepalive_restored", {}
     if name == "LoggedOut":
         return "logged_out", {"reason": _enum_name(P.ConnectFailureReason, event.Reason)}
-    if name == "StreamReplaced":
-        return "replaced", {}
     if name == "TemporaryBan":
         reason = _enum_name(P.TemporaryBan.TempBanReason, event.Code)
         return "banned", {"expire": float(event.Expire), "reason": reason}
-    if name == "ClientOutdated":
-        return "error", {
-            "message": "WhatsApp says this client is outdated: upgrade neonize",
-            "retryable": False,
-        }
     if name == "ConnectFailure":
         reason = _enum_name(P.ConnectFailureReason, event.Reason)
         if reason in LOGOUT_REASONS:
@@ -158,22 +168,12 @@ class Session:
         self.client: Any = None
         self.qr_count = 0
         self.first_qr = threading.Event()
+        self.log_watch = WhatsmeowLogWatch(self.on_log_message)
+        self.keepalive = KeepAliveWatch(self.channel.send, self.still_logged_in)
 
     def build(self) -> None:
+        from neonize import events
         from neonize.client import NewClient
-        from neonize.events import (
-            ClientOutdatedEv,
-            ConnectedEv,
-            ConnectFailureEv,
-            DisconnectedEv,
-            KeepAliveRestoredEv,
-            KeepAliveTimeoutEv,
-            LoggedOutEv,
-            PairStatusEv,
-            StreamErrorEv,
-            StreamReplacedEv,
-            TemporaryBanEv,
-        )
 
         if self.jid:
             from neonize.proto.Neonize_pb2 import JID
@@ -190,30 +190,32 @@ class Session:
             client = NewClient(self.store, jid=jid)
         else:
             client = NewClient(self.store, uuid=f"waconnect-{self.session_id}", new_device=True)
-        for cls in (
-            PairStatusEv,
-            ConnectedEv,
-            DisconnectedEv,
-            KeepAliveTimeoutEv,
-            KeepAliveRestoredEv,
-            LoggedOutEv,
-            StreamReplacedEv,
-            TemporaryBanEv,
-            ClientOutdatedEv,
-            ConnectFailureEv,
-            StreamErrorEv,
-        ):
-            client.event(cls)(self.on_event)  # not a decorator: it returns None
+        for name in SUBSCRIBED_EVENTS:
+            client.event(getattr(events, name))(self.on_event)  # returns None: not a decorator
+        self.log_watch.install()
         client.qr(self.on_qr)
         # neonize prints whatsmeow's QR-channel status; we need it (the round's end).
         client._NewClient__onLoginStatus = self.on_login_status
         self.client = client
 
     def on_event(self, client: Any, event: Any) -> None:
+        if type(event).__name__ == "KeepAliveTimeout":
+            self.keepalive.timed_out()
+        else:
+            self.keepalive.cancel()
         push_name = getattr(getattr(client, "me", None), "PushName", "") or ""
         message = event_message(event, push_name)
         if message is not None:
             self.channel.send(message[0], **message[1])
+
+    def on_log_message(self, kind: str, fields: dict[str, Any]) -> None:
+        self.keepalive.cancel()
+        self.channel.send(kind, **fields)
+
+    def still_logged_in(self) -> bool:
+        """Whether the socket is up and logged in (read from neonize's Go side)."""
+        client = self.client
+        return client is not None and bool(client.is_connected) and bool(client.is_logged_in)
 
     def on_qr(self, client: Any, data: bytes) -> None:
         valid_for = FIRST_QR_VALID_FOR if self.qr_count == 0 else NEXT_QR_VALID_FOR
@@ -301,12 +303,17 @@ def configure_logging(level: str) -> None:
     )
     numeric = logging.getLevelName(level.upper())
     numeric = numeric if isinstance(numeric, int) else logging.WARNING
+    for handler in logging.getLogger().handlers:
+        # whatsmeow.Client passes INFO to WhatsmeowLogWatch; stderr stays at `level`.
+        handler.setLevel(numeric)
     for name in ("waconnect", "neonize", "whatsmeow", "Whatsmeow"):
         logging.getLogger(name).setLevel(numeric)
     # waconnect sends no media: neonize's warning that ffmpeg is missing is noise.
     logging.getLogger("neonize.utils.ffmpeg").setLevel(max(numeric, logging.ERROR))
-    # The Go side filters at this logger's own level (read at connect()).
-    logging.getLogger("neonize.utils.log").setLevel(max(numeric, logging.INFO))
+    # The Go side filters at this logger's own level (read at connect()): INFO, as
+    # whatsmeow's "replaced stream error" line is INFO (WhatsmeowLogWatch needs it)
+    # and DEBUG would stream every XML node. stderr still shows only `level`.
+    logging.getLogger("neonize.utils.log").setLevel(logging.INFO)
 
 
 def serve(channel: Channel, heartbeat: float, deadline: float) -> None:

@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import ClassVar
 
 from sessions_app.drivers.base import (
@@ -39,6 +40,7 @@ from sessions_app.drivers.base import (
     QrTimeout,
     Replaced,
 )
+from sessions_app.drivers.simulated_devices import load_devices, save_devices
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,21 @@ class _Connection:
 
 
 class SimulatedWhatsApp:
-    """WhatsApp's side of the simulation, shared by every driver in the process."""
+    """WhatsApp's side of the simulation, shared by every driver in the process.
 
-    def __init__(self, timing: SimulatedTiming | None = None) -> None:
+    Linked devices outlive connections, as on WhatsApp: only a logout (from the
+    phone, or by the client) unlinks one, whether a connection is open or not.
+    With a ``state_file`` they also outlive the process (see
+    :mod:`~sessions_app.drivers.simulated_devices`).
+    """
+
+    def __init__(
+        self, timing: SimulatedTiming | None = None, state_file: Path | None = None
+    ) -> None:
         self.timing = timing or SimulatedTiming()
-        self.devices: dict[str, int] = {}  # jid -> session id that paired it
+        self.state_file = state_file
+        #: jid -> session id that paired it
+        self.devices: dict[str, int] = load_devices(state_file) if state_file else {}
         self.live: collections.Counter[int] = collections.Counter()
         self.max_live: collections.Counter[int] = collections.Counter()
         self.connects: collections.Counter[int] = collections.Counter()
@@ -259,6 +271,7 @@ class SimulatedWhatsApp:
         conn.awaiting_scan = False
         jid = f"{secrets.randbelow(10**11):011d}@s.whatsapp.net"
         self.devices[jid] = conn.session_id
+        self._save()
         conn.jid = jid
         conn.emit(PairSuccess(conn.session_id, jid=jid, push_name="Simulated phone"))
         if timing.pair_delay:
@@ -280,14 +293,35 @@ class SimulatedWhatsApp:
         return conns[-1] if conns else None
 
     def forget(self, jid: str) -> None:
-        self.devices.pop(jid, None)
+        """Unlink one device (the client logged out, or the phone removed it)."""
+        if self.devices.pop(jid, None) is not None:
+            self._save()
+
+    def unlink(self, session_id: int) -> bool:
+        """Unlink every device ``session_id`` paired; False when it had none."""
+        jids = [jid for jid, sid in self.devices.items() if sid == session_id]
+        for jid in jids:
+            del self.devices[jid]
+        if jids:
+            self._save()
+        return bool(jids)
+
+    def _save(self) -> None:
+        if self.state_file is not None:
+            save_devices(self.state_file, self.devices)
 
     # -- the phone side: gestures a person makes --------------------------------------
 
     def gesture(self, session_id: int, gesture: str) -> bool:
-        """Apply a phone gesture; False when it makes no sense right now."""
+        """Apply a phone gesture; False when it makes no sense right now.
+
+        A logout needs no open connection: the phone unlinks the device anyway, and
+        the client's next connection is refused as logged out.
+        """
         conn = self.connection(session_id)
         if conn is None:
+            if gesture == "logout":
+                return self.unlink(session_id)
             return False
         if gesture == "scan":
             if not conn.awaiting_scan:
@@ -363,8 +397,8 @@ class SimulatedDriver:
     async def gesture(self, session_id: int, gesture: str) -> bool:
         """A simulated phone gesture on this driver's connection of ``session_id``."""
         self.calls.append((f"gesture:{gesture}", session_id))
-        if session_id not in self._open:
-            return False
+        if session_id not in self._open and gesture != "logout":
+            return False  # a logout unlinks the device even with no connection open
         return self.world.gesture(session_id, gesture)
 
     async def aclose(self) -> None:

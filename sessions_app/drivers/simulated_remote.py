@@ -179,7 +179,11 @@ class RemoteSimulatedDriver:
             raise DriverError("no QR round is open to link by phone number")
 
     async def gesture(self, session_id: int, gesture: str) -> bool:
-        """A simulated phone gesture on this session's connection."""
+        """A simulated phone gesture on this session's connection; a logout also
+        without one (the phone unlinks the device whether or not a client is on)."""
+        if gesture == "logout" and session_id not in self._links:
+            async with ServiceControl(self.address) as control:
+                return await control.phone(session_id, gesture)
         return await self._command(session_id, "gesture", gesture=gesture)
 
     async def aclose(self) -> None:

@@ -39,3 +39,10 @@ def test_an_unknown_driver_is_named(settings: Any) -> None:
     settings.WACONNECT_DRIVER = "carrier-pigeon"
     with pytest.raises(ValueError, match="carrier-pigeon"):
         build_driver()
+
+
+def test_the_worker_deadline_must_be_positive(settings: Any) -> None:
+    settings.WACONNECT_DRIVER = "neonize"
+    settings.WACONNECT_WORKER_DEADLINE = 0
+    with pytest.raises(ImproperlyConfigured, match="WACONNECT_WORKER_DEADLINE"):
+        build_driver()

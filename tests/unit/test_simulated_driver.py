@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,7 @@ from sessions_app.drivers.base import (
     Replaced,
 )
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
+from sessions_app.drivers.simulated_devices import DeviceFileError
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -122,3 +125,61 @@ async def test_starting_twice_is_refused_loudly() -> None:
         await driver.start(ConnectSpec(5), Inbox())
     await driver.aclose()
     assert driver.calls[-1] == ("stop", 5)
+
+
+async def pair(driver: SimulatedDriver, session_id: int) -> str:
+    """Link a device for ``session_id`` and close the connection; return its JID."""
+    inbox = Inbox()
+    await driver.start(ConnectSpec(session_id), inbox)
+    assert isinstance(await inbox.next(), QrCode)
+    assert await driver.gesture(session_id, "scan")
+    paired = await inbox.next()
+    assert isinstance(paired, PairSuccess)
+    assert isinstance(await inbox.next(), Connected)
+    await driver.stop(session_id)
+    return paired.jid
+
+
+async def test_a_phone_logout_while_no_connection_is_open_unlinks_the_device() -> None:
+    """As on WhatsApp: the phone removes the device during a backoff wait, and the
+    next connection is refused as logged out."""
+    world = SimulatedWhatsApp(TIMING)
+    driver = SimulatedDriver(world)
+    jid = await pair(driver, 9)
+    other = await pair(driver, 10)
+    assert await driver.gesture(9, "logout"), "the phone's logout is applied"
+    assert jid not in world.devices
+    assert world.devices == {other: 10}, "only that session's device goes"
+    inbox = Inbox()
+    await driver.start(ConnectSpec(9, jid=jid), inbox)
+    assert isinstance(await inbox.next(), LoggedOut)
+    assert not await driver.gesture(11, "logout"), "nothing linked, nothing to log out"
+    assert not await driver.gesture(10, "disconnect"), "other gestures need a connection"
+
+
+async def test_linked_devices_outlive_the_process_in_the_state_file(tmp_path: Path) -> None:
+    """A new world on the same file (a restarted server) resumes the linked device."""
+    state = tmp_path / "data" / "simulated-whatsapp.json"
+    first = SimulatedWhatsApp(TIMING, state_file=state)
+    jid = await pair(SimulatedDriver(first), 12)
+    forgotten = await pair(SimulatedDriver(first), 13)
+    first.forget(forgotten)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert [p.name for p in state.parent.iterdir()] == [state.name], "no temporary file left"
+
+    restarted = SimulatedWhatsApp(TIMING, state_file=state)
+    assert restarted.devices == {jid: 12}
+    driver, inbox = SimulatedDriver(restarted), Inbox()
+    await driver.start(ConnectSpec(12, jid=jid), inbox)
+    assert isinstance(await inbox.next(), Connected)
+    await driver.logout(12, jid)
+    assert SimulatedWhatsApp(TIMING, state_file=state).devices == {}
+
+
+def test_a_state_file_it_did_not_write_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "simulated-whatsapp.json"
+    assert SimulatedWhatsApp(TIMING, state_file=state).devices == {}, "none yet: empty"
+    for text in ("not json", '{"version": 9, "devices": {}}', '{"version": 1}', "[]"):
+        state.write_text(text)
+        with pytest.raises(DeviceFileError, match=r"simulated-whatsapp\.json"):
+            SimulatedWhatsApp(TIMING, state_file=state)

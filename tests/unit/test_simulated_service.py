@@ -224,3 +224,20 @@ async def test_a_silent_client_is_dropped_and_a_pinging_one_kept() -> None:
     await pinging.aclose()
     await silent.aclose()
     await service.aclose()
+
+
+async def test_a_phone_logout_while_no_connection_is_open_unlinks_the_device(
+    running: Running,
+) -> None:
+    """The service keeps WhatsApp's rule too: the phone's logout during a backoff wait
+    unlinks the device, and the next connection is refused as logged out."""
+    driver = RemoteSimulatedDriver(running.address)
+    jid = await pair(driver, running.control, 8)
+    assert await driver.gesture(8, "logout")
+    assert jid not in running.world.devices
+    inbox = Inbox()
+    await driver.start(ConnectSpec(8, jid=jid), inbox)
+    assert isinstance(await inbox.next(), LoggedOut)
+    await driver.stop(8)
+    assert not await driver.gesture(8, "logout"), "nothing left to log out"
+    await driver.aclose()

@@ -167,6 +167,25 @@ async def test_disconnect_reconnects_with_backoff(
     assert (await get(pk=session.pk)).retry_count == 0
 
 
+async def test_a_phone_logout_during_a_backoff_wait_ends_in_logged_out(
+    world: SimulatedWhatsApp,
+) -> None:
+    """The phone unlinks the device while the session waits to reconnect (no connection
+    open): the next connection is refused and the session is logged out, not linked."""
+    waiting = dataclasses.replace(FAST, backoff_base=30.0, backoff_cap=60.0)
+    async with running(world, waiting) as supervisor:
+        session = await paired("backoff-logout", supervisor)
+        await gesture(session, "disconnect", "test")
+        await until(session.pk, state_is("disconnected"))
+        assert world.live[session.pk] == 0
+        await gesture(await get(pk=session.pk), "logout", "test")
+        await start(await get(pk=session.pk), "ada")  # skips the backoff: connect now
+        await until(session.pk, settled("logged_out"))
+    assert session.jid not in world.devices
+    messages = [message for _, _, message in await events_of(session.pk)]
+    assert not any("nothing to act on" in m for m in messages), messages
+
+
 async def test_replaced_is_not_retried_blindly(
     supervisor: Supervisor, world: SimulatedWhatsApp
 ) -> None:

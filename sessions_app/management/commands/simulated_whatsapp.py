@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessions_app import conf
@@ -28,11 +30,25 @@ class Command(BaseCommand):
         parser.add_argument(
             "--client-timeout",
             type=float,
-            default=15.0,
+            default=None,
             metavar="SECONDS",
             help=(
                 "Drop a connection whose client sent nothing (clients ping every "
-                "WACONNECT_SIM_KEEPALIVE seconds) for this long; 0: never. Default 15."
+                "WACONNECT_SIM_KEEPALIVE seconds) for this long, as WhatsApp drops a "
+                "client whose keep-alives stop. Must be shorter than WACONNECT_LEASE_TTL "
+                "minus WACONNECT_SELF_FENCE_MARGIN, so a frozen supervisor's connections "
+                "end before its leases pass. Default: WACONNECT_SIM_CLIENT_TIMEOUT (10)."
+            ),
+        )
+        parser.add_argument(
+            "--state-file",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help=(
+                "Keep the linked devices in this JSON file (mode 600), so they outlive a "
+                "restart of the service as they outlive one of WhatsApp. Default: none "
+                "(every start begins with no device linked)."
             ),
         )
         parser.add_argument(
@@ -49,8 +65,11 @@ class Command(BaseCommand):
         timing = SimulatedTiming(**conf.simulated_timing())
         if options["auto_scan"] is not None:
             timing = dataclasses.replace(timing, auto_scan=options["auto_scan"])
-        client_timeout = options["client_timeout"] or None
-        world = SimulatedWhatsApp(timing)
+        client_timeout = check_client_timeout(options["client_timeout"])
+        try:
+            world = SimulatedWhatsApp(timing, state_file=options["state_file"])
+        except ValueError as exc:  # an unreadable device file
+            raise CommandError(str(exc)) from None
         service = SimulatedWhatsAppService(world, options["host"], options["port"], client_timeout)
         asyncio.run(self._serve(service))
 
@@ -70,3 +89,21 @@ class Command(BaseCommand):
         await service.aclose()
         overlaps = len(world.overlaps)
         self.stdout.write(f"stopped; {overlaps} overlap(s) of live connections recorded")
+
+
+def check_client_timeout(given: float | None) -> float:
+    """The client timeout to serve with; refused when it breaks the leases' promise
+    (a frozen supervisor's connections end before its leases can pass) or when the
+    clients' keep-alive pings could not keep a live connection open."""
+    timeout = conf.simulated_client_timeout() if given is None else given
+    try:
+        conf.check_gives_up_before_lease_passes("--client-timeout", timeout)
+    except (ImproperlyConfigured, ValueError) as exc:  # ValueError: bad lease timings
+        raise CommandError(str(exc)) from None
+    keepalive = conf.simulated_keepalive()
+    if keepalive >= timeout:
+        raise CommandError(
+            f"WACONNECT_SIM_KEEPALIVE ({keepalive:g} s) must be shorter than the client "
+            f"timeout ({timeout:g} s), or live clients would be dropped between two pings"
+        )
+    return timeout
