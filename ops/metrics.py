@@ -14,10 +14,17 @@ says about all sessions is counted at scrape time by the web tier instead
 
 from __future__ import annotations
 
+import contextlib
+import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No ``*_created`` series beside every counter and histogram: Prometheus does not
+# need them, and they would double what a scrape carries.
+disable_created_metrics()
 
 #: Why a connection ended, as the driver reported it (the ``cause`` label).
 DISCONNECT_CAUSES = (
@@ -157,3 +164,20 @@ def pushed(snapshot: dict[str, Any], at: float) -> None:
         seen = _qr_seen.pop(snapshot.get("id"), None)  # type: ignore[arg-type]
         if seen is not None:
             qr_push_latency.observe(max(0.0, at - seen))
+
+
+# -- lease renewal ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def renewing() -> Iterator[None]:
+    """Time one renewal statement; count it as failed if it raises, else note when."""
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        lease_renewal_failures.inc()
+        raise
+    finally:
+        lease_renewal.observe(time.perf_counter() - started)
+    lease_last_renewal.set_to_current_time()
