@@ -62,8 +62,13 @@ def token_verifier() -> Callable[[str, str], bool] | None:
     if path:
         return import_string(path)  # type: ignore[no-any-return]
     if apps.is_installed("api"):
-        from api.auth import verify_token  # type: ignore[import-not-found]
-
+        try:
+            from api.auth import verify_token  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                "the api app is installed but has no api.auth.verify_token(token, scope); "
+                "set WACONNECT_METRICS_TOKEN_VERIFIER"
+            ) from exc
         return verify_token  # type: ignore[no-any-return]
     return None
 

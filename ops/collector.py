@@ -18,6 +18,7 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ops.metrics import DATABASE_GAUGES
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import Desired, State
 
@@ -45,15 +46,18 @@ def oldest_pending_qr_request_age() -> float:
     return max(0.0, (timezone.now() - oldest).total_seconds())
 
 
+def gauge(name: str) -> GaugeMetricFamily:
+    """An empty family for one of :data:`ops.metrics.DATABASE_GAUGES`."""
+    help_text, labels = DATABASE_GAUGES[name]
+    return GaugeMetricFamily(name, help_text, labels=list(labels))
+
+
 class DatabaseCollector(Collector):
     """Sessions by state and desired state, sessions waiting for an owner, the oldest
     pending QR request, supervisors alive: five small queries per scrape."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "waconnect_database_up",
-            "1 if the web tier could read the session counts from the database at this scrape.",
-        )
+        up = gauge("waconnect_database_up")
         try:
             families = list(self._families())
         except DatabaseError:
@@ -67,11 +71,7 @@ class DatabaseCollector(Collector):
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
         by_state = dict(WaSession.objects.order_by().values_list("state").annotate(n=Count("id")))
-        sessions = GaugeMetricFamily(
-            "waconnect_sessions",
-            "Sessions by observed state (what their owner last saw).",
-            labels=["state"],
-        )
+        sessions = gauge("waconnect_sessions")
         for state in State:
             sessions.add_metric([state.value], by_state.get(state.value, 0))
         yield sessions
@@ -79,33 +79,22 @@ class DatabaseCollector(Collector):
         by_desired = dict(
             WaSession.objects.order_by().values_list("desired_state").annotate(n=Count("id"))
         )
-        desired = GaugeMetricFamily(
-            "waconnect_sessions_desired",
-            "Sessions by desired state (what an admin asked for).",
-            labels=["desired_state"],
-        )
+        desired = gauge("waconnect_sessions_desired")
         for value in Desired:
             desired.add_metric([value.value], by_desired.get(value.value, 0))
         yield desired
 
-        unowned = WaSession.objects.needing_owner().lease_free().count()
-        yield GaugeMetricFamily(
-            "waconnect_sessions_awaiting_owner",
-            "Sessions that need a supervisor and have none (no lease, or an expired one). "
-            "Above 0 for long: no supervisor is running, or all are at their cap.",
-            value=unowned,
-        )
-        yield GaugeMetricFamily(
-            "waconnect_qr_request_oldest_age_seconds",
-            "Age of the oldest QR round asked for that shows no QR code yet (0 if none).",
-            value=oldest_pending_qr_request_age(),
-        )
-        alive = SupervisorPresence.objects.filter(expires_at__gt=Now()).count()
-        yield GaugeMetricFamily(
-            "waconnect_supervisors_alive",
-            "Supervisors whose presence row has not expired (renewed with their leases).",
-            value=alive,
-        )
+        unowned = gauge("waconnect_sessions_awaiting_owner")
+        unowned.add_metric([], WaSession.objects.needing_owner().lease_free().count())
+        yield unowned
+
+        oldest = gauge("waconnect_qr_request_oldest_age_seconds")
+        oldest.add_metric([], oldest_pending_qr_request_age())
+        yield oldest
+
+        alive = gauge("waconnect_supervisors_alive")
+        alive.add_metric([], SupervisorPresence.objects.filter(expires_at__gt=Now()).count())
+        yield alive
 
 
 @functools.cache

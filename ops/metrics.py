@@ -1,4 +1,5 @@
-"""Every metric a waconnect process exports, defined once, in the default registry.
+"""Every metric waconnect exports, defined once: the per-process ones in the default
+registry, the database-wide gauges as :data:`DATABASE_GAUGES` (names and help texts).
 
 Names follow Prometheus' conventions: the ``waconnect_`` prefix, the unit in the
 name (``_seconds``), ``_total`` on counters, histograms for latencies. This module
@@ -134,6 +135,35 @@ for _cause in RECONNECT_CAUSES:
     reconnects.labels(_cause)
 for _outcome in QR_OUTCOMES:
     qr_rounds_ended.labels(_outcome)
+
+# -- database-wide gauges (web tier only) ----------------------------------------------
+
+#: Read from the database at scrape time by :class:`ops.collector.DatabaseCollector`,
+#: served by the web tier's ``/metrics`` only: name -> (help, label names).
+DATABASE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "waconnect_database_up": (
+        "1 if the web tier could read the session counts from the database at this scrape.",
+        (),
+    ),
+    "waconnect_sessions": ("Sessions by observed state (what their owner last saw).", ("state",)),
+    "waconnect_sessions_desired": (
+        "Sessions by desired state (what an admin asked for).",
+        ("desired_state",),
+    ),
+    "waconnect_sessions_awaiting_owner": (
+        "Sessions that need a supervisor and have none (no lease, or an expired one). "
+        "Above 0 for long: no supervisor is running, or all are at their cap.",
+        (),
+    ),
+    "waconnect_qr_request_oldest_age_seconds": (
+        "Age of the oldest QR round asked for that shows no QR code yet (0 if none).",
+        (),
+    ),
+    "waconnect_supervisors_alive": (
+        "Supervisors whose presence row has not expired (renewed with their leases).",
+        (),
+    ),
+}
 
 # -- the supervisors in this process ---------------------------------------------------
 

@@ -134,3 +134,22 @@ def test_the_readme_alert_rules_are_the_shipped_file_and_query_exported_metrics(
         assert rule["annotations"]["summary"]
         assert "for" not in rule or re.fullmatch(r"\d+[smh]", rule["for"])
         assert problems(rule["expr"], metrics) == [], rule["alert"]
+
+
+def waconnect_families() -> set[str]:
+    """Every family name waconnect defines: per-process and database-wide."""
+    from prometheus_client import REGISTRY
+
+    from ops.metrics import DATABASE_GAUGES
+
+    names = {f.name for f in REGISTRY.collect() if f.name.startswith("waconnect_")}
+    return names | set(DATABASE_GAUGES)
+
+
+def test_every_defined_metric_is_exported_and_named_in_the_readme() -> None:
+    metrics = exported()
+    readme = (ROOT / "README.md").read_text()
+    for family in waconnect_families():
+        assert any(name == family or name.startswith(f"{family}_") for name in metrics), family
+        shown = family + "_total" if f"{family}_total" in metrics else family
+        assert f"`{shown}" in readme, f"README's Operations section does not name {shown}"
