@@ -11,6 +11,8 @@ import logging
 import signal
 import threading
 
+from ops import metrics
+from ops.instrument import instrument
 from sessions_app import conf
 from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
@@ -20,10 +22,12 @@ logger = logging.getLogger(__name__)
 
 def build_supervisor(*, max_sessions: int | None = None, poll_only: bool = False) -> Supervisor:
     overrides = {"max_sessions": max_sessions} if max_sessions else {}
-    return Supervisor(
-        build_driver(),
-        config=conf.supervisor_config(**overrides),
-        poll_only=poll_only,
+    return metrics.track(
+        Supervisor(
+            instrument(build_driver()),
+            config=conf.supervisor_config(**overrides),
+            poll_only=poll_only,
+        )
     )
 
 
