@@ -142,3 +142,14 @@ def worker_config() -> Any:
         term_grace=float(_get("WORKER_TERM_GRACE", 1.0)),
         log_level=str(_get("WORKER_LOG_LEVEL", "WARNING")),
     )
+
+
+def metrics_allow() -> list[str]:
+    """CIDRs whose clients may read the web tier's ``/metrics`` without a token."""
+    return [str(cidr) for cidr in _get("METRICS_ALLOW", ["127.0.0.0/8", "::1/128"])]
+
+
+def metrics_token_verifier() -> str:
+    """Dotted path of ``verify(token, scope) -> bool`` for ``/metrics`` bearer tokens;
+    empty: the API app's ``api.auth.verify_token`` if it is installed."""
+    return str(_get("METRICS_TOKEN_VERIFIER", ""))

@@ -9,10 +9,13 @@ function here swallows a layer failure after logging it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ async def publish(snapshot: dict[str, Any], row: dict[str, Any] | None) -> None:
         await layer.group_send(
             session_group(session_id), {"type": "session.update", "snapshot": snapshot}
         )
+        metrics.pushed(snapshot, time.perf_counter())
         if row is not None:
             await layer.group_send(LIST_GROUP, {"type": "session.row", "row": row})
     except Exception:

@@ -23,6 +23,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from ops import metrics
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
 
@@ -94,6 +95,7 @@ def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
         )
         cursor.execute(sql, [owner, *expiry_params, *inner_params])
         rows = cursor.fetchall()
+    metrics.claims.inc(len(rows))
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
 
 
@@ -104,7 +106,7 @@ def renew(owner: str, ttl: float) -> list[Lease]:
         f"UPDATE {_table()} SET lease_expires_at = {expiry_sql} "
         f"WHERE lease_owner = %s RETURNING id, lease_epoch"
     )
-    with connection.cursor() as cursor:
+    with metrics.renewing(), connection.cursor() as cursor:
         cursor.execute(sql, [*expiry_params, owner])
         rows = cursor.fetchall()
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
@@ -199,6 +201,7 @@ def hand_over(owner: str, session_ids: Collection[int], why: str) -> list[int]:
         WaSession.objects.filter(pk__in=released).update(
             lease_owner="", lease_expires_at=None, version=F("version") + 1
         )
+    metrics.handovers.inc(len(released))
     return released
 
 

@@ -11,6 +11,8 @@ import logging
 import signal
 import threading
 
+from ops import metrics
+from ops.instrument import instrument
 from sessions_app import conf
 from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
@@ -20,21 +22,42 @@ logger = logging.getLogger(__name__)
 
 def build_supervisor(*, max_sessions: int | None = None, poll_only: bool = False) -> Supervisor:
     overrides = {"max_sessions": max_sessions} if max_sessions else {}
-    return Supervisor(
-        build_driver(),
-        config=conf.supervisor_config(**overrides),
-        poll_only=poll_only,
+    return metrics.track(
+        Supervisor(
+            instrument(build_driver()),
+            config=conf.supervisor_config(**overrides),
+            poll_only=poll_only,
+        )
     )
 
 
-async def serve(*, max_sessions: int | None = None, poll_only: bool = False) -> None:
-    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over."""
+async def serve(
+    *,
+    max_sessions: int | None = None,
+    poll_only: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> None:
+    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over.
+
+    With ``metrics_port``, serve its ``/metrics``, ``/healthz`` and ``/readyz`` there
+    while it runs.
+    """
     supervisor = build_supervisor(max_sessions=max_sessions, poll_only=poll_only)
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, supervisor.stop)
-    await supervisor.run()
+    server = None
+    if metrics_port is not None:
+        from ops.server import serve_supervisor
+
+        server = serve_supervisor(supervisor, metrics_host, metrics_port)
+    try:
+        await supervisor.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
 def start_inline() -> Supervisor:

@@ -27,6 +27,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
+from ops import metrics
 from sessions_app import doorbell, leases, snapshots
 from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.dbthread import lease_db, supervisor_db
@@ -878,6 +879,7 @@ class Supervisor:
                 continue
             if not self.fenced:
                 self.fenced = True
+                metrics.self_fences.inc()
                 logger.error(
                     "could not renew leases for %.1fs; dropping %d connections (self-fencing)",
                     limit,

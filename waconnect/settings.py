@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -192,7 +194,15 @@ WACONNECT_SIM_KEEPALIVE = env.float("WACONNECT_SIM_KEEPALIVE", default=5.0)
 # The service drops a client silent this long; below lease TTL − self-fence margin.
 WACONNECT_SIM_CLIENT_TIMEOUT = env.float("WACONNECT_SIM_CLIENT_TIMEOUT", default=10.0)
 
+# Who may read /metrics without a token (CIDRs; see ops/auth.py).
+WACONNECT_METRICS_ALLOW = env.list("WACONNECT_METRICS_ALLOW", default=["127.0.0.0/8", "::1/128"])
+WACONNECT_METRICS_TOKEN_VERIFIER = env("WACONNECT_METRICS_TOKEN_VERIFIER", default="")
+
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+# "plain" for people, "json" (one object per line) for log shippers.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -201,17 +211,19 @@ LOGGING = {
         "plain": {
             "format": "%(asctime)s %(levelname)-7s %(name)s [%(context)s] %(message)s",
         },
+        "json": {"()": "ops.jsonlog.JsonFormatter"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
             "filters": ["context"],
         },
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "sessions_app": {"level": LOG_LEVEL},
+        "ops": {"level": LOG_LEVEL},
         # Daphne's request log; not also through Django's own "django" console.
         "django.channels.server": {"level": "INFO", "handlers": ["console"], "propagate": False},
     },

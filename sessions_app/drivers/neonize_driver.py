@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any, ClassVar
 
+from ops import metrics
 from sessions_app.drivers import device_store, wire
 from sessions_app.drivers.base import ConnectError, ConnectSpec, DriverError, EventSink
 
@@ -97,6 +98,7 @@ class Worker:
             )
         finally:
             child.close()
+        metrics.worker_starts.inc()
         self.reader, self.writer = await asyncio.open_connection(
             sock=parent, limit=wire.MAX_LINE + 2
         )
@@ -136,6 +138,7 @@ class Worker:
         if self._failed or self.stopping:
             return
         self._failed = True
+        metrics.worker_crashes.inc()
         logger.warning("worker %s failed: %s", self.pid, message, extra=self._extra())
         if self.on_event is not None and self.session_id is not None:
             self.on_event(ConnectError(self.session_id, message))

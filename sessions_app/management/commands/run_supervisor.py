@@ -36,8 +36,30 @@ class Command(BaseCommand):
             ),
         )
 
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help=(
+                "Serve this process's Prometheus /metrics, /healthz and /readyz on this "
+                "port (off by default; 0 picks a free port)."
+            ),
+        )
+        parser.add_argument(
+            "--metrics-host",
+            default="127.0.0.1",
+            help="Address the metrics port binds to (default 127.0.0.1; 0.0.0.0 for all).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck
         # supervisor is waiting on, without stopping it.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-        asyncio.run(serve(max_sessions=options["max_sessions"], poll_only=options["poll_only"]))
+        asyncio.run(
+            serve(
+                max_sessions=options["max_sessions"],
+                poll_only=options["poll_only"],
+                metrics_port=options["metrics_port"],
+                metrics_host=options["metrics_host"],
+            )
+        )

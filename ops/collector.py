@@ -1,0 +1,105 @@
+"""What the database says about every session, counted when Prometheus scrapes.
+
+Served by the web tier's ``/metrics`` only (its own registry, see
+:func:`web_registry`): every supervisor reads the same database, so if each
+exported these, a ``sum()`` would count every session once per supervisor.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+
+from django.db import DatabaseError
+from django.db.models import Count, F, Max, Min, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ops.metrics import DATABASE_GAUGES
+from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
+from sessions_app.states import Desired, State
+
+logger = logging.getLogger(__name__)
+
+#: States in which a QR round's code is on screen: the request is being served.
+_QR_SHOWN = (State.QR_REQUIRED, State.PAIRING)
+
+
+def oldest_pending_qr_request_age() -> float:
+    """Seconds since the oldest QR round that an admin asked for and that shows no code
+    yet (0 if none): supervisors that do not serve them are what this catches.
+
+    The request's time is that of the session's latest intent event (the row has no
+    column for it).
+    """
+    oldest = (
+        WaSession.objects.filter(pair_request__gt=F("pair_served"), desired_state=Desired.RUNNING)
+        .exclude(state__in=_QR_SHOWN)
+        .annotate(asked=Max("events__at", filter=Q(events__kind=SessionEvent.Kind.INTENT)))
+        .aggregate(oldest=Min("asked"))["oldest"]
+    )
+    if oldest is None:
+        return 0.0
+    return max(0.0, (timezone.now() - oldest).total_seconds())
+
+
+def gauge(name: str) -> GaugeMetricFamily:
+    """An empty family for one of :data:`ops.metrics.DATABASE_GAUGES`."""
+    help_text, labels = DATABASE_GAUGES[name]
+    return GaugeMetricFamily(name, help_text, labels=list(labels))
+
+
+class DatabaseCollector(Collector):
+    """Sessions by state and desired state, sessions waiting for an owner, the oldest
+    pending QR request, supervisors alive: five small queries per scrape."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = gauge("waconnect_database_up")
+        try:
+            families = list(self._families())
+        except DatabaseError:
+            logger.warning("metrics: could not read the database", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        by_state = dict(WaSession.objects.order_by().values_list("state").annotate(n=Count("id")))
+        sessions = gauge("waconnect_sessions")
+        for state in State:
+            sessions.add_metric([state.value], by_state.get(state.value, 0))
+        yield sessions
+
+        by_desired = dict(
+            WaSession.objects.order_by().values_list("desired_state").annotate(n=Count("id"))
+        )
+        desired = gauge("waconnect_sessions_desired")
+        for value in Desired:
+            desired.add_metric([value.value], by_desired.get(value.value, 0))
+        yield desired
+
+        unowned = gauge("waconnect_sessions_awaiting_owner")
+        unowned.add_metric([], WaSession.objects.needing_owner().lease_free().count())
+        yield unowned
+
+        oldest = gauge("waconnect_qr_request_oldest_age_seconds")
+        oldest.add_metric([], oldest_pending_qr_request_age())
+        yield oldest
+
+        alive = gauge("waconnect_supervisors_alive")
+        alive.add_metric([], SupervisorPresence.objects.filter(expires_at__gt=Now()).count())
+        yield alive
+
+
+@functools.cache
+def web_registry() -> CollectorRegistry:
+    """The registry of database-wide gauges, apart from the default (per-process) one."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())
+    return registry

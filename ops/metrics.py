@@ -1,0 +1,213 @@
+"""Every metric waconnect exports, defined once: the per-process ones in the default
+registry, the database-wide gauges as :data:`DATABASE_GAUGES` (names and help texts).
+
+Names follow Prometheus' conventions: the ``waconnect_`` prefix, the unit in the
+name (``_seconds``), ``_total`` on counters, histograms for latencies. This module
+imports nothing but prometheus-client, so the supervisor, the lease code and the
+drivers can count with a one-line call (``metrics.claims.inc(n)``) without
+pulling Django or each other in.
+
+These are *per process* (each ``run_supervisor`` on its ``--metrics-port``; the
+web process too when the supervisor runs inside ``runserver``). What the database
+says about all sessions is counted at scrape time by the web tier instead
+(:mod:`ops.collector`), so that N supervisors do not report it N times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No ``*_created`` series beside every counter and histogram: Prometheus does not
+# need them, and they would double what a scrape carries.
+disable_created_metrics()
+
+#: Why a connection ended, as the driver reported it (the ``cause`` label).
+DISCONNECT_CAUSES = (
+    "network",  # dropped; the driver (whatsmeow) reconnects by itself
+    "disconnected",  # dropped; the supervisor reconnects after a backoff
+    "error",  # failed or broke (a crashed neonize worker is one); backoff
+    "logged_out",  # the phone removed the device
+    "replaced",  # another connection took the device over
+    "banned",  # a temporary ban
+    "qr_timeout",  # every QR code of a round expired unscanned
+)
+
+#: Causes a reconnect follows (the subset of :data:`DISCONNECT_CAUSES` that is retried).
+RECONNECT_CAUSES = ("network", "disconnected", "error", "replaced", "banned")
+
+#: How a QR round ended (the ``outcome`` label).
+QR_OUTCOMES = (
+    "paired",  # the phone scanned a code
+    "timeout",  # every code expired unscanned
+    "failed",  # the connection broke during the round
+    "cancelled",  # closed by the supervisor: stopped, logged out, handed over
+)
+
+# -- leases ----------------------------------------------------------------------------
+
+sessions_held = Gauge(
+    "waconnect_supervisor_sessions_held",
+    "Sessions this process's supervisors run now (one lease and one runner each).",
+)
+claims = Counter(
+    "waconnect_lease_claims_total",
+    "Sessions claimed: a lease taken with a new fencing number (start, take-over, failover).",
+)
+handovers = Counter(
+    "waconnect_lease_handovers_total",
+    "Sessions handed over to other supervisors (clean shutdown, or shed to balance the load).",
+)
+self_fences = Counter(
+    "waconnect_self_fences_total",
+    "Times a supervisor dropped all its connections because it could not renew its leases "
+    "within the lease TTL minus the self-fence margin.",
+)
+lease_renewal = Histogram(
+    "waconnect_lease_renewal_duration_seconds",
+    "Duration of one renewal statement of all of a supervisor's leases. Past "
+    "WACONNECT_LEASE_TTL - WACONNECT_SELF_FENCE_MARGIN (13 s by default) the supervisor "
+    "fences itself.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 13),
+)
+lease_renewal_failures = Counter(
+    "waconnect_lease_renewal_failures_total",
+    "Renewal statements that raised (database unreachable, connection dropped).",
+)
+lease_last_renewal = Gauge(
+    "waconnect_lease_last_renewal_timestamp_seconds",
+    "Unix time of the last successful lease renewal in this process.",
+)
+
+# -- connections -----------------------------------------------------------------------
+
+disconnects = Counter(
+    "waconnect_disconnects_total",
+    "Connections that ended without being asked to, by cause (see DISCONNECT_CAUSES).",
+    ["cause"],
+)
+reconnects = Counter(
+    "waconnect_reconnects_total",
+    "Connections opened again after one ended, by the cause of the end; 'network' counts "
+    "the driver's own reconnects (whatsmeow) as well as restarted ones.",
+    ["cause"],
+)
+worker_starts = Counter(
+    "waconnect_worker_starts_total",
+    "neonize worker processes started (warm pool included).",
+)
+worker_crashes = Counter(
+    "waconnect_worker_crashes_total",
+    "neonize worker processes that failed: exited or were killed unasked, fell silent past "
+    "the heartbeat deadline, or broke the wire protocol. Each is that session's error.",
+)
+
+# -- QR codes --------------------------------------------------------------------------
+
+qr_rounds_started = Counter(
+    "waconnect_qr_rounds_started_total",
+    "QR rounds started (a connection opened to pair a new device).",
+)
+qr_rounds_ended = Counter(
+    "waconnect_qr_rounds_ended_total",
+    "QR rounds ended, by outcome (see QR_OUTCOMES).",
+    ["outcome"],
+)
+qr_codes = Counter(
+    "waconnect_qr_codes_total",
+    "QR codes issued by WhatsApp (about six per unscanned round).",
+)
+qr_push_latency = Histogram(
+    "waconnect_qr_push_latency_seconds",
+    "From a QR code reaching the supervisor to its push to the browsers (written to the "
+    "database, snapshot built, sent to the channel layer).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+for _cause in DISCONNECT_CAUSES:
+    disconnects.labels(_cause)
+for _cause in RECONNECT_CAUSES:
+    reconnects.labels(_cause)
+for _outcome in QR_OUTCOMES:
+    qr_rounds_ended.labels(_outcome)
+
+# -- database-wide gauges (web tier only) ----------------------------------------------
+
+#: Read from the database at scrape time by :class:`ops.collector.DatabaseCollector`,
+#: served by the web tier's ``/metrics`` only: name -> (help, label names).
+DATABASE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "waconnect_database_up": (
+        "1 if the web tier could read the session counts from the database at this scrape.",
+        (),
+    ),
+    "waconnect_sessions": ("Sessions by observed state (what their owner last saw).", ("state",)),
+    "waconnect_sessions_desired": (
+        "Sessions by desired state (what an admin asked for).",
+        ("desired_state",),
+    ),
+    "waconnect_sessions_awaiting_owner": (
+        "Sessions that need a supervisor and have none (no lease, or an expired one). "
+        "Above 0 for long: no supervisor is running, or all are at their cap.",
+        (),
+    ),
+    "waconnect_qr_request_oldest_age_seconds": (
+        "Age of the oldest QR round asked for that shows no QR code yet (0 if none).",
+        (),
+    ),
+    "waconnect_supervisors_alive": (
+        "Supervisors whose presence row has not expired (renewed with their leases).",
+        (),
+    ),
+}
+
+# -- the supervisors in this process ---------------------------------------------------
+
+_supervisors: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track(supervisor: Any) -> Any:
+    """Count ``supervisor``'s runners in :data:`sessions_held` while it lives; returns it."""
+    _supervisors.add(supervisor)
+    return supervisor
+
+
+sessions_held.set_function(lambda: sum(len(s.runners) for s in list(_supervisors)))
+
+# -- QR code → push --------------------------------------------------------------------
+
+_qr_seen: dict[int, float] = {}
+
+
+def qr_arrived(session_id: int, at: float) -> None:
+    """A QR code for ``session_id`` reached the supervisor at ``at`` (perf_counter)."""
+    _qr_seen[session_id] = at
+
+
+def pushed(snapshot: dict[str, Any], at: float) -> None:
+    """A snapshot was pushed at ``at``: if it shows the QR code last seen, time it."""
+    if snapshot.get("qr_svg"):
+        seen = _qr_seen.pop(snapshot.get("id"), None)  # type: ignore[arg-type]
+        if seen is not None:
+            qr_push_latency.observe(max(0.0, at - seen))
+
+
+# -- lease renewal ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def renewing() -> Iterator[None]:
+    """Time one renewal statement; count it as failed if it raises, else note when."""
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        lease_renewal_failures.inc()
+        raise
+    finally:
+        lease_renewal.observe(time.perf_counter() - started)
+    lease_last_renewal.set_to_current_time()
