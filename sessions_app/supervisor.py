@@ -365,7 +365,8 @@ class SessionRunner:
         started = epoch(session.qr_round_started_at)
         limit = self.sup.config.qr_round_limit
         round_ = round_status(started, now, limit)
-        if self.connection_open and not self.continuing_round and round_ is Round.OVER:
+        own_round = self.connection_open and not self.continuing_round
+        if own_round and round_ is Round.OVER:
             round_ = Round.LIVE  # a round this connection began ends by WhatsApp's clock
         rate_at = self.sup.ceiling.next_at(session.recent_connects or [], now)
         view = SessionView(
@@ -380,7 +381,7 @@ class SessionRunner:
             round=round_,
             rate_ok=rate_at <= now,
         )
-        round_end = started + limit if started is not None and round_ is Round.LIVE else None
+        round_end = None if own_round or started is None else started + limit
         wake = min((t for t in (retry_at, rate_at, round_end) if t and t > now), default=None)
         return view, wake
 
