@@ -432,7 +432,8 @@ class SessionRunner:
             fields |= {"pair_served": session.pair_request, **round_ended(session.pair_request)}
             why = "new QR code request dropped: the session is linked; log it out first"
         elif session.jid:
-            why = "start request served: already connected"
+            connected = session.state in (State.CONNECTED, State.DEGRADED)
+            why = f"start request served: already {'connected' if connected else 'connecting'}"
         else:
             why = "start request served: a QR round is under way; nothing restarted"
         await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why))
