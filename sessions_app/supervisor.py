@@ -426,10 +426,11 @@ class SessionRunner:
         return ConnectSpec(self.session_id, jid=jid, owner=self.lease.owner, epoch=self.lease.epoch)
 
     async def _serve(self, session: WaSession) -> None:
-        """Answer requests that need no connection: record them served, and why."""
+        """Answer a request that needs no connection: record it served, and why (a
+        start made with it is left to the next step)."""
         fields: dict[str, Any] = {"connect_served": session.connect_request}
         if session.pair_pending and session.jid:
-            fields |= {"pair_served": session.pair_request, **round_ended(session.pair_request)}
+            fields = {"pair_served": session.pair_request, **round_ended(session.pair_request)}
             why = "new QR code request dropped: the session is linked; log it out first"
         elif session.jid:
             connected = session.state in (State.CONNECTED, State.DEGRADED)

@@ -241,6 +241,25 @@ async def test_a_new_qr_on_a_linked_session_is_refused_and_a_stale_one_dropped(
         assert session.jid not in world.devices
 
 
+async def test_a_dropped_new_qr_does_not_take_a_start_made_with_it_along(
+    world: SimulatedWhatsApp,
+) -> None:
+    """Issue 8 faults 2 and 4 together: a stale New QR is dropped, the Start made
+    after the replacement is still honoured."""
+    async with running(SimulatedDriver(world)) as sup:
+        session = await paired("both", sup)  # type: ignore[arg-type]
+        await gesture(session, "replace", "test")
+        await until(session.pk, settled("replaced"))
+        await raw_intent(
+            session.pk,
+            pair_request=F("pair_request") + 1,
+            connect_request=F("connect_request") + 1,
+        )
+        await until(session.pk, has_event("new QR code request dropped"))
+        await until(session.pk, state_is("connected"))
+        assert world.connects[session.pk] == 2 and world.qr_issued[session.pk] == 1
+
+
 # -- fault 5: Start during a QR round changes nothing --------------------------------
 
 
