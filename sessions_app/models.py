@@ -1,9 +1,12 @@
 """Session state as the database holds it: intent, observation, lease, event log.
 
-Intent columns (``desired_state``, ``pair_request``, ``connect_request``) are
-written by the web side only, through :mod:`sessions_app.intents`. Observation
-and lease columns are written by the supervisor that holds the lease only,
-through :mod:`sessions_app.leases`. Nothing else writes either.
+Intent columns (``desired_state``, ``pair_request``, ``pair_phone``,
+``connect_request``) are written by the web side only, through
+:mod:`sessions_app.intents`; the one exception is ``pair_phone``, a round
+request's payload, which the lease holder clears when that round ends
+(:func:`sessions_app.event_mapping.round_ended`). Observation and lease columns
+are written by the supervisor that holds the lease only, through
+:mod:`sessions_app.leases`. Nothing else writes either.
 """
 
 from __future__ import annotations
