@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -122,9 +122,14 @@ class WaSessionAdmin(admin.ModelAdmin):
     def _each(
         self, request: HttpRequest, queryset: QuerySet[WaSession], func: Any, verb: str
     ) -> None:
+        done = 0
         for obj in queryset:
-            func(obj, request.user.get_username())
-        self.message_user(request, f"{verb} requested for {queryset.count()} session(s).")
+            try:
+                func(obj, request.user.get_username())
+                done += 1
+            except intents.IntentRefused as refused:
+                self.message_user(request, f"{obj.name}: {refused.message}", messages.WARNING)
+        self.message_user(request, f"{verb} requested for {done} session(s).")
 
     @admin.action(description="Start selected sessions")
     def start_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:

@@ -46,6 +46,10 @@ class SupervisorConfig:
     backoff_cap: float = 300.0
     stop_timeout: float = 5.0
     reconnect_watch: float = 60.0  # a driver reconnecting by itself gets this long
+    # Connection attempts per session a minute, by any path: above what failovers,
+    # hand-overs and a rolling deploy need in a minute, far below a reconnect storm.
+    connect_limit: int = 10
+    qr_round_limit: float = 160.0  # WhatsApp's QR round: 60 s + 5 × 20 s
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.lease_ttl - self.self_fence_margin:

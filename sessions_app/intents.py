@@ -9,15 +9,52 @@ which would overwrite the supervisor's observation with a stale copy).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 
 from sessions_app import doorbell
 from sessions_app.models import PhoneAction, SessionEvent, WaSession
-from sessions_app.states import Desired
+from sessions_app.states import Desired, State
 
 logger = logging.getLogger(__name__)
+S = State
+
+
+class IntentRefused(Exception):
+    """The request makes no sense in the session's current state; nothing was written."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+#: The row shows the session running: connected, connecting, or in a QR round
+#: (under way, or asked for and not started yet). A start changes nothing then.
+RUNNING_NOW = Q(desired_state=Desired.RUNNING) & (
+    Q(state__in=[S.CONNECTING, S.QR_REQUIRED, S.PAIRING, S.CONNECTED, S.DEGRADED])
+    | Q(pair_request__gt=F("pair_served"))
+)
+#: The row shows a linked device: pairing again would leave it linked on the phone.
+LINKED = ~Q(jid="")
+
+
+def _already_running(session_id: int) -> IntentRefused:
+    row = WaSession.objects.filter(pk=session_id).values("jid", "state").first() or {}
+    if row.get("jid") and row.get("state") != State.PAIRING:
+        return IntentRefused("already_running", "This session is already connected.")
+    return IntentRefused(
+        "already_running", "A QR code round is already under way: scan the code shown."
+    )
+
+
+def _linked() -> IntentRefused:
+    return IntentRefused(
+        "linked",
+        "This session is linked to a phone; log it out first, then ask for a new QR code.",
+    )
 
 
 def _log(session_id: int, actor: str, message: str) -> None:
@@ -40,25 +77,46 @@ def create_session(name: str, actor: str) -> WaSession:
     return session
 
 
-def _update(session: WaSession, actor: str, message: str, **changes: object) -> None:
+def _update(
+    session: WaSession,
+    actor: str,
+    message: str,
+    refuse: Q | None = None,
+    refusal: Callable[[], IntentRefused] | None = None,
+    **changes: object,
+) -> None:
+    """Write ``changes``, unless the row matches ``refuse`` at that moment (one
+    conditional UPDATE, so a check and a write never straddle a change): then
+    raise ``refusal()`` having written nothing."""
     with transaction.atomic():
-        WaSession.objects.filter(pk=session.pk).update(**changes)
+        rows = WaSession.objects.filter(pk=session.pk)
+        if refuse is not None and refusal is not None:
+            if not rows.exclude(refuse).update(**changes) and rows.filter(refuse).exists():
+                raise refusal()
+        else:
+            rows.update(**changes)
         _log(session.pk, actor, message)
         _ring_after_commit(session.pk, message)
 
 
 def start(session: WaSession, actor: str) -> None:
-    """Run the session: resume its device, or ask for a QR round if it has none."""
+    """Run the session: resume its device, or ask for a QR round if it has none.
+
+    Refused (``already_running``) when the row shows it running: connected,
+    connecting, or in a QR round, whose code a new round would invalidate.
+    """
     if session.jid:
         _update(
             session,
             actor,
             "asked to start",
+            RUNNING_NOW,
+            lambda: _already_running(session.pk),
             desired_state=Desired.RUNNING,
             connect_request=F("connect_request") + 1,
         )
     else:
-        new_qr(session, actor)
+        _new_round(session, actor, "asked to start; a new QR code", RUNNING_NOW | LINKED, phone="")
 
 
 def stop(session: WaSession, actor: str) -> None:
@@ -66,28 +124,39 @@ def stop(session: WaSession, actor: str) -> None:
     _update(session, actor, "asked to stop", desired_state=Desired.STOPPED)
 
 
-def new_qr(session: WaSession, actor: str) -> None:
-    """Start a new QR round (pairing a new device) now."""
+def _new_round(session: WaSession, actor: str, message: str, refuse: Q, phone: str) -> None:
+    def refusal() -> IntentRefused:
+        linked = WaSession.objects.filter(pk=session.pk).exclude(jid="").exists()
+        return _linked() if linked else _already_running(session.pk)
+
     _update(
         session,
         actor,
-        "asked for a new QR code",
-        desired_state=Desired.RUNNING,
-        pair_request=F("pair_request") + 1,
-        pair_phone="",
-    )
-
-
-def pair_by_phone(session: WaSession, phone: str, actor: str) -> None:
-    """Start a new pairing round that links by phone number (a code to type in)."""
-    _update(
-        session,
-        actor,
-        f"asked for a pairing code for a phone number ending in {phone[-2:]}",
+        message,
+        refuse,
+        refusal,
         desired_state=Desired.RUNNING,
         pair_request=F("pair_request") + 1,
         pair_phone=phone,
     )
+
+
+def new_qr(session: WaSession, actor: str) -> None:
+    """Start a new QR round (pairing a new device) now; a round under way is replaced.
+
+    Refused (``linked``) for a linked session: the old device would stay linked
+    and use up one of the phone's linked-device slots. Log it out first.
+    """
+    _new_round(session, actor, "asked for a new QR code", LINKED, phone="")
+
+
+def pair_by_phone(session: WaSession, phone: str, actor: str) -> None:
+    """Start a new pairing round that links by phone number (a code to type in).
+
+    Refused (``linked``) like :func:`new_qr`.
+    """
+    message = f"asked for a pairing code for a phone number ending in {phone[-2:]}"
+    _new_round(session, actor, message, LINKED, phone=phone)
 
 
 def logout(session: WaSession, actor: str) -> None:

@@ -1,9 +1,12 @@
 """Session state as the database holds it: intent, observation, lease, event log.
 
-Intent columns (``desired_state``, ``pair_request``, ``connect_request``) are
-written by the web side only, through :mod:`sessions_app.intents`. Observation
-and lease columns are written by the supervisor that holds the lease only,
-through :mod:`sessions_app.leases`. Nothing else writes either.
+Intent columns (``desired_state``, ``pair_request``, ``pair_phone``,
+``connect_request``) are written by the web side only, through
+:mod:`sessions_app.intents`; the one exception is ``pair_phone``, a round
+request's payload, which the lease holder clears when that round ends
+(:func:`sessions_app.event_mapping.round_ended`). Observation and lease columns
+are written by the supervisor that holds the lease only, through
+:mod:`sessions_app.leases`. Nothing else writes either.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from sessions_app.policy import ROUND_STATES
 from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
@@ -32,8 +36,12 @@ class SessionQuerySet(models.QuerySet["WaSession"]):
         connect_pending = Q(connect_request__gt=F("connect_served"))
         ban_active = Q(state=State.BANNED, banned_until__gt=now)
         waiting = Q(state__in=list(WAITS_FOR_ADMIN))
+        in_round = (
+            Q(qr_round_started_at__isnull=False) & ~has_creds & Q(state__in=list(ROUND_STATES))
+        )
         running = Q(desired_state=Desired.RUNNING) & (
             pair_pending
+            | in_round
             | (
                 ~ban_active
                 & (
@@ -89,7 +97,10 @@ class WaSession(models.Model):
     pair_phone = models.CharField(
         max_length=16,
         blank=True,
-        help_text="Link by phone number instead of QR (E.164); used by the next QR round.",
+        help_text=(
+            "Link by phone number instead of QR (E.164): the payload of the pending QR "
+            "round request; the owner clears it when the round that used it ends."
+        ),
     )
 
     # Observation: written by the lease holder only.
@@ -100,8 +111,20 @@ class WaSession(models.Model):
         db_index=True,
     )
     state_changed_at = models.DateTimeField(default=timezone.now)
-    pair_served = models.PositiveIntegerField(default=0)
-    connect_served = models.PositiveIntegerField(default=0)
+    pair_served = models.PositiveIntegerField(
+        default=0, help_text="The QR round request last started (or dropped)."
+    )
+    connect_served = models.PositiveIntegerField(
+        default=0, help_text="The start request last served (or dropped)."
+    )
+    qr_round_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the QR round under way began; empty: none."
+    )
+    recent_connects = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="When the last connection attempts were made (epoch seconds): the ceiling.",
+    )
     qr_code = models.TextField(blank=True)
     qr_issued_at = models.DateTimeField(null=True, blank=True)
     qr_expires_at = models.DateTimeField(null=True, blank=True)

@@ -65,8 +65,10 @@ class Backoff:
 class Action(enum.StrEnum):
     """One step the session's owner takes."""
 
-    PAIR = "pair"  # open a new-device connection: a QR round the admin asked for
+    PAIR = "pair"  # open a new-device connection: a QR round asked for, or its continuation
     RESUME = "resume"  # open a connection with the stored credentials
+    SERVE = "serve"  # mark the admin's request served without connecting: nothing to do
+    EXPIRE_ROUND = "expire_round"  # an interrupted QR round ran out: record `qr_timeout`
     CLOSE = "close"  # close any connection and record `stopped`
     LOGOUT = "logout"  # unlink the device, forget its credentials, record `logged_out`
     DELETE = "delete"  # close, unlink and forget the device, delete the session row
@@ -74,22 +76,74 @@ class Action(enum.StrEnum):
     RELEASE = "release"  # nothing to run: give the lease back
 
 
+class Round(enum.StrEnum):
+    """The QR round the row records (``qr_round_started_at``), seen at one moment."""
+
+    NONE = "none"  # no round under way
+    LIVE = "live"  # under way, and WhatsApp would still be issuing codes for it
+    OVER = "over"  # under way when it was interrupted, but its time has run out
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionView:
-    """Everything :func:`plan` needs to know about one session."""
+    """Everything :func:`plan` needs to know about one session.
+
+    ``pair_pending`` and ``connect_pending`` are admin requests the row shows as not
+    yet served; they are the only inputs that skip a backoff.
+    """
 
     desired: Desired
     state: State
     has_credentials: bool
-    pair_pending: bool = False  # the admin asked for a QR round not served yet
-    connect_pending: bool = False  # the admin pressed start/reconnect, not served yet
+    pair_pending: bool = False  # the admin asked for a QR round not started yet
+    connect_pending: bool = False  # the admin pressed start, not served yet
     connection_open: bool = False  # this owner has a driver connection open
-    retry_due: bool = True  # the backoff delay (if any) has passed
+    retry_due: bool = True  # the backoff delay in the row (if any) has passed
     ban_over: bool = True  # no temporary ban, or it has expired
+    round: Round = Round.NONE  # the QR round the row records
+    rate_ok: bool = True  # under the ceiling of connections a minute
+
+
+#: The states a QR round can be found in when its connection is gone (a crash, a
+#: deploy, a failed connection): it is continued, or recorded as timed out.
+ROUND_STATES: frozenset[State] = frozenset(
+    {State.CONNECTING, State.QR_REQUIRED, State.DISCONNECTED, State.ERROR}
+)
+
+#: States in which an earlier failure no longer applies: entering one clears the
+#: row's last error, retry count and retry time (what the page shows).
+SETTLED_STATES: frozenset[State] = frozenset(
+    {
+        State.STOPPED,
+        State.QR_REQUIRED,
+        State.PAIRING,
+        State.CONNECTED,
+        State.LOGGED_OUT,
+        State.QR_TIMEOUT,
+        State.REPLACED,
+        State.BANNED,
+    }
+)
+
+#: States that wait for a request made after they happened: entering one drops any
+#: start request made before (it was made for the connection that just ended).
+DROPS_REQUESTS: frozenset[State] = WAITS_FOR_ADMIN | {State.BANNED}
+
+
+def _limited(view: SessionView, action: Action) -> Action:
+    """Connect only under the ceiling; otherwise wait for it (by any path)."""
+    return action if view.rate_ok else Action.WAIT
 
 
 def plan(view: SessionView) -> Action:
-    """Decide the next step; total over every combination of inputs."""
+    """Decide the next step; total over every combination of inputs.
+
+    Invariants (each checked over every input in tests/unit/test_policy.py): no
+    connection above the ceiling; a backoff is skipped only by an admin request not
+    served yet; a linked device is never paired on top; an open connection is
+    replaced only by a new QR round or a start while it is down; a round runs only
+    while WhatsApp would still run it.
+    """
     if view.desired is Desired.DELETED:
         return Action.DELETE
 
@@ -104,29 +158,43 @@ def plan(view: SessionView) -> Action:
         return Action.RELEASE
 
     # desired is RUNNING
+    if view.pair_pending and view.has_credentials:
+        # Pairing again would leave the old device linked (a slot on the phone):
+        # the request is dropped; the admin logs out first.
+        return Action.SERVE
+    in_round = view.round is not Round.NONE and not view.has_credentials
     if view.connection_open:
         # Never reconnect on top of a live connection: only a new QR round the
         # admin asked for replaces it, and a driver that said it reconnects by
-        # itself is restarted once its time to do so has run out.
+        # itself is restarted once its time to do so has run out (or on a start).
         if view.pair_pending:
-            return Action.PAIR
-        if view.state is State.DISCONNECTED and view.retry_due and view.has_credentials:
-            return Action.RESUME
+            return _limited(view, Action.PAIR)
+        restart = view.retry_due or view.connect_pending
+        if view.state is State.DISCONNECTED and view.has_credentials and restart:
+            return _limited(view, Action.RESUME)
+        if view.connect_pending:
+            return Action.SERVE  # already connected, or in a round: nothing to restart
+        if in_round and view.round is Round.OVER and view.state in ROUND_STATES:
+            return Action.EXPIRE_ROUND
         return Action.WAIT
     if view.pair_pending:
+        return _limited(view, Action.PAIR)
+    if in_round and view.state in ROUND_STATES:
+        if view.round is Round.OVER:
+            return Action.EXPIRE_ROUND
         if view.state in RECONNECTING_STATES and not view.retry_due:
             return Action.WAIT
-        return Action.PAIR
+        return _limited(view, Action.PAIR)
     if view.state is State.BANNED and not view.ban_over:
         return Action.RELEASE
     if view.state in WAITS_FOR_ADMIN:
         if view.connect_pending and view.has_credentials:
-            return Action.RESUME
+            return _limited(view, Action.RESUME)
         return Action.RELEASE
     if view.has_credentials:
-        if view.state in RECONNECTING_STATES and not view.retry_due:
+        if view.state in RECONNECTING_STATES and not (view.retry_due or view.connect_pending):
             return Action.WAIT
-        return Action.RESUME
+        return _limited(view, Action.RESUME)
     if view.state in LIVE_STATES:
         # A stale live state with nothing to connect with: record the truth.
         return Action.CLOSE
@@ -136,11 +204,51 @@ def plan(view: SessionView) -> Action:
 def needs_owner(view: SessionView) -> bool:
     """Whether some supervisor should hold this session's lease right now.
 
-    Seen from outside (no connection open, any retry treated as due): exactly the
-    sessions for which :func:`plan` has something to do.
+    Seen from outside (no connection open, any retry treated as due, under the
+    ceiling): exactly the sessions for which :func:`plan` has something to do.
     """
-    outside = dataclasses.replace(view, connection_open=False, retry_due=True)
+    outside = dataclasses.replace(view, connection_open=False, retry_due=True, rate_ok=True)
     return plan(outside) is not Action.RELEASE
+
+
+# -- clocks: QR rounds and the connection ceiling -------------------------------------
+
+
+def round_status(started: float | None, now: float, limit: float) -> Round:
+    """Where the round begun at ``started`` (epoch seconds, None: none) stands at ``now``."""
+    if started is None:
+        return Round.NONE
+    return Round.LIVE if now < started + limit else Round.OVER
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectCeiling:
+    """At most ``limit`` connection attempts per session in any ``window`` seconds.
+
+    The attempts are kept in the row (epoch seconds, newest last), so the ceiling
+    binds whoever owns the session: a takeover, a restart or a Stop and Start does
+    not reset it.
+    """
+
+    limit: int = 6
+    window: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.window <= 0:
+            raise ValueError("need limit >= 1 and window > 0")
+
+    def next_at(self, recent: Sequence[float], now: float) -> float:
+        """The earliest moment a new attempt is allowed (``now`` if it is now)."""
+        # Attempts stamped "in the future" (another host's clock) count too.
+        inside = sorted(t for t in recent if t > now - self.window)
+        if len(inside) < self.limit:
+            return now
+        return inside[len(inside) - self.limit] + self.window
+
+    def record(self, recent: Sequence[float], now: float) -> list[float]:
+        """``recent`` with an attempt at ``now``: only what the ceiling still needs."""
+        inside = sorted(t for t in recent if t > now - self.window)
+        return sorted([*inside, now])[-self.limit :]
 
 
 # -- sharing the sessions between supervisors ---------------------------------------

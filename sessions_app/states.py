@@ -81,6 +81,7 @@ _EDGES: dict[Trigger, tuple[frozenset[State], State]] = {
                 S.REPLACED,
                 S.BANNED,
                 S.QR_REQUIRED,  # an admin asked for a new QR round mid-round
+                S.CONNECTING,  # ... or while the round's connection was still opening
             }
         ),
         S.CONNECTING,
@@ -99,7 +100,12 @@ _EDGES: dict[Trigger, tuple[frozenset[State], State]] = {
         S.DISCONNECTED,
     ),
     T.ERROR: (LIVE_STATES, S.ERROR),
-    T.QR_TIMEOUT: (frozenset({S.QR_REQUIRED}), S.QR_TIMEOUT),
+    # From qr_required: WhatsApp ended the round. From the others: a round that was
+    # interrupted (crash, deploy, failed connection) ran out of time meanwhile.
+    T.QR_TIMEOUT: (
+        frozenset({S.QR_REQUIRED, S.CONNECTING, S.DISCONNECTED, S.ERROR}),
+        S.QR_TIMEOUT,
+    ),
     T.LOGGED_OUT: (_ANY - {S.LOGGED_OUT}, S.LOGGED_OUT),
     T.REPLACED: (
         frozenset({S.CONNECTING, S.PAIRING, S.CONNECTED, S.DEGRADED, S.DISCONNECTED}),

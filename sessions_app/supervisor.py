@@ -32,32 +32,28 @@ from sessions_app import doorbell, leases, snapshots
 from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.base import (
-    Banned,
-    Connected,
     ConnectError,
     ConnectSpec,
-    Disconnected,
     Driver,
     DriverError,
     DriverEvent,
-    KeepAliveRestored,
-    KeepAliveTimeout,
-    LoggedOut,
-    PairingCode,
-    PairSuccess,
     QrCode,
-    QrTimeout,
-    Replaced,
 )
+from sessions_app.event_mapping import epoch, map_event, round_ended
 from sessions_app.leases import EventRecord, Lease
 from sessions_app.models import PhoneAction, SessionEvent, WaSession
 from sessions_app.policy import (
+    DROPS_REQUESTS,
+    SETTLED_STATES,
     Action,
     Backoff,
+    ConnectCeiling,
+    Round,
     SessionView,
     fair_share,
     pick_to_shed,
     plan,
+    round_status,
     shed_count,
 )
 from sessions_app.states import LIVE_STATES, Desired, State, Trigger, is_allowed, transition
@@ -102,7 +98,8 @@ def _db_write(
         return None
     if row is not None:
         for name, value in fields.items():
-            setattr(row, name, value)
+            if not hasattr(value, "resolve_expression"):  # SQL expressions stay unread
+                setattr(row, name, value)
         row.version += 1
     with_events = event is not None or row is None
     return snapshots.snapshot(session, with_events=with_events), snapshots.row(session)
@@ -202,8 +199,7 @@ class SessionRunner:
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.connection_open = False
         self.attempt = 0  # tags driver callbacks; stale ones are dropped
-        self.round_for: int | None = None  # the pair_request this connection serves
-        self.last_pair_attempt = 0  # the pair_request last tried (for backoff)
+        self.continuing_round = False  # the open connection continues an earlier round
         self.round_qr_count = 0  # QR codes seen in the current round
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.started = supervisor.clock()  # after the claim committed
@@ -339,26 +335,10 @@ class SessionRunner:
             if gestures and self.sup.driver.simulated:
                 gestures = False
                 await self._apply_gestures()
-            now = timezone.now()
-            view = SessionView(
-                desired=Desired(session.desired_state),
-                state=State(session.state),
-                has_credentials=bool(session.jid),
-                pair_pending=session.pair_pending and session.pair_request != self.round_for,
-                connect_pending=session.connect_pending,
-                connection_open=self.connection_open,
-                retry_due=(
-                    session.next_retry_at is None
-                    or session.next_retry_at <= now
-                    # An admin's new request skips the backoff of an old failure.
-                    or session.connect_pending
-                    or session.pair_request > self.last_pair_attempt
-                ),
-                ban_over=session.banned_until is None or session.banned_until <= now,
-            )
+            view, wake = self._view(session)
             action = plan(view)
             if action is Action.WAIT:
-                self._arm_retry_timer(session)
+                self._arm_retry_timer(wake)
                 return
             if action is Action.RELEASE:
                 self.exit_reason = "released"
@@ -375,23 +355,69 @@ class SessionRunner:
             await self._act(action, session)
             self.fresh = False
 
+    def _view(self, session: WaSession) -> tuple[SessionView, float | None]:
+        """The policy's view of the row, and when a wait should look again (epoch s).
+
+        Every clock comes from the row (retry time, round start, recent connects),
+        so a new owner sees exactly what the last one would have.
+        """
+        now = timezone.now().timestamp()
+        retry_at = epoch(session.next_retry_at)
+        started = epoch(session.qr_round_started_at)
+        limit = self.sup.config.qr_round_limit
+        round_ = round_status(started, now, limit)
+        own_round = self.connection_open and not self.continuing_round
+        if own_round and round_ is Round.OVER:
+            round_ = Round.LIVE  # a round this connection began ends by WhatsApp's clock
+        rate_at = self.sup.ceiling.next_at(session.recent_connects or [], now)
+        view = SessionView(
+            desired=Desired(session.desired_state),
+            state=State(session.state),
+            has_credentials=bool(session.jid),
+            pair_pending=session.pair_pending,
+            connect_pending=session.connect_pending,
+            connection_open=self.connection_open,
+            retry_due=retry_at is None or retry_at <= now,
+            ban_over=session.banned_until is None or session.banned_until <= timezone.now(),
+            round=round_,
+            rate_ok=rate_at <= now,
+        )
+        round_end = None if own_round or started is None else started + limit
+        wake = min((t for t in (retry_at, rate_at, round_end) if t and t > now), default=None)
+        return view, wake
+
     async def _act(self, action: Action, session: WaSession) -> None:
         if action is Action.PAIR:
             await self._close_connection()
-            self.round_for = self.last_pair_attempt = session.pair_request
             self.round_qr_count = 0
-            await self._connect(session, self._spec(), "QR round requested")
+            self.continuing_round = not session.pair_pending
+            if self.continuing_round:  # interrupted (crash, deploy, failure): same round
+                await self._connect(session, self._spec(), "continuing the QR round")
+            else:  # served when started, so a failure does not skip the next backoff
+                fields = {
+                    "pair_served": session.pair_request,
+                    "qr_round_started_at": timezone.now(),
+                }
+                await self._connect(session, self._spec(), "QR round requested", fields)
         elif action is Action.RESUME:
             await self._close_connection()  # a driver that did not reconnect in time
             await self._connect(session, self._spec(session.jid), "resuming the linked device")
+        elif action is Action.SERVE:
+            await self._serve(session)
+        elif action is Action.EXPIRE_ROUND:
+            await self._close_connection()
+            why = "the interrupted QR round would have ended by now; waiting for the admin"
+            fields = {**_QR_CLEARED, **round_ended(session.pair_served)}
+            await self._transition(session, Trigger.QR_TIMEOUT, why, fields)
         elif action is Action.CLOSE:
             await self._close_connection()
-            await self._transition(
-                session,
-                Trigger.STOP,
-                "stopped as asked",
-                {"pair_served": session.pair_request, "next_retry_at": None, **_QR_CLEARED},
-            )
+            fields = {
+                "pair_served": session.pair_request,
+                "connect_served": session.connect_request,
+                **_QR_CLEARED,
+                **round_ended(session.pair_request),
+            }
+            await self._transition(session, Trigger.STOP, "stopped as asked", fields)
         elif action is Action.LOGOUT:
             await self._logout(session)
         elif action is Action.DELETE:
@@ -400,20 +426,40 @@ class SessionRunner:
     def _spec(self, jid: str = "") -> ConnectSpec:
         return ConnectSpec(self.session_id, jid=jid, owner=self.lease.owner, epoch=self.lease.epoch)
 
-    async def _connect(self, session: WaSession, spec: ConnectSpec, why: str) -> None:
+    async def _serve(self, session: WaSession) -> None:
+        """Answer a request that needs no connection: record it served, and why (a
+        start made with it is left to the next step)."""
+        fields: dict[str, Any] = {"connect_served": session.connect_request}
+        if session.pair_pending and session.jid:
+            fields = {"pair_served": session.pair_request, **round_ended(session.pair_request)}
+            why = "new QR code request dropped: the session is linked; log it out first"
+        elif session.jid:
+            connected = session.state in (State.CONNECTED, State.DEGRADED)
+            why = f"start request served: already {'connected' if connected else 'connecting'}"
+        else:
+            why = "start request served: a QR round is under way; nothing restarted"
+        await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why))
+
+    async def _connect(
+        self, session: WaSession, spec: ConnectSpec, why: str, fields: dict[str, Any] | None = None
+    ) -> None:
         trigger = Trigger.CONNECT
         if not is_allowed(session.state, Trigger.CONNECT):
-            if not self.fresh:
-                raise RuntimeError(f"cannot connect from {session.state!r}")
+            # A new owner starts from whatever the last one left; an owner of its
+            # own starts over (e.g. a round's connection that was still opening).
             trigger = Trigger.TAKE_OVER
-            why = f"{why} (taken over from the previous owner)"
-        await self._transition(
-            session,
-            trigger,
-            why,
-            {"connect_served": session.connect_request, "banned_until": None, **_QR_CLEARED},
-            row=session,
-        )
+            how = "taken over from the previous owner" if self.fresh else "restarted"
+            why = f"{why} ({how})"
+        now = timezone.now()
+        connects = self.sup.ceiling.record(session.recent_connects or [], now.timestamp())
+        fields = {
+            "connect_served": session.connect_request,
+            "banned_until": None,
+            "recent_connects": connects,
+            **_QR_CLEARED,
+            **(fields or {}),
+        }
+        await self._transition(session, trigger, why, fields, row=session)
         self.attempt += 1
         attempt = self.attempt
         self.connection_open = True
@@ -432,7 +478,7 @@ class SessionRunner:
     async def _logout(self, session: WaSession) -> None:
         self.attempt += 1
         self.connection_open = False
-        self.round_for = None
+        self.continuing_round = False
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
             # cancellation of a hand-over, and the runner would never end.
@@ -444,8 +490,9 @@ class SessionRunner:
             "jid": "",
             "push_name": "",
             "pair_served": session.pair_request,
-            "next_retry_at": None,
+            "connect_served": session.connect_request,
             **_QR_CLEARED,
+            **round_ended(session.pair_request),
         }
         if session.state == State.LOGGED_OUT:
             await self._write(fields, EventRecord(SessionEvent.Kind.INFO, "credentials removed"))
@@ -476,7 +523,7 @@ class SessionRunner:
         if self.connection_open:
             self.connection_open = False
             self.attempt += 1
-            self.round_for = None
+            self.continuing_round = False
             self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
         if self._stopping is None:
             return
@@ -487,13 +534,14 @@ class SessionRunner:
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
         self._stopping = None
 
-    def _arm_retry_timer(self, session: WaSession) -> None:
+    def _arm_retry_timer(self, wake: float | None) -> None:
+        """Look again at ``wake`` (epoch seconds): a retry, the ceiling, a round's end."""
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
-        if session.next_retry_at is None:
+        if wake is None:
             return
-        delay = max(0.0, (session.next_retry_at - timezone.now()).total_seconds())
+        delay = max(0.0, wake - timezone.now().timestamp())
         self._retry_timer = asyncio.get_running_loop().call_later(delay, self.poke, "retry due")
 
     # -- writing -----------------------------------------------------------------------
@@ -508,14 +556,24 @@ class SessionRunner:
 
     async def _transition(
         self,
-        session: WaSession | State | str,
+        session: WaSession,
         trigger: Trigger,
         why: str,
         fields: dict[str, Any],
         row: WaSession | None = None,
     ) -> None:
-        current = State(session.state if isinstance(session, WaSession) else session)
+        """Move to the trigger's state with ``fields``; a state that no longer needs
+        the move (e.g. stop when already stopped) gets the fields alone."""
+        current = State(session.state)
+        if not is_allowed(current, trigger):
+            logger.info("%s while %s: no state change", trigger, current, extra=self._extra())
+            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why), row)
+            return
         target = transition(current, trigger)
+        if target in SETTLED_STATES:  # an old failure no longer applies
+            fields = {"last_error": "", "retry_count": 0, "next_retry_at": None, **fields}
+        if target in DROPS_REQUESTS:  # waits for a start made after this
+            fields = {"connect_served": session.connect_request, **fields}
         fields = {"state": target, **fields}
         event = None
         if target is not current or trigger in (Trigger.CONNECT, Trigger.TAKE_OVER):
@@ -532,23 +590,31 @@ class SessionRunner:
             self.exit_reason = "deleted"
             raise _Exit
         state = State(session.state)
-        now = timezone.now()
-        trigger, why, fields, close = self._map_event(event, session, now)
-        if trigger is None:
-            info = EventRecord(SessionEvent.Kind.INFO, why) if why else None
+        mapped = map_event(
+            event,
+            retry_count=session.retry_count,
+            now=timezone.now(),
+            backoff=self.sup.backoff,
+            reconnect_watch=self.sup.config.reconnect_watch,
+        )
+        fields = mapped.fields
+        if mapped.ends_round:
+            fields = {**fields, **round_ended(session.pair_served)}
+        if mapped.trigger is None:
+            info = EventRecord(SessionEvent.Kind.INFO, mapped.why) if mapped.why else None
             await self._write(fields, info, session)
             return
-        if not is_allowed(state, trigger):
-            logger.warning("ignored %s in state %s", trigger, state, extra=self._extra())
+        if not is_allowed(state, mapped.trigger):
+            logger.warning("ignored %s in state %s", mapped.trigger, state, extra=self._extra())
             await self._write(
-                {}, EventRecord(SessionEvent.Kind.INFO, f"ignored {trigger} while {state}")
+                {}, EventRecord(SessionEvent.Kind.INFO, f"ignored {mapped.trigger} while {state}")
             )
             return
-        if close:
+        if mapped.close:
             await self._close_connection()
         if isinstance(event, QrCode):
             self.round_qr_count += 1
-        await self._transition(state, trigger, why, fields, row=session)
+        await self._transition(session, mapped.trigger, mapped.why, fields, row=session)
         await self._after_event(event, session)
 
     async def _after_event(self, event: DriverEvent, session: WaSession) -> None:
@@ -558,75 +624,6 @@ class SessionRunner:
                 await self.sup.driver.request_pairing_code(self.session_id, session.pair_phone)
             except DriverError as exc:
                 await self._write({}, EventRecord(SessionEvent.Kind.ERROR, f"pairing code: {exc}"))
-
-    def _backoff_fields(self, session: WaSession, now: dt.datetime, message: str) -> dict[str, Any]:
-        attempt = session.retry_count + 1
-        delay = self.sup.backoff.delay(attempt)
-        return {
-            "retry_count": attempt,
-            "next_retry_at": now + dt.timedelta(seconds=delay),
-            "last_error": message[:1000],
-            **_QR_CLEARED,
-        }
-
-    def _map_event(
-        self, event: DriverEvent, session: WaSession, now: dt.datetime
-    ) -> tuple[Trigger | None, str, dict[str, Any], bool]:
-        """(trigger, why, fields, close the connection first)."""
-        if isinstance(event, QrCode):
-            expires = now + dt.timedelta(seconds=event.valid_for)
-            fields = {"qr_code": event.code, "qr_issued_at": now, "qr_expires_at": expires}
-            return Trigger.QR, "QR code issued; waiting for a scan", fields, False
-        if isinstance(event, PairingCode):
-            return None, "pairing code issued", {"pairing_code": event.code}, False
-        if isinstance(event, PairSuccess):
-            fields = {
-                "jid": event.jid,
-                "push_name": event.push_name,
-                "pair_served": self.round_for or session.pair_request,
-                **_QR_CLEARED,
-            }
-            self.round_for = None
-            return Trigger.PAIR_SUCCESS, "the phone scanned the code", fields, False
-        if isinstance(event, Connected):
-            fields = {"retry_count": 0, "next_retry_at": None, "last_error": "", **_QR_CLEARED}
-            return Trigger.CONNECTED, "connected to WhatsApp", fields, False
-        if isinstance(event, KeepAliveTimeout):
-            return Trigger.KEEPALIVE_TIMEOUT, "keep-alives failing", {}, False
-        if isinstance(event, KeepAliveRestored):
-            return Trigger.KEEPALIVE_RESTORED, "keep-alives restored", {}, False
-        if isinstance(event, Disconnected):
-            why = f"disconnected: {event.reason or 'no reason given'}"
-            if event.will_retry:
-                # Watch, don't reconnect on top: restart only if it stays down.
-                watch = now + dt.timedelta(seconds=self.sup.config.reconnect_watch)
-                fields = {"next_retry_at": watch, **_QR_CLEARED}
-                return Trigger.DISCONNECTED, why + " (the driver reconnects)", fields, False
-            return Trigger.DISCONNECTED, why, self._backoff_fields(session, now, why), True
-        if isinstance(event, LoggedOut):
-            fields = {"jid": "", "push_name": "", "next_retry_at": None, **_QR_CLEARED}
-            return Trigger.LOGGED_OUT, f"logged out: {event.reason or 'by the phone'}", fields, True
-        if isinstance(event, Replaced):
-            fields = {"next_retry_at": None, **_QR_CLEARED}
-            return Trigger.REPLACED, "another connection took this device over", fields, True
-        if isinstance(event, Banned):
-            fields = {"banned_until": event.until, "next_retry_at": None, **_QR_CLEARED}
-            return (
-                Trigger.BANNED,
-                f"temporarily banned: {event.reason or 'no reason given'}",
-                fields,
-                True,
-            )
-        if isinstance(event, QrTimeout):
-            fields = {"pair_served": self.round_for or session.pair_request, **_QR_CLEARED}
-            return Trigger.QR_TIMEOUT, "every QR code expired unscanned", fields, True
-        if isinstance(event, ConnectError):
-            why = f"error: {event.message}"
-            fields = self._backoff_fields(session, now, event.message)
-            if not event.retryable:  # retrying soon cannot help: wait the longest
-                fields["next_retry_at"] = now + dt.timedelta(seconds=self.sup.backoff.cap)
-            return Trigger.ERROR, why, fields, True
-        raise TypeError(f"unknown driver event {type(event).__name__}")
 
     async def _apply_gestures(self) -> None:
         gestures = await _db_take_gestures(self.session_id)
@@ -661,6 +658,7 @@ class Supervisor:
         self.owner = owner or make_owner_id()
         self.config = config or supervisor_config()
         self.backoff = Backoff(base=self.config.backoff_base, cap=self.config.backoff_cap)
+        self.ceiling = ConnectCeiling(limit=self.config.connect_limit)
         self._layer_arg = layer
         self.clock = clock
         self.runners: dict[int, SessionRunner] = {}

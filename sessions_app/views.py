@@ -133,11 +133,17 @@ class SessionActionView(StaffRequiredMixin, View):
             form = PairPhoneForm(request.POST)
             if not form.is_valid():
                 return _refuse(request, wants_json, target, " ".join(form.errors["phone"]), 400)
-            intents.pair_by_phone(session, form.cleaned_data["phone"], actor)
+            try:
+                intents.pair_by_phone(session, form.cleaned_data["phone"], actor)
+            except intents.IntentRefused as refused:  # e.g. linked: log out first
+                return _refuse(request, wants_json, target, refused.message, 409)
             message = "Pairing code requested; it appears here in a moment."
         elif action in ACTIONS:
             func, message = ACTIONS[action]
-            func(session, actor)
+            try:
+                func(session, actor)
+            except intents.IntentRefused as refused:  # e.g. already running
+                return _refuse(request, wants_json, target, refused.message, 409)
         elif action == "delete":
             intents.delete(session, actor)
             message = f"Session {session.name!r} deleted."

@@ -18,7 +18,7 @@ Snapshot = dict[str, Any]
 @sync_to_async
 def current(session_id: int) -> Snapshot | None:
     session = WaSession.objects.filter(pk=session_id).first()
-    return None if session is None else snapshots.snapshot(session, with_events=False)
+    return None if session is None else snapshots.snapshot(session)
 
 
 async def until(
@@ -58,3 +58,10 @@ def state_is(*states: str) -> Callable[[Snapshot], bool]:
 def settled(state: str) -> Callable[[Snapshot], bool]:
     """In ``state`` with no owner: the supervisor has nothing more to do."""
     return lambda snap: snap is not None and snap["state"] == state and snap["lease_owner"] == ""
+
+
+def has_event(text: str) -> Callable[[Snapshot], bool]:
+    """The session's recent event log (pushed with every event) mentions ``text``."""
+    return lambda snap: (
+        snap is not None and any(text in event["message"] for event in snap.get("events", []))
+    )

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from sessions_app.models import SessionEvent, WaSession
-from sessions_app.policy import SessionView, needs_owner
+from sessions_app.policy import Round, SessionView, needs_owner
 from sessions_app.states import Desired, State
 
 pytestmark = pytest.mark.django_db
@@ -18,12 +18,14 @@ pytestmark = pytest.mark.django_db
 def test_claimable_sql_matches_needs_owner_on_every_combination() -> None:
     now = timezone.now()
     rows, views = [], {}
-    combos = itertools.product(
-        Desired, State, [False, True], [False, True], [False, True], [None, -60, 60]
-    )
-    for i, (desired, state, creds, pair, connect, ban) in enumerate(combos):
+    flags = [False, True]
+    # A QR round: none, under way (seconds ago), or begun long ago (its time ran out).
+    rounds = {None: Round.NONE, -10: Round.LIVE, -600: Round.OVER}
+    combos = itertools.product(Desired, State, flags, flags, flags, [None, -60, 60], rounds)
+    for i, (desired, state, creds, pair, connect, ban, round_) in enumerate(combos):
         name = f"s{i}"
         banned_until = None if ban is None else now + dt.timedelta(seconds=ban)
+        started = None if round_ is None else now + dt.timedelta(seconds=round_)
         rows.append(
             WaSession(
                 name=name,
@@ -35,6 +37,7 @@ def test_claimable_sql_matches_needs_owner_on_every_combination() -> None:
                 connect_request=3 if connect else 0,
                 connect_served=0,
                 banned_until=banned_until,
+                qr_round_started_at=started,
             )
         )
         views[name] = SessionView(
@@ -44,6 +47,7 @@ def test_claimable_sql_matches_needs_owner_on_every_combination() -> None:
             pair_pending=pair,
             connect_pending=connect,
             ban_over=banned_until is None or banned_until <= now,
+            round=rounds[round_],
         )
     WaSession.objects.bulk_create(rows)
     claimable = set(WaSession.objects.claimable().values_list("name", flat=True))

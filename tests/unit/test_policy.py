@@ -9,25 +9,32 @@ import random
 import pytest
 
 from sessions_app.policy import (
+    DROPS_REQUESTS,
+    RECONNECTING_STATES,
+    ROUND_STATES,
+    SETTLED_STATES,
     Action,
     Backoff,
+    ConnectCeiling,
+    Round,
     SessionView,
     fair_share,
     needs_owner,
     pick_to_shed,
     plan,
+    round_status,
     shed_count,
     should_reconnect,
 )
-from sessions_app.states import WAITS_FOR_ADMIN, Desired, State
+from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
 
 
 def all_views() -> list[SessionView]:
     flags = [False, True]
     return [
-        SessionView(d, s, creds, pair, connect, open_, due, ban_over)
-        for d, s, creds, pair, connect, open_, due, ban_over in itertools.product(
-            Desired, State, flags, flags, flags, flags, flags, flags
+        SessionView(d, s, creds, pair, connect, open_, due, ban_over, round_, rate_ok)
+        for d, s, creds, pair, connect, open_, due, ban_over, round_, rate_ok in itertools.product(
+            Desired, State, flags, flags, flags, flags, flags, flags, Round, flags
         )
     ]
 
@@ -69,18 +76,21 @@ def test_plan_is_total() -> None:
 
 
 def test_never_a_second_connection_without_a_new_qr_round() -> None:
+    closing = {Action.WAIT, Action.SERVE, Action.EXPIRE_ROUND, Action.CLOSE, Action.LOGOUT}
     for view in VIEWS:
         if view.connection_open and not view.pair_pending:
-            allowed = {Action.WAIT, Action.CLOSE, Action.LOGOUT, Action.DELETE}
-            if view.state is State.DISCONNECTED and view.retry_due:
+            allowed = closing | {Action.DELETE}
+            if view.state is State.DISCONNECTED and (view.retry_due or view.connect_pending):
                 allowed.add(Action.RESUME)  # the runner closes the stale one first
             assert plan(view) in allowed, view
 
 
-def test_qr_rounds_only_when_asked_for() -> None:
+def test_qr_rounds_only_when_asked_for_or_interrupted() -> None:
     for view in VIEWS:
         if plan(view) is Action.PAIR:
-            assert view.pair_pending and view.desired is Desired.RUNNING, view
+            assert view.desired is Desired.RUNNING and not view.has_credentials, view
+            continued = view.round is Round.LIVE and view.state in ROUND_STATES
+            assert view.pair_pending or continued, view
 
 
 def test_qr_required_is_never_reconnected_on_top_of_itself() -> None:
@@ -89,8 +99,16 @@ def test_qr_required_is_never_reconnected_on_top_of_itself() -> None:
             view.state is State.QR_REQUIRED
             and view.connection_open
             and view.desired is Desired.RUNNING
+            and not view.has_credentials
         ):
-            assert plan(view) is (Action.PAIR if view.pair_pending else Action.WAIT)
+            expected = Action.WAIT
+            if view.pair_pending:
+                expected = Action.PAIR if view.rate_ok else Action.WAIT
+            elif view.connect_pending:
+                expected = Action.SERVE
+            elif view.round is Round.OVER:
+                expected = Action.EXPIRE_ROUND
+            assert plan(view) is expected, view
 
 
 def test_waiting_states_need_the_admin() -> None:
@@ -105,11 +123,78 @@ def test_waiting_states_need_the_admin() -> None:
             assert plan(view) is Action.RELEASE, view
 
 
-def test_backoff_is_respected() -> None:
+def test_backoff_binds_unless_an_admin_request_is_not_served_yet() -> None:
+    # Whoever owns the session: the view has no notion of a fresh owner at all.
     for view in VIEWS:
-        automatic = not view.connection_open  # an open one is replaced only by request
-        if view.state in {State.DISCONNECTED, State.ERROR} and not view.retry_due and automatic:
+        if (
+            view.state in RECONNECTING_STATES
+            and not view.retry_due
+            and not (view.pair_pending or view.connect_pending)
+        ):
             assert plan(view) not in {Action.RESUME, Action.PAIR}, view
+
+
+def test_an_admin_request_not_served_yet_skips_the_backoff() -> None:
+    for state, creds in itertools.product(RECONNECTING_STATES, [False, True]):
+        waiting = SessionView(Desired.RUNNING, state, creds, retry_due=False)
+        if creds:
+            assert plan(dataclasses.replace(waiting, connect_pending=True)) is Action.RESUME
+        else:
+            assert plan(dataclasses.replace(waiting, pair_pending=True)) is Action.PAIR
+
+
+def test_the_ceiling_binds_every_path() -> None:
+    for view in VIEWS:
+        if not view.rate_ok:
+            assert plan(view) not in {Action.PAIR, Action.RESUME}, view
+    for view in VIEWS:
+        if plan(view) is Action.WAIT and not view.rate_ok:
+            assert plan(dataclasses.replace(view, rate_ok=True)) in {
+                Action.WAIT,
+                Action.PAIR,
+                Action.RESUME,
+            }, view
+
+
+def test_a_linked_session_is_never_paired_on_top() -> None:
+    for view in VIEWS:
+        if view.has_credentials:
+            assert plan(view) is not Action.PAIR, view
+        if view.has_credentials and view.pair_pending and view.desired is Desired.RUNNING:
+            assert plan(view) is Action.SERVE, view  # dropped, with a reason
+
+
+def test_a_start_while_running_is_served_not_kept() -> None:
+    for view in VIEWS:
+        if (
+            view.desired is Desired.RUNNING
+            and view.connection_open
+            and view.connect_pending
+            and not view.pair_pending
+            and not (view.state is State.DISCONNECTED and view.has_credentials)
+        ):
+            assert plan(view) is Action.SERVE, view
+
+
+def test_an_interrupted_round_goes_on_only_while_whatsapp_would_run_it() -> None:
+    for view in VIEWS:
+        if (
+            view.desired is Desired.RUNNING
+            and not view.pair_pending
+            and not view.has_credentials
+            and view.state in ROUND_STATES
+            and view.round is not Round.NONE
+        ):
+            action = plan(view)
+            if view.round is Round.OVER:
+                assert action in {Action.EXPIRE_ROUND, Action.SERVE, Action.WAIT}, view
+                if not view.connect_pending:
+                    assert action is Action.EXPIRE_ROUND, view
+            elif not view.connection_open:
+                expected = Action.PAIR
+                if (view.state in RECONNECTING_STATES and not view.retry_due) or not view.rate_ok:
+                    expected = Action.WAIT
+                assert action is expected, view
 
 
 def test_a_driver_reconnecting_by_itself_is_watched_not_doubled() -> None:
@@ -126,7 +211,61 @@ def test_delete_wins_over_everything() -> None:
 def test_banned_waits_for_the_ban_to_expire() -> None:
     base = SessionView(Desired.RUNNING, State.BANNED, has_credentials=True)
     assert plan(dataclasses.replace(base, ban_over=False)) is Action.RELEASE
+    assert plan(dataclasses.replace(base, ban_over=False, connect_pending=True)) is Action.RELEASE
     assert plan(base) is Action.RESUME
+
+
+def test_states_that_settle_and_states_that_wait_for_a_new_request() -> None:
+    assert DROPS_REQUESTS == {State.REPLACED, State.LOGGED_OUT, State.QR_TIMEOUT, State.BANNED}
+    # An old failure is cleared on reaching any state that is neither retrying
+    # (its count drives the backoff) nor on the way to a connection.
+    assert SETTLED_STATES == set(State) - {
+        State.CONNECTING,
+        State.DEGRADED,
+        State.DISCONNECTED,
+        State.ERROR,
+    }
+    assert ROUND_STATES <= LIVE_STATES | RECONNECTING_STATES
+
+
+def test_round_status_follows_the_rounds_clock() -> None:
+    assert round_status(None, 1000.0, 160) is Round.NONE
+    assert round_status(1000.0, 1159.9, 160) is Round.LIVE
+    assert round_status(1000.0, 1160.0, 160) is Round.OVER
+
+
+class TestConnectCeiling:
+    def test_allows_limit_attempts_in_any_window(self) -> None:
+        ceiling = ConnectCeiling(limit=3, window=60)
+        log: list[float] = []
+        for t in (0.0, 1.0, 2.0):
+            assert ceiling.next_at(log, t) == t
+            log = ceiling.record(log, t)
+        assert ceiling.next_at(log, 3.0) == 60.0  # the oldest leaves the window
+        assert ceiling.next_at(log, 60.5) == 60.5
+        assert ceiling.record(log, 61.0) == [2.0, 61.0], "only what it still needs"
+
+    def test_an_eager_caller_never_exceeds_the_limit_in_any_window(self) -> None:
+        ceiling = ConnectCeiling(limit=6, window=60)
+        rng = random.Random(3)
+        log: list[float] = []
+        attempts: list[float] = []
+        now = 0.0
+        while now < 1000:
+            now = max(now + rng.random() * 3, ceiling.next_at(log, now))
+            log = ceiling.record(log, now)
+            attempts.append(now)
+        for start in attempts:
+            assert sum(1 for t in attempts if start <= t < start + 60) <= 6
+        assert len(attempts) > 1000 / 60 * 6 * 0.9, "and it does not throttle below the limit"
+
+    def test_attempts_stamped_ahead_by_another_clock_count(self) -> None:
+        ceiling = ConnectCeiling(limit=2, window=60)
+        assert ceiling.next_at([100.0, 130.0], 90.0) == 160.0
+
+    def test_invalid_configuration_is_rejected(self) -> None:
+        with pytest.raises(ValueError, match="limit >= 1"):
+            ConnectCeiling(limit=0)
 
 
 @pytest.mark.parametrize(
@@ -138,6 +277,23 @@ def test_banned_waits_for_the_ban_to_expire() -> None:
         (SessionView(Desired.RUNNING, State.CONNECTED, True), Action.RESUME),  # take over
         (SessionView(Desired.RUNNING, State.QR_REQUIRED, False), Action.CLOSE),  # stale
         (SessionView(Desired.RUNNING, State.ERROR, True, retry_due=False), Action.WAIT),
+        (
+            SessionView(Desired.RUNNING, State.ERROR, True, False, True, retry_due=False),
+            Action.RESUME,
+        ),
+        (SessionView(Desired.RUNNING, State.CONNECTED, True, pair_pending=True), Action.SERVE),
+        (
+            SessionView(
+                Desired.RUNNING, State.CONNECTED, True, connect_pending=True, connection_open=True
+            ),
+            Action.SERVE,
+        ),
+        (SessionView(Desired.RUNNING, State.DISCONNECTED, False, round=Round.LIVE), Action.PAIR),
+        (
+            SessionView(Desired.RUNNING, State.QR_REQUIRED, False, round=Round.OVER),
+            Action.EXPIRE_ROUND,
+        ),
+        (SessionView(Desired.RUNNING, State.STOPPED, True, rate_ok=False), Action.WAIT),
         (SessionView(Desired.RUNNING, State.REPLACED, True, connect_pending=True), Action.RESUME),
         (
             SessionView(Desired.RUNNING, State.QR_TIMEOUT, False, connect_pending=True),
@@ -158,7 +314,7 @@ def test_plan_examples(view: SessionView, action: Action) -> None:
 
 def test_needs_owner_ignores_the_local_connection_and_timers() -> None:
     for view in VIEWS:
-        outside = dataclasses.replace(view, connection_open=False, retry_due=True)
+        outside = dataclasses.replace(view, connection_open=False, retry_due=True, rate_ok=True)
         assert needs_owner(view) is (plan(outside) is not Action.RELEASE)
 
 

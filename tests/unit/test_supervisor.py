@@ -269,7 +269,8 @@ async def test_intent_flips_never_open_two_connections(
     ]
     for round_ in range(10):
         for flip in flips:
-            await sync_to_async(flip)(await get(pk=session.pk), f"flipper{round_}")
+            with contextlib.suppress(intents.IntentRefused):  # e.g. new QR while linked
+                await sync_to_async(flip)(await get(pk=session.pk), f"flipper{round_}")
     await until(session.pk, settled("stopped"))
     assert world.max_live[session.pk] == 1
     assert world.live[session.pk] == 0

@@ -85,17 +85,23 @@ def test_simulate_buttons_vanish_with_a_real_driver(
 
 
 @pytest.mark.parametrize(
-    ("action", "field", "value"),
+    ("action", "field", "value", "row"),
     [
-        ("stop", "desired_state", "stopped"),
-        ("logout", "desired_state", "logged_out"),
-        ("new-qr", "pair_request", 1),
-        ("start", "connect_request", 1),
+        ("stop", "desired_state", "stopped", {}),
+        ("logout", "desired_state", "logged_out", {}),
+        ("new-qr", "pair_request", 1, {"jid": "", "state": "qr_timeout"}),
+        ("start", "connect_request", 1, {"state": "stopped", "desired_state": "stopped"}),
     ],
 )
 def test_actions_write_intent_only(
-    staff_client: Client, session: WaSession, action: str, field: str, value: object
+    staff_client: Client,
+    session: WaSession,
+    action: str,
+    field: str,
+    value: object,
+    row: dict[str, str],
 ) -> None:
+    WaSession.objects.filter(pk=session.pk).update(**row)
     before = WaSession.objects.filter(pk=session.pk).values().get()
     response = staff_client.post(
         reverse("sessions:action", args=[session.pk, action]), HTTP_ACCEPT="application/json"
@@ -142,6 +148,7 @@ def test_delete_is_an_intent_the_supervisor_carries_out(
 def test_pair_by_phone_accepts_international_numbers(
     staff_client: Client, session: WaSession, phone: str
 ) -> None:
+    WaSession.objects.filter(pk=session.pk).update(jid="", state="qr_required")
     url = reverse("sessions:action", args=[session.pk, "pair-phone"])
     response = staff_client.post(url, {"phone": phone}, HTTP_ACCEPT="application/json")
     assert response.status_code == 200
@@ -256,3 +263,49 @@ def test_admin_lists_the_running_supervisors_read_only(
     change = reverse("admin:sessions_app_supervisorpresence_change", args=[presence.pk])
     assert b'name="owner"' not in staff_client.get(change).content, "nothing to edit"
     assert staff_client.get(reverse("admin:sessions_app_supervisorpresence_add")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("action", "data", "message"),
+    [
+        ("new-qr", {}, "linked to a phone; log it out first"),
+        ("pair-phone", {"phone": "+4915112345678"}, "linked to a phone; log it out first"),
+        ("start", {}, "already connected"),
+    ],
+)
+def test_actions_that_make_no_sense_now_are_refused_with_a_reason(
+    staff_client: Client, session: WaSession, action: str, data: dict[str, str], message: str
+) -> None:
+    """New QR / pairing code on a linked session, start while connected: 409, the
+    reason shown (JSON for the page's script, a message after a plain post), nothing
+    written."""
+    before = WaSession.objects.filter(pk=session.pk).values().get()
+    url = reverse("sessions:action", args=[session.pk, action])
+    response = staff_client.post(url, data, HTTP_ACCEPT="application/json")
+    assert response.status_code == 409
+    assert response.json()["ok"] is False
+    assert message in response.json()["error"]
+    plain = staff_client.post(url, data, follow=True)
+    assert [message in str(m) for m in plain.context["messages"]] == [True]
+    assert WaSession.objects.filter(pk=session.pk).values().get() == before
+    assert not SessionEvent.objects.filter(session=session).exists()
+
+
+def test_the_admin_start_action_reports_a_refusal(
+    staff_client: Client, session: WaSession, staff_user: Any
+) -> None:
+    staff_user.is_superuser = True
+    staff_user.save()
+    stopped = WaSession.objects.create(
+        name="idle", state="stopped", desired_state="stopped", jid="4916@s.whatsapp.net"
+    )
+    response = staff_client.post(
+        reverse("admin:sessions_app_wasession_changelist"),
+        {"action": "start_sessions", "_selected_action": [session.pk, stopped.pk]},
+        follow=True,
+    )
+    shown = [str(m) for m in response.context["messages"]]
+    assert "sales: This session is already connected." in shown
+    assert "Start requested for 1 session(s)." in shown
+    assert WaSession.objects.get(pk=session.pk).connect_request == 0
+    assert WaSession.objects.get(pk=stopped.pk).connect_request == 1

@@ -1,0 +1,83 @@
+"""The web side's refusals: decided on the row as it is, in one statement, nothing written."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from sessions_app import intents
+from sessions_app.models import SessionEvent, WaSession
+from sessions_app.states import Desired, State
+
+pytestmark = pytest.mark.django_db
+
+S = State
+RUNNING = {S.CONNECTING, S.QR_REQUIRED, S.PAIRING, S.CONNECTED, S.DEGRADED}
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_start_and_new_qr_are_refused_exactly_when_they_would_change_nothing_or_harm(
+    state: State,
+) -> None:
+    for i, (desired, linked, pair_pending) in enumerate(
+        itertools.product([Desired.RUNNING, Desired.STOPPED], [False, True], [False, True])
+    ):
+        row = WaSession.objects.create(
+            name=f"{state}-{i}",
+            state=state,
+            desired_state=desired,
+            jid="4915@s.whatsapp.net" if linked else "",
+            pair_request=2 if pair_pending else 1,
+            pair_served=1,
+        )
+        running = desired is Desired.RUNNING and (state in RUNNING or pair_pending)
+        for action, refused_code in [
+            (intents.start, "already_running" if running else ""),
+            (intents.new_qr, "linked" if linked else ""),
+        ]:
+            before = WaSession.objects.filter(pk=row.pk).values().get()
+            events = SessionEvent.objects.filter(session=row).count()
+            if refused_code:
+                with pytest.raises(intents.IntentRefused) as refused:
+                    action(row, "ada")
+                assert refused.value.code == refused_code, (state, desired, linked, pair_pending)
+                assert WaSession.objects.filter(pk=row.pk).values().get() == before
+                assert SessionEvent.objects.filter(session=row).count() == events
+            else:
+                action(row, "ada")
+                assert SessionEvent.objects.filter(session=row).count() == events + 1
+                WaSession.objects.filter(pk=row.pk).update(**{k: before[k] for k in before})
+
+
+def test_refusals_read_the_row_not_the_callers_copy() -> None:
+    """A page's copy of the session may be stale; the row at the moment decides."""
+    row = WaSession.objects.create(
+        name="linked-meanwhile", state="connected", jid="4915@s.whatsapp.net"
+    )
+    stale = WaSession.objects.get(pk=row.pk)
+    stale.jid, stale.state = "", "qr_timeout"
+    with pytest.raises(intents.IntentRefused) as refused:
+        intents.new_qr(stale, "ada")
+    assert refused.value.code == "linked"
+    with pytest.raises(intents.IntentRefused) as refused:
+        intents.pair_by_phone(stale, "+4915112345678", "ada")
+    assert refused.value.code == "linked"
+    stale.jid, stale.state = "4915@s.whatsapp.net", "stopped"
+    with pytest.raises(intents.IntentRefused) as refused:
+        intents.start(stale, "ada")
+    assert (refused.value.code, refused.value.message) == (
+        "already_running",
+        "This session is already connected.",
+    )
+    assert WaSession.objects.get(pk=row.pk).pair_request == 0
+    assert WaSession.objects.get(pk=row.pk).connect_request == 0
+    assert not SessionEvent.objects.filter(session=row).exists()
+
+
+def test_start_during_a_round_says_so() -> None:
+    row = WaSession.objects.create(name="scanning", state="qr_required", pair_request=1)
+    with pytest.raises(intents.IntentRefused) as refused:
+        intents.start(row, "ada")
+    assert refused.value.code == "already_running"
+    assert "QR code round is already under way" in refused.value.message
