@@ -78,7 +78,8 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'waconnect.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Private from the start (sessions_app.datafiles makes it 700 at every start too).
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Tests use a file too: an in-memory database shares one cache between threads
     # and fails with "table is locked" where a file waits for the lock (as in use).
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-waconnect.sqlite3")}
