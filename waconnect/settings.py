@@ -173,6 +173,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.float("WACONNECT_LOGIN_COOLOFF_MINUTES
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Log the username and the address (axes masks them by default); the password is
 # always masked, in the log and in the attempts it stores.
 AXES_SENSITIVE_PARAMETERS: list[str] = []

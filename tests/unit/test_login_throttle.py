@@ -42,6 +42,7 @@ def test_failures_lock_the_login_and_then_the_right_password_is_refused(
     assert _post(client, url, WRONG).status_code == 429
     response = _post(client, url, PASSWORD)
     assert response.status_code == 429
+    assert "Too many login attempts" in response.content.decode()
     assert "_auth_user_id" not in client.session
 
 
