@@ -58,3 +58,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_failover.py
 	$(BIN)/python benchmarks/bench_fanout.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_db_call.py
