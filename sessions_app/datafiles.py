@@ -62,13 +62,19 @@ def secure_at_start() -> None:
     """The start-up pass: the data directory, the SQLite database and the SQLite store."""
     from sessions_app import conf
 
-    secure_data_dir(Path(settings.DATA_DIR))
+    secrets: list[Path] = []
     db = settings.DATABASES["default"]
     if db["ENGINE"] == "django.db.backends.sqlite3" and str(db["NAME"]) != ":memory:":
-        create_private(Path(db["NAME"]))
+        secrets.append(Path(db["NAME"]))
     store = conf.neonize_store()
     if conf.driver_name() == "neonize" and "://" not in store:
-        create_private(Path(store))
+        secrets.append(Path(store))
+    try:
+        secure_data_dir(Path(settings.DATA_DIR))
+        for path in secrets:
+            create_private(path)
+    except OSError as error:  # a read-only mount: say so; the process may still work
+        logger.warning("cannot secure the data directory: %s", error)
 
 
 def _chmod(path: Path, mode: int) -> None:
