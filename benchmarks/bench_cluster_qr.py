@@ -178,6 +178,9 @@ def web_env(cluster: Cluster, database_url: str, static_root: Path) -> dict[str,
             "DEBUG": "off",
             "SECRET_KEY": secrets.token_urlsafe(32),
             "SECURE_COOKIES": "off",  # plain http on the loopback
+            "SECURE_SSL_REDIRECT": "off",
+            "SECURE_HSTS_SECONDS": "0",
+            "BEHIND_TLS_PROXY": "off",
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
         }

@@ -16,22 +16,6 @@ from django.utils.html import format_html
 
 from sessions_app import intents, snapshots
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
-from sessions_app.states import State
-
-BADGE_COLOURS = {
-    State.CONNECTED: "#1a7f37",
-    State.QR_REQUIRED: "#9a6700",
-    State.PAIRING: "#9a6700",
-    State.CONNECTING: "#0969da",
-    State.DEGRADED: "#bc4c00",
-    State.DISCONNECTED: "#bc4c00",
-    State.ERROR: "#cf222e",
-    State.BANNED: "#cf222e",
-    State.REPLACED: "#8250df",
-    State.LOGGED_OUT: "#57606a",
-    State.QR_TIMEOUT: "#57606a",
-    State.STOPPED: "#57606a",
-}
 
 
 class SessionEventInline(admin.TabularInline):
@@ -92,12 +76,15 @@ class WaSessionAdmin(admin.ModelAdmin):
         editable = {"name"}
         return [f for f in self.fields if f not in editable]
 
+    class Media:
+        # Colours in a stylesheet, not style="" attributes: the CSP allows no inline styles.
+        css = {"all": ["waconnect/admin.css"]}
+
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj: WaSession) -> str:
-        colour = BADGE_COLOURS.get(obj.state, "#57606a")
         return format_html(
-            '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px">{}</span>',
-            colour,
+            '<span class="wa-state wa-state-{}">{}</span>',
+            obj.state,
             snapshots.STATE_LABELS.get(obj.state, obj.state),
         )
 

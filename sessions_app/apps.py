@@ -7,3 +7,9 @@ class SessionsAppConfig(AppConfig):
     name = "sessions_app"
     verbose_name = "WhatsApp sessions"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Every process starts with its data directory private (700, files 600)."""
+        from sessions_app import datafiles
+
+        datafiles.secure_at_start()

@@ -11,6 +11,9 @@ from sessions_app.models import WaSession
 
 
 class SessionCreateForm(forms.ModelForm):
+    """A new session's name. The rules are the model's (``sessions_app.names`` and the
+    case-insensitive unique constraint), shared with the admin and the API."""
+
     class Meta:
         model = WaSession
         fields = ["name"]
@@ -19,15 +22,6 @@ class SessionCreateForm(forms.ModelForm):
                 attrs={"autofocus": True, "autocomplete": "off", "placeholder": "sales-team"}
             )
         }
-        error_messages = {
-            "name": {"unique": "A session with this name already exists."},
-        }
-
-    def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
-        if WaSession.objects.filter(name__iexact=name).exists():
-            raise forms.ValidationError("A session with this name already exists.")
-        return name
 
 
 class PhoneNumberField(forms.CharField):

@@ -11,16 +11,15 @@ are written by the supervisor that holds the lease only, through
 
 from __future__ import annotations
 
-from django.core.validators import MinLengthValidator, RegexValidator
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db.models.functions import Lower, Now
 from django.utils import timezone
 
+from sessions_app import names
 from sessions_app.policy import ROUND_STATES
 from sessions_app.states import LIVE_STATES, WAITS_FOR_ADMIN, Desired, State
-
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
 
 
 class SessionQuerySet(models.QuerySet["WaSession"]):
@@ -68,18 +67,11 @@ class SessionQuerySet(models.QuerySet["WaSession"]):
 class WaSession(models.Model):
     """One WhatsApp linked device that waconnect keeps connected."""
 
+    # Unique in any case: a database constraint (Meta), so every writer is held to it.
     name = models.CharField(
-        max_length=64,
-        unique=True,
-        validators=[
-            MinLengthValidator(2),
-            RegexValidator(
-                NAME_RE,
-                "Use letters, digits, dots, dashes and underscores, "
-                "starting with a letter or digit.",
-            ),
-        ],
-        help_text="2–64 characters: letters, digits, '.', '-', '_'.",
+        max_length=names.MAX_LENGTH,
+        validators=[names.validate_session_name],
+        help_text=names.HELP_TEXT,
     )
 
     # Intent: written by pages, the admin and management commands only.
@@ -153,9 +145,32 @@ class WaSession(models.Model):
     class Meta:
         ordering = ["name"]
         verbose_name = "WhatsApp session"
+        constraints = [
+            models.UniqueConstraint(
+                Lower("name"),
+                name="wasession_name_ci_unique",
+                violation_error_code=names.TAKEN_CODE,
+                violation_error_message=names.TAKEN_MESSAGE,
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def validate_constraints(self, exclude: set[str] | None = None) -> None:
+        """As Django's, but a taken name is reported on the ``name`` field (forms show it there)."""
+        try:
+            super().validate_constraints(exclude)
+        except ValidationError as error:
+            errors = error.update_error_dict({})
+            general = errors.get(NON_FIELD_ERRORS, [])
+            taken = [e for e in general if getattr(e, "code", None) == names.TAKEN_CODE]
+            if taken:
+                errors[NON_FIELD_ERRORS] = [e for e in general if e not in taken]
+                if not errors[NON_FIELD_ERRORS]:
+                    del errors[NON_FIELD_ERRORS]
+                errors.setdefault("name", []).extend(taken)
+            raise ValidationError(errors) from None
 
     @property
     def pair_pending(self) -> bool:

@@ -8,9 +8,11 @@ ALLOWED_HOSTS and WACONNECT_INLINE_SUPERVISOR=off (see README).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -24,7 +26,15 @@ SECRET_KEY = env(
     default="dev-only-insecure-key-change-me" if DEBUG else environ.Env.NOTSET,
 )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Origins a browser may POST from. In production the site is served over HTTPS
+# (behind a TLS proxy), so by default https:// for every allowed host ("." hosts
+# as "*." wildcards); set CSRF_TRUSTED_ORIGINS when the public address differs.
+CSRF_TRUSTED_ORIGINS = env.list(
+    "CSRF_TRUSTED_ORIGINS",
+    default=[]
+    if DEBUG
+    else [f"https://{'*' if h.startswith('.') else ''}{h}" for h in ALLOWED_HOSTS if h != "*"],
+)
 
 DATA_DIR = Path(env("WACONNECT_DATA_DIR", default=str(BASE_DIR / "data")))
 
@@ -40,22 +50,29 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "ops",
+    "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files come from the app itself in every mode (no nginx needed): in
+    # production the collected, hashed files; with DEBUG on straight from the
+    # finders (WHITENOISE_USE_FINDERS), so plain `daphne` serves them too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
-
-if not DEBUG:
-    # Production serves collected static files from the app itself (no nginx
-    # needed); in development runserver serves them from the finders.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 ROOT_URLCONF = "waconnect.urls"
 ASGI_APPLICATION = "waconnect.asgi.application"
@@ -80,7 +97,8 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'waconnect.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Private from the start (sessions_app.datafiles makes it 700 at every start too).
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Tests use a file too: an in-memory database shares one cache between threads
     # and fails with "table is locked" where a file waits for the lock (as in use).
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-waconnect.sqlite3")}
@@ -94,12 +112,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
-    # Keep connections: the supervisor talks to the database several times per
-    # session event from one thread, and a new connection per call would cost more
-    # than the call. No health check before each use (it doubled the supervisor's
-    # round trips): a connection the server dropped fails one call, which is then
-    # handled (a session handed over, a renewal retried), and Django replaces it.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
+    # A bounded pool per process (psycopg-pool through Django), no persistent
+    # connections: under ASGI every request runs in a thread of its own, and a
+    # connection kept per thread (CONN_MAX_AGE) outlived its thread: 800 requests
+    # left 64 idle connections, and a full server stops the supervisors' renewals.
+    # Each database call borrows a connection and gives it back (no new TCP
+    # connection: the pool keeps them open), the supervisor's two database threads
+    # included; Django allows a pool only with CONN_MAX_AGE 0, for every thread of
+    # the process, since they share one settings dict. No health check on borrow
+    # (it doubled the supervisor's round trips): a connection the server dropped
+    # fails one call, which is then handled (a session handed over, a renewal
+    # retried), and the pool discards it.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("WACONNECT_DB_POOL_MIN", default=2),
+        "max_size": env.int("WACONNECT_DB_POOL_MAX", default=10),
+        # Seconds a call waits for a free connection before it fails.
+        "timeout": env.float("WACONNECT_DB_POOL_TIMEOUT", default=10.0),
+    }
     # Tests: a name of their own per run (make test passes one), so two runs on one
     # server do not drop each other's test database.
     if env.str("TEST_DATABASE_NAME", default=""):
@@ -128,6 +158,28 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling (the site's login and the admin's): after AXES_FAILURE_LIMIT
+# failures for one username from one address, that pair is refused (429) for the
+# cool-off, the right password included. Counted per username *and* address, so a
+# stranger cannot lock an operator out from elsewhere. Behind a proxy the address
+# is the client's only with Daphne's --proxy-headers (REMOTE_ADDR). Each failure is
+# logged in one line with the username and address, never the password
+# ("axes.handlers.database"; `manage.py axes_reset` unlocks everyone).
+AXES_FAILURE_LIMIT = env.int("WACONNECT_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("WACONNECT_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Log the username and the address (axes masks them by default); the password is
+# always masked, in the log and in the attempts it stores.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -145,7 +197,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -158,6 +210,55 @@ STORAGES = {
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- transport: production defaults when DEBUG is off (README, "Behind a TLS proxy")
+# Daphne speaks plain HTTP; TLS ends at a proxy that says so in X-Forwarded-Proto
+# (and Daphne's --proxy-headers turns X-Forwarded-For into the client's address).
+# Trust that header only where the proxy is the only way in.
+if env.bool("BEHIND_TLS_PROXY", default=not DEBUG):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+# Asking browsers' preload list for the domain is the domain owner's decision, not
+# a default: without it Django's deploy check warns (W021), so that one warning is
+# silenced unless preload is asked for.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# Content-Security-Policy in every mode (tests and development too, so an inline
+# script or style is caught where it is written): the pages load only their own
+# scripts and styles, talk to their own WebSocket, and show the QR code as inline
+# SVG markup; the favicon is a data: URL.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# Browser features the pages never use, turned off for them and anything they embed.
+PERMISSIONS_POLICY: dict[str, list[str]] = {
+    feature: []
+    for feature in (
+        "accelerometer",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "payment",
+        "usb",
+    )
+}
 
 # --- waconnect ---------------------------------------------------------------------
 WACONNECT_DRIVER = env("WACONNECT_DRIVER", default="neonize")
@@ -228,5 +329,8 @@ LOGGING = {
         "ops": {"level": LOG_LEVEL},
         # Daphne's request log; not also through Django's own "django" console.
         "django.channels.server": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        # django-axes: its one WARNING line per failed login (username, address) is
+        # kept; its INFO chatter ("running database handler ...") is not.
+        "axes": {"level": "WARNING"},
     },
 }

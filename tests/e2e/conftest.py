@@ -12,7 +12,15 @@ import re
 from collections.abc import Generator, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from benchmarks.liveserver import (
     ADMIN_PASSWORD,
@@ -99,9 +107,25 @@ def context(browser: Browser, live_server_url: str) -> Iterator[BrowserContext]:
     context.close()
 
 
+def watch_csp(page: Page) -> list[str]:
+    """The Content-Security-Policy violations Chromium reports on ``page`` (console errors)."""
+    violations: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    page.on("console", on_console)
+    return violations
+
+
 @pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A page that fails its test if anything on it breaks the CSP (an inline script, a style)."""
+    page = context.new_page()
+    violations = watch_csp(page)
+    yield page
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 def log_in(page: Page, base_url: str = "") -> None:

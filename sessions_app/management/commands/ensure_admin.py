@@ -10,6 +10,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from sessions_app import datafiles
+
 
 class Command(BaseCommand):
     help = (
@@ -30,9 +32,7 @@ class Command(BaseCommand):
         if not password:
             password = secrets.token_urlsafe(12)
             path = settings.DATA_DIR / "admin-password.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(password + "\n")
+            datafiles.write_private(path, password + "\n")  # 600 even if it existed as 644
             where = str(path)
         users.objects.create_superuser(options["username"], "", password)
         self.stdout.write(

@@ -22,16 +22,34 @@ class Command(BaseCommand):
         parser.add_argument(
             "gesture", choices=PhoneAction.Gesture.values, help="What the phone does."
         )
-        parser.add_argument("session", help="The session's name or numeric id.")
+        parser.add_argument(
+            "session",
+            nargs="?",
+            help="The session's name (names are never all digits; use --id for an id).",
+        )
+        parser.add_argument(
+            "--id", type=int, dest="session_id", help="The session's numeric id instead of a name."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not conf.is_simulated():
             raise CommandError("simulate_phone needs WACONNECT_DRIVER=simulated")
-        ref = options["session"]
-        query = {"pk": int(ref)} if ref.isdigit() else {"name": ref}
-        try:
-            session = WaSession.objects.get(**query)
-        except WaSession.DoesNotExist:
-            raise CommandError(f"no session {ref!r}") from None
+        session = _find(options["session"], options["session_id"])
         intents.phone_gesture(session, options["gesture"], "simulate_phone")
         self.stdout.write(f"{options['gesture']} sent to {session.name}")
+
+
+def _find(name: str | None, pk: int | None) -> WaSession:
+    """The session named ``name`` (any case: names are unique regardless) or with id ``pk``."""
+    if (name is None) == (pk is None):
+        raise CommandError("give the session's name or --id N, not both")
+    if pk is not None:
+        found = WaSession.objects.filter(pk=pk).first()
+        if found is None:
+            raise CommandError(f"no session with id {pk}")
+        return found
+    found = WaSession.objects.filter(name__iexact=name).first()
+    if found is None:
+        hint = " (for an id, use --id)" if name.isdigit() else ""
+        raise CommandError(f"no session named {name!r}{hint}")
+    return found
