@@ -30,9 +30,13 @@ _migrated = False  # once all were applied, this process's code has none left to
 
 
 def _database() -> None:
-    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()  # back to the pool: this thread is not the request's
 
 
 def _migrations() -> None:
@@ -40,8 +44,11 @@ def _migrations() -> None:
     if _migrated:
         return
     connection = connections[DEFAULT_DB_ALIAS]
-    executor = MigrationExecutor(connection)
-    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    try:
+        executor = MigrationExecutor(connection)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    finally:
+        connection.close()
     if plan:
         raise RuntimeError(f"{len(plan)} migrations not applied")
     _migrated = True
@@ -69,9 +76,12 @@ async def _run(name: str, check: Any, checks: Checks) -> None:
 async def web_readiness() -> tuple[bool, Checks]:
     """(ready, the outcome of each check); the database checks come first, in order."""
     checks: Checks = {}
-    await _run("database", sync_to_async(_database), checks)
+    # Off the request's own database thread: a down server holds a call for the
+    # pool's whole timeout, and the request's end (closing its connections) would
+    # wait behind it although the check gave up after CHECK_TIMEOUT.
+    await _run("database", sync_to_async(_database, thread_sensitive=False), checks)
     if checks["database"] == "ok":
-        await _run("migrations", sync_to_async(_migrations), checks)
+        await _run("migrations", sync_to_async(_migrations, thread_sensitive=False), checks)
     else:
         checks["migrations"] = "skipped: no database"
     await _run("channel_layer", _channel_layer, checks)

@@ -110,7 +110,9 @@ def test_readyz_fails_while_postgresql_is_unreachable(web: Callable[..., str]) -
     assert status == 503
     assert body["status"] == "unavailable"
     checks = body["checks"]
-    assert checks["database"] == "failed: OperationalError"
+    # The pool retries a refused connection until its timeout; the check gives up
+    # at its own, sooner, and answers without waiting for the pool.
+    assert checks["database"] in ("failed: OperationalError", "failed: TimeoutError")
     assert checks["migrations"] == "skipped: no database"
     assert get(f"{url}/healthz") == (200, {"status": "ok"})  # alive all the same
 
