@@ -883,7 +883,7 @@ class Supervisor:
         """Drop every connection before our leases can expire if renewal stalls."""
         while True:
             remaining = self._fence_deadline() - self.clock()
-            if remaining > 0:
+            if remaining > 0 and not self.fenced:
                 await asyncio.sleep(min(remaining, 0.5))
                 continue
             if not self.fenced:
@@ -894,8 +894,11 @@ class Supervisor:
                     len(self.runners),
                     extra=self._extra(),
                 )
-                for runner in list(self.runners.values()):
-                    runner.abandon("self-fenced")
+            # Every tick while fenced: a claim sent before the fence may have been
+            # answered since (a partition healing for a moment), and its runner
+            # would run without renewals.
+            for runner in list(self.runners.values()):
+                runner.abandon("self-fenced")
             await asyncio.sleep(0.5)
 
     # -- reconcile ------------------------------------------------------------------------

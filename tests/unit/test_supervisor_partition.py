@@ -16,7 +16,7 @@ import pytest
 from sessions_app import leases
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
 from tests.unit.helpers import state_is, until
-from tests.unit.test_supervisor import FAST, paired, running
+from tests.unit.test_supervisor import FAST, create, paired, running
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -68,3 +68,34 @@ async def test_a_renewal_answered_after_the_fence_limit_does_not_end_the_fence(
         await until(session.pk, state_is("connected"))
     fences = [r for r in caplog.records if "self-fencing" in r.getMessage()]
     assert len(fences) == 1, "it claimed on a stale renewal and had to fence again"
+
+
+async def test_a_session_claimed_while_fenced_is_dropped(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim sent before the fence and answered after it must not leave a runner
+    going without renewals: its lease would expire under a live connection."""
+    from sessions_app import supervisor as module
+
+    claim = module._db_claim
+    entered, answer = asyncio.Event(), asyncio.Event()
+
+    async def never(owner: str, ttl: float) -> list[leases.Lease]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def late(owner: str, ttl: float, limit: int) -> list[leases.Lease]:
+        entered.set()
+        await answer.wait()
+        return await claim(owner, ttl, limit)
+
+    async with running(world) as sup:
+        monkeypatch.setattr(module, "_db_renew", never)
+        monkeypatch.setattr(module, "_db_claim", late)
+        session = await create("late", "ada")
+        await entered.wait()
+        await observe(lambda: sup.fenced, FAST.lease_ttl, "it never fenced itself")
+        answer.set()
+        await observe(lambda: session.pk in sup.runners, 2, "the claim never came back")
+        await observe(lambda: session.pk not in sup.runners, 2, "a runner runs without renewals")
+        monkeypatch.undo()
