@@ -92,3 +92,19 @@ async def test_other_connections_keep_the_server_default(settings: Any) -> None:
     settings.WACONNECT_SELF_FENCE_MARGIN = 0.5
     await sync_to_async(forget_connection)()
     assert await idle_limit() == "0"
+
+
+@sync_to_async
+def connection_parameters() -> dict[str, str]:
+    connection.ensure_connection()
+    return dict(connection.connection.info.get_parameters())
+
+
+async def test_connections_give_up_on_an_unreachable_server() -> None:
+    """A partition must not hang a thread for the kernel's retransmission timeout:
+    libpq's own timeouts and keep-alives are set (the fault proxy cannot show
+    them at work: the local kernel acknowledges everything it is sent)."""
+    params = await connection_parameters()
+    assert params["connect_timeout"] == "5"
+    assert params["tcp_user_timeout"] == "10000"
+    assert params["keepalives"] == "1" and params["keepalives_idle"] == "10"
