@@ -44,6 +44,7 @@ test: venv chromium services lint
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TEST_DATABASE_NAME=test_waconnect_$$$$ \
 	  $(BIN)/python -m pytest -m "not benchmark" \
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
+	  tests/unit/test_supervisor_partition.py \
 	  tests/unit/test_consumers.py tests/unit/test_views.py
 
 unit: venv
