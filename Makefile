@@ -46,7 +46,8 @@ test: venv chromium services lint
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
 	  tests/unit/test_consumers.py tests/unit/test_views.py tests/unit/test_names.py \
 	  tests/unit/test_ops_web.py tests/unit/test_ops_metrics_move.py \
-	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py
+	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \
+	  tests/unit/test_supervisor_partition.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -18,9 +18,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from benchmarks.faultproxy import FaultProxy, Mode, ProxyLoop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,13 +42,37 @@ def _with_application_name(database_url: str) -> str:
     return f"{database_url}{separator}application_name={APPLICATION_NAME}"
 
 
+def _server(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``postgres://`` or ``redis://`` URL."""
+    parts = urllib.parse.urlsplit(url)
+    default = 6379 if parts.scheme.startswith("redis") else 5432
+    return parts.hostname or "127.0.0.1", parts.port or default
+
+
+def _via(url: str, proxy: FaultProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's (user, path, query kept)."""
+    parts = urllib.parse.urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    host, port = proxy.address
+    netloc = f"{user}@{host}:{port}" if user else f"{host}:{port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 class SupervisorProcess:
     """One ``run_supervisor`` process; ``owner`` is its lease owner id (from its log)."""
 
-    def __init__(self, name: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+        links: list[FaultProxy] | None = None,
+    ) -> None:
         self.name = name
         self.process = process
         self.log_path = log_path
+        #: Its own proxies to PostgreSQL and Redis (a partitionable cluster's).
+        self.links = links or []
         self._owner = ""
 
     @property
@@ -91,6 +118,18 @@ class SupervisorProcess:
         self.process.kill()
         self.process.wait(10)
 
+    def partition(self, mode: Mode = Mode.BLACKHOLE) -> None:
+        """Cut it off from PostgreSQL and Redis (not from WhatsApp): its connections
+        hang (``blackhole``) or are reset (``reset``); everyone else is unaffected."""
+        assert self.links, "start the cluster with partitionable=True"
+        for link in self.links:
+            link.set_mode(mode)
+
+    def heal(self) -> None:
+        """End the partition: held bytes flow on, new connections go through."""
+        for link in self.links:
+            link.set_mode(Mode.PASS)
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -100,7 +139,9 @@ class Cluster:
 
     ``settings`` are extra environment variables for every process (lease timings,
     ``WACONNECT_SIM_*`` cadence); ``auto_scan`` makes every QR round scan itself;
-    ``client_timeout`` is how long the service keeps a silent client's connection.
+    ``client_timeout`` is how long the service keeps a silent client's connection;
+    ``partitionable`` gives each supervisor its own fault proxies to PostgreSQL and
+    Redis (:meth:`SupervisorProcess.partition`).
     """
 
     def __init__(
@@ -113,6 +154,7 @@ class Cluster:
         auto_scan: float | None = 0.05,
         client_timeout: float | None = None,
         log_level: str = "INFO",
+        partitionable: bool = False,
     ) -> None:
         self.database_url = database_url
         self.redis_url = redis_url
@@ -125,6 +167,7 @@ class Cluster:
         self.supervisors: list[SupervisorProcess] = []
         self._service: subprocess.Popen[bytes] | None = None
         self._count = 0
+        self._proxies: ProxyLoop | None = ProxyLoop() if partitionable else None
 
     def __enter__(self) -> Cluster:
         try:
@@ -192,16 +235,23 @@ class Cluster:
         self._count += 1
         name = f"supervisor-{self._count}"
         log_path = self.log_dir / f"{name}.log"
+        env = self.env()
+        links = []
+        if self._proxies is not None:
+            for var in ("DATABASE_URL", "REDIS_URL"):
+                link = self._proxies.proxy(_server(env[var]), f"{name} {var}")
+                env[var] = _via(env[var], link)
+                links.append(link)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "manage.py", "run_supervisor", *args],
                 cwd=REPO,
-                env=self.env(),
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        supervisor = SupervisorProcess(name, process, log_path)
+        supervisor = SupervisorProcess(name, process, log_path, links)
         self.supervisors.append(supervisor)
         return supervisor
 
@@ -223,6 +273,9 @@ class Cluster:
                 self._service.wait(10)
         if self._service is not None and self._service.stdout is not None:
             self._service.stdout.close()
+        if self._proxies is not None:
+            self._proxies.close()
+            self._proxies = None
 
     def logs(self) -> str:
         """Every process's log, for a failing test's report."""

@@ -10,6 +10,9 @@ Lease renewal gets a second thread (and so a second connection): when hundreds
 of sessions change state at once, their writes queue in the first thread, and a
 renewal queued behind them would arrive too late; the supervisor would fence
 itself under load, exactly when a hand-over costs most.
+
+On PostgreSQL these threads' connections end a transaction left idle longer than
+the self-fence margin (:func:`end_idle_transactions`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from channels.db import DatabaseSyncToAsync
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+
+from sessions_app.conf import supervisor_config
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _lock = threading.Lock()
 _executors: dict[str, ThreadPoolExecutor] = {}
+
+SUPERVISOR_THREAD = "waconnect-db"
+LEASE_THREAD = "waconnect-lease-db"
 
 
 def _get_executor(name: str) -> ThreadPoolExecutor:
@@ -47,9 +57,35 @@ def _in_thread(name: str, func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
 def supervisor_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the supervisor's database thread (closing stale connections)."""
-    return _in_thread("waconnect-db", func)
+    return _in_thread(SUPERVISOR_THREAD, func)
 
 
 def lease_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the lease thread: renewals never wait behind session writes."""
-    return _in_thread("waconnect-lease-db", func)
+    return _in_thread(LEASE_THREAD, func)
+
+
+def end_idle_transactions(
+    sender: object, connection: BaseDatabaseWrapper, **kwargs: object
+) -> None:
+    """A supervisor's transaction never holds its row locks past its leases.
+
+    Others claim with ``SKIP LOCKED``: a supervisor frozen (SIGSTOP, a VM pause) or
+    cut off from PostgreSQL between two statements of a transaction would keep
+    that session from every successor for as long as the fault lasts. Its
+    transactions are a few statements in a row, never idle for long, so the
+    server ends one idle for the self-fence margin: by the time the supervisor's
+    leases expire, its locks are gone (and its late COMMIT fails, as it must).
+    """
+    if connection.vendor != "postgresql":
+        return
+    if not threading.current_thread().name.startswith((SUPERVISOR_THREAD, LEASE_THREAD)):
+        return
+    limit_ms = max(1, int(supervisor_config().self_fence_margin * 1000))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(limit_ms)]
+        )
+
+
+connection_created.connect(end_idle_transactions, dispatch_uid="waconnect-end-idle-transactions")

@@ -830,9 +830,17 @@ class Supervisor:
                 )
             except Exception:
                 logger.warning("could not renew our presence", exc_info=True, extra=self._extra())
-            if self.fenced:
+            if self.fenced and self._fence_deadline() > self.clock():
                 logger.info("lease renewal works again; claiming resumes", extra=self._extra())
                 self.fenced = False
+            elif self.fenced:
+                # Sent before a partition, answered as it healed: it says nothing
+                # about our leases now. The next renewal decides.
+                logger.info(
+                    "a lease renewal took %.1fs; staying fenced",
+                    self.clock() - started,
+                    extra=self._extra(),
+                )
             held_ids = {lease.session_id: lease for lease in held}
             for session_id, runner in list(self.runners.items()):
                 if runner.started >= started:
@@ -866,13 +874,15 @@ class Supervisor:
             self._wake.set()
             await doorbell.wake_supervisors("leases given back")
 
+    def _fence_deadline(self) -> float:
+        """When, on our monotonic clock, we must have dropped every connection."""
+        return self._last_renewal + self.config.lease_ttl - self.config.self_fence_margin
+
     async def _fence_watchdog(self) -> None:
         """Drop every connection before our leases can expire if renewal stalls."""
-        limit = self.config.lease_ttl - self.config.self_fence_margin
         while True:
-            deadline = self._last_renewal + limit
-            remaining = deadline - self.clock()
-            if remaining > 0:
+            remaining = self._fence_deadline() - self.clock()
+            if remaining > 0 and not self.fenced:
                 await asyncio.sleep(min(remaining, 0.5))
                 continue
             if not self.fenced:
@@ -880,12 +890,15 @@ class Supervisor:
                 metrics.self_fences.inc()
                 logger.error(
                     "could not renew leases for %.1fs; dropping %d connections (self-fencing)",
-                    limit,
+                    self.config.lease_ttl - self.config.self_fence_margin,
                     len(self.runners),
                     extra=self._extra(),
                 )
-                for runner in list(self.runners.values()):
-                    runner.abandon("self-fenced")
+            # Every tick while fenced: a claim sent before the fence may have been
+            # answered since (a partition healing for a moment), and its runner
+            # would run without renewals.
+            for runner in list(self.runners.values()):
+                runner.abandon("self-fenced")
             await asyncio.sleep(0.5)
 
     # -- reconcile ------------------------------------------------------------------------

@@ -130,6 +130,22 @@ else:
         # Seconds a call waits for a free connection before it fails.
         "timeout": env.float("WACONNECT_DB_POOL_TIMEOUT", default=10.0),
     }
+    # A partition (the server unreachable, nothing answering) must not hang a
+    # thread for the kernel's retransmission timeout (~15 min, and up to 2 min
+    # after the network is back): libpq gives up on a connect after 5 s, on a
+    # sent statement left unacknowledged for 10 s (tcp_user_timeout) and on an
+    # idle connection whose peer is gone after about 25 s (keep-alives); Django
+    # then opens a new one. The supervisor does not rely on this to stay safe:
+    # it fences itself on its own clock. Query parameters of DATABASE_URL win.
+    for option, value in {
+        "connect_timeout": 5,
+        "tcp_user_timeout": 10_000,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
     # Tests: a name of their own per run (make test passes one), so two runs on one
     # server do not drop each other's test database.
     if env.str("TEST_DATABASE_NAME", default=""):

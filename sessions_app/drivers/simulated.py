@@ -116,6 +116,9 @@ class SimulatedWhatsApp:
         self.overlaps: list[Overlap] = []
         #: When each session last became connected (wall clock): failover timings.
         self.connected_at: dict[int, float] = {}
+        #: When each owner's connection last ended (wall clock): did a partitioned
+        #: supervisor let go before its leases expired?
+        self.ended_at: dict[str, float] = {}
         self._connections: dict[int, list[_Connection]] = collections.defaultdict(list)
         self._tokens = itertools.count(1)
         self._changed: asyncio.Condition | None = None
@@ -154,6 +157,17 @@ class SimulatedWhatsApp:
             async with asyncio.timeout(timeout):
                 await self._until(lambda: not busy())
         return busy()
+
+    def live_of(self, owner: str) -> int:
+        """How many live connections ``owner`` holds."""
+        return sum(c.owner == owner for conns in self._connections.values() for c in conns)
+
+    async def until_owner_idle(self, owner: str, timeout: float) -> int:
+        """Wait until ``owner`` holds no live connection; return how many it still holds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._until(lambda: not self.live_of(owner))
+        return self.live_of(owner)
 
     async def _until(self, predicate: Callable[[], bool]) -> None:
         if self._changed is None:
@@ -229,6 +243,7 @@ class SimulatedWhatsApp:
         if conn in self._connections[conn.session_id]:
             self._connections[conn.session_id].remove(conn)
             self.live[conn.session_id] -= 1
+            self.ended_at[conn.owner] = time.time()
             self._notify()
         if conn.task is not None and conn.task is not asyncio.current_task():
             conn.task.cancel()

@@ -47,6 +47,7 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "forget": {"jid": str},
     "wait_connected": {"sessions": list, "timeout": float, "exclude_owner": str},
     "wait_idle": {"sessions": list, "timeout": float},
+    "wait_owner_idle": {"owner": str, "timeout": float},
 }
 
 #: What the service sends on a device connection: driver events and replies.
@@ -201,6 +202,10 @@ class SimulatedWhatsAppService:
             elif kind == "wait_idle":
                 busy = await self.world.until_idle(message["sessions"], message["timeout"])
                 reply = wire.encode("waited", missing=sorted(busy))
+            elif kind == "wait_owner_idle":
+                live = await self.world.until_owner_idle(message["owner"], message["timeout"])
+                ended_at = self.world.ended_at.get(message["owner"], 0.0)
+                reply = wire.encode("owner_idle", live=live, ended_at=ended_at)
             else:
                 raise wire.ProtocolError(f"{kind!r} is not a control command")
             send_raw(writer, reply)
@@ -316,3 +321,9 @@ class ServiceControl:
         """Wait until no session has a live connection; return those still connected."""
         reply = await self._ask("wait_idle", sessions=list(session_ids), timeout=timeout)
         return set(reply["missing"])
+
+    async def wait_owner_idle(self, owner: str, timeout: float) -> tuple[int, float]:
+        """Wait until ``owner`` holds no live connection. Returns how many it still
+        holds and when (wall clock) the last of its connections ended."""
+        reply = await self._ask("wait_owner_idle", owner=owner, timeout=timeout)
+        return int(reply["live"]), float(reply["ended_at"])

@@ -11,13 +11,18 @@ a device and records it), on the machine's PostgreSQL and Redis, while the test
 - restarts one cleanly (SIGTERM, then a new process);
 - kills the supervisors' PostgreSQL connections (``pg_terminate_backend``);
 - drops every connection to its Redis database (``CLIENT KILL``);
+- partitions one from PostgreSQL and Redis for 2 × TTL (every supervisor reaches
+  them through a fault proxy of its own, :mod:`benchmarks.faultproxy`) while it
+  stays alive and connected to WhatsApp, then heals the partition;
 - and flips intents (stop/start) at random throughout.
 
 After every fault, every session that should run is connected again within the
 lease TTL + 5 s, and every stopped one has no connection. At the end: no two live
 connections of one device ever overlapped, except at most one "stream replaced"
 per session of the zombie, kicked by its successor; none of the zombie's stale
-writes was accepted; and each session's event log is a complete chain of state
+writes was accepted, nor any of the partitioned one's after the partition healed;
+the partitioned one dropped its connections before its leases expired and took
+its share again; and each session's event log is a complete chain of state
 changes that ends in the state the row holds.
 """
 
@@ -80,6 +85,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         settings=SETTINGS,
         auto_scan=0.05,
         client_timeout=CLIENT_TIMEOUT,
+        partitionable=True,
     ) as running:
         try:
             yield running
@@ -104,6 +110,13 @@ def create_sessions(count: int) -> list[int]:
 def held_by(owner: str) -> dict[int, int]:
     """The sessions ``owner`` holds, with their fencing numbers."""
     return dict(WaSession.objects.filter(lease_owner=owner).values_list("id", "lease_epoch"))
+
+
+@sync_to_async
+def lease_expiries(owner: str) -> dict[int, float]:
+    """When each lease ``owner`` holds expires (wall clock, on the database's clock)."""
+    rows = WaSession.objects.filter(lease_owner=owner).values_list("id", "lease_expires_at")
+    return {pk: expires.timestamp() for pk, expires in rows}
 
 
 @sync_to_async
@@ -247,6 +260,7 @@ async def test_no_double_connection_under_chaos(
     chaos.running = set(await create_sessions(SESSIONS))
     missing = await control.wait_connected(chaos.running, timeout=120)
     assert not missing, f"{len(missing)} sessions never linked"
+    print(f"{time.strftime('%H:%M:%S')} all linked")
 
     # 1. SIGKILL, with intents flipping at the same time; then a replacement joins.
     victim = chaos.rng.choice(cluster.alive)
@@ -303,7 +317,37 @@ async def test_no_double_connection_under_chaos(
     zombie.kill()
     await chaos.flip(20)
     await chaos.recovered("a second SIGKILL", fault_at)
-    chaos.replace(zombie)
+    newcomer = chaos.replace(zombie)
+
+    # 7. A partition: one supervisor loses PostgreSQL and Redis, not WhatsApp (while
+    # a newcomer joins and takes its share).
+    island = chaos.rng.choice([s for s in cluster.alive if s is not newcomer])
+    cut_owner = island.owner()
+    live, _ = await control.wait_owner_idle(cut_owner, 0.0)
+    assert live, "the supervisor to be partitioned has connections open"
+    # Cut it off while it acts on intents, so statements are in flight.
+    await chaos.flip_these(sorted(await held_by(cut_owner))[:10])
+    cut_at = time.monotonic()
+    island.partition()
+    print(f"{time.strftime('%H:%M:%S')} partition {island.name}")
+    cut_held = await held_by(cut_owner)
+    expiries = await lease_expiries(cut_owner)
+    assert cut_held, "the partitioned supervisor holds sessions"
+    live, ended_at = await control.wait_owner_idle(cut_owner, TTL)
+    assert live == 0, f"partitioned: {live} connections still open after {TTL}s"
+    first_expiry = min(expiries.values())
+    assert ended_at < first_expiry, (
+        f"partitioned: last connection closed {ended_at - first_expiry:.1f}s after"
+        " its first lease expired"
+    )
+    print(f"partitioned: all connections closed {first_expiry - ended_at:.1f}s before expiry")
+    await chaos.recovered("a partition", cut_at, exclude_owner=cut_owner)
+    await asyncio.sleep(max(0.0, cut_at + 2 * TTL - time.monotonic()))  # the fault's length
+    healed_at = time.monotonic()
+    island.heal()
+    await chaos.flip(20)
+    await chaos.took_its_share(island, healed_at)
+    await chaos.recovered("the partition healing", healed_at)
 
     stats = await control.stats()
     per_session = collections.Counter(o.session_id for o in stats.overlaps)
@@ -314,6 +358,11 @@ async def test_no_double_connection_under_chaos(
     assert all(count <= 2 for count in stats.max_live.values())
     assert await stale_writes_accepted(owner, held) == [], "a zombie's write was accepted"
     print(f"zombie: {zombie.output().count('lost the lease')} writes refused by the fence")
+    cut_off = [o for o in stats.overlaps if cut_owner in (o.old_owner, o.new_owner)]
+    assert cut_off == [], f"the partitioned supervisor overlapped: {cut_off[:5]}"
+    assert await stale_writes_accepted(cut_owner, cut_held) == [], "a partitioned write landed"
+    late = island.output().count("staying fenced")
+    print(f"partitioned: {late} renewals answered after healing, too late to count")
 
     for supervisor in cluster.alive:  # hand everything over: no writer is left
         assert supervisor.terminate() == 0

@@ -135,6 +135,24 @@ async def test_stop_then_start_at_once_never_overlaps(running: Running) -> None:
     assert stats.overlaps == [] and stats.max_live[3] == 1
 
 
+async def test_waiting_for_an_owner_to_let_go_reports_when_it_did(running: Running) -> None:
+    """What the chaos test asks about a partitioned supervisor: are all its
+    connections closed, and since when (the others' are not its)."""
+    mine, theirs = RemoteSimulatedDriver(running.address), RemoteSimulatedDriver(running.address)
+    for sid, driver, owner in ((5, mine, "island"), (6, mine, "island"), (7, theirs, "other")):
+        inbox = Inbox()
+        await driver.start(ConnectSpec(sid, owner=owner, epoch=1), inbox)
+        assert isinstance(await inbox.next(), QrCode)
+    assert await running.control.wait_owner_idle("island", 0.0) == (2, 0.0)
+    waiting = asyncio.create_task(running.control.wait_owner_idle("island", 5.0))
+    before = time.time()
+    await mine.aclose()
+    live, ended_at = await waiting
+    assert live == 0 and before <= ended_at <= time.time()
+    assert running.world.live[7] == 1
+    await theirs.aclose()
+
+
 async def test_a_connection_the_service_drops_is_reported_as_disconnected(
     running: Running,
 ) -> None:

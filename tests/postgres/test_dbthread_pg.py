@@ -1,0 +1,110 @@
+"""The supervisor's database threads on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, OperationalError, connection, transaction
+
+from sessions_app.dbthread import lease_db, supervisor_db
+from sessions_app.models import WaSession
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def lock_and_freeze(
+    pk: int, pids: list[int], locked: threading.Event, thaw: threading.Event
+) -> None:
+    """Lock the row in a transaction and stop between two statements, as a
+    supervisor frozen or cut off from the database would."""
+    connection.close()  # a new connection, set up as the thread's connections are
+    with contextlib.suppress(DatabaseError), transaction.atomic():
+        list(WaSession.objects.select_for_update().filter(pk=pk))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pids.append(int(cursor.fetchone()[0]))
+        locked.set()
+        thaw.wait(30)
+    connection.close()  # the server may have ended it
+
+
+def forget_connection() -> None:
+    connection.close()
+
+
+@sync_to_async
+def backend_alive(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        return bool(cursor.fetchone()[0])
+
+
+@sync_to_async
+def lockable(pk: int) -> bool:
+    try:
+        with transaction.atomic():
+            list(WaSession.objects.select_for_update(nowait=True).filter(pk=pk))
+    except OperationalError:
+        return False
+    return True
+
+
+@sync_to_async
+def idle_limit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW idle_in_transaction_session_timeout")
+        return str(cursor.fetchone()[0])
+
+
+@pytest.mark.parametrize("thread", [supervisor_db, lease_db])
+async def test_a_supervisor_transaction_left_idle_gives_its_locks_back(
+    thread: Any, settings: Any
+) -> None:
+    """Successors claim with SKIP LOCKED: a transaction a supervisor left open would
+    hide the session from all of them. The server ends it once it has been idle
+    for the self-fence margin, so the row can be locked again."""
+    settings.WACONNECT_SELF_FENCE_MARGIN = 0.5
+    pk = (await WaSession.objects.acreate(name="frozen")).pk
+    pids: list[int] = []
+    locked, thaw = threading.Event(), threading.Event()
+    frozen = asyncio.create_task(thread(lock_and_freeze)(pk, pids, locked, thaw))
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, locked.wait, 10)
+        assert not await lockable(pk)
+        deadline = time.monotonic() + 5
+        while await backend_alive(pids[0]):
+            assert time.monotonic() < deadline, "the idle transaction kept its locks"
+            await asyncio.sleep(0.1)  # another backend's end: observed, not awaited
+        assert await lockable(pk)
+    finally:
+        thaw.set()
+        await frozen
+
+
+async def test_other_connections_keep_the_server_default(settings: Any) -> None:
+    """Only the supervisor's threads: pages and tests may sit in a transaction."""
+    settings.WACONNECT_SELF_FENCE_MARGIN = 0.5
+    await sync_to_async(forget_connection)()
+    assert await idle_limit() == "0"
+
+
+@sync_to_async
+def connection_parameters() -> dict[str, str]:
+    connection.ensure_connection()
+    return dict(connection.connection.info.get_parameters())
+
+
+async def test_connections_give_up_on_an_unreachable_server() -> None:
+    """A partition must not hang a thread for the kernel's retransmission timeout:
+    libpq's own timeouts and keep-alives are set (the fault proxy cannot show
+    them at work: the local kernel acknowledges everything it is sent)."""
+    params = await connection_parameters()
+    assert params["connect_timeout"] == "5"
+    assert params["tcp_user_timeout"] == "10000"
+    assert params["keepalives"] == "1" and params["keepalives_idle"] == "10"

@@ -1,0 +1,101 @@
+"""The supervisor cut off from its database, then healed (one process, SQLite).
+
+The chaos test partitions real processes through a fault proxy; these pin down
+what it found, with the database calls that hang replaced by ones that wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+
+from sessions_app import leases
+from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
+from tests.unit.helpers import state_is, until
+from tests.unit.test_supervisor import FAST, create, paired, running
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def world() -> SimulatedWhatsApp:
+    return SimulatedWhatsApp(SimulatedTiming(first_qr_ttl=5, pair_delay=0.01))
+
+
+async def observe(condition: Any, timeout: float, what: str) -> None:
+    """Wait for a flag of the supervisor's that has no event of its own."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_renewal_answered_after_the_fence_limit_does_not_end_the_fence(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal sent before a partition and answered when it heals says nothing
+    about leases now: claiming resumes only after a renewal answered in time,
+    instead of claiming, fencing again and dropping what it just claimed."""
+    from sessions_app import supervisor as module
+
+    # Renewals far apart: a wrong un-fencing shows as a second self-fence.
+    config = dataclasses.replace(FAST, renew_interval=1.5, self_fence_margin=1.0)
+    renew = module._db_renew
+    healed = asyncio.Event()
+
+    async def partitioned(owner: str, ttl: float) -> list[leases.Lease]:
+        await healed.wait()  # the statement hangs in the network...
+        return await renew(owner, ttl)  # ...and is answered once it heals
+
+    async with running(world, config) as sup:
+        session = await paired("islander", sup)
+        monkeypatch.setattr(module, "_db_renew", partitioned)
+        async with asyncio.timeout(config.lease_ttl + 1):
+            await world.until_live(session.pk, 0)
+        assert sup.fenced
+        await asyncio.sleep(config.lease_ttl)  # the partition's length: past the leases
+        healed_at = sup.clock()
+        healed.set()
+        monkeypatch.undo()
+        # A renewal sent after the partition healed has been answered...
+        await observe(lambda: sup._last_renewal > healed_at, 5, "no renewal after healing")
+        async with asyncio.timeout(config.lease_ttl):  # ...and the session runs again
+            await world.until_live(session.pk, 1)
+        await until(session.pk, state_is("connected"))
+    fences = [r for r in caplog.records if "self-fencing" in r.getMessage()]
+    assert len(fences) == 1, "it claimed on a stale renewal and had to fence again"
+
+
+async def test_a_session_claimed_while_fenced_is_dropped(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim sent before the fence and answered after it must not leave a runner
+    going without renewals: its lease would expire under a live connection."""
+    from sessions_app import supervisor as module
+
+    claim = module._db_claim
+    entered, answer = asyncio.Event(), asyncio.Event()
+
+    async def never(owner: str, ttl: float) -> list[leases.Lease]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def late(owner: str, ttl: float, limit: int) -> list[leases.Lease]:
+        entered.set()
+        await answer.wait()
+        return await claim(owner, ttl, limit)
+
+    async with running(world) as sup:
+        monkeypatch.setattr(module, "_db_renew", never)
+        monkeypatch.setattr(module, "_db_claim", late)
+        session = await create("late", "ada")
+        await entered.wait()
+        await observe(lambda: sup.fenced, FAST.lease_ttl, "it never fenced itself")
+        answer.set()
+        await observe(lambda: session.pk in sup.runners, 2, "the claim never came back")
+        await observe(lambda: session.pk not in sup.runners, 2, "a runner runs without renewals")
+        monkeypatch.undo()
