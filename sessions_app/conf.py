@@ -109,3 +109,13 @@ def worker_config() -> Any:
         term_grace=float(_get("WORKER_TERM_GRACE", 1.0)),
         log_level=str(_get("WORKER_LOG_LEVEL", "WARNING")),
     )
+
+
+def api_rate() -> str:
+    """Requests one API token may make (ninja throttle syntax: ``600/m``; per process)."""
+    return str(_get("API_RATE", "600/m"))
+
+
+def api_max_wait() -> float:
+    """Longest a long poll (``GET /api/v1/sessions/{id}?wait=``) is held open, in seconds."""
+    return float(_get("API_MAX_WAIT", 30.0))

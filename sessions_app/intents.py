@@ -20,6 +20,15 @@ from sessions_app.states import Desired
 logger = logging.getLogger(__name__)
 
 
+class IntentRefused(Exception):
+    """The request makes no sense in the session's current state; nothing was written."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 def _log(session_id: int, actor: str, message: str) -> None:
     SessionEvent.objects.create(
         session_id=session_id, kind=SessionEvent.Kind.INTENT, message=message, actor=actor

@@ -38,6 +38,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # The HTTP API (/api/v1/); ninja listed so its docs use its own static files.
+    "ninja",
+    "api",
 ]
 
 MIDDLEWARE = [
