@@ -37,14 +37,15 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/waconnect
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 ## test: lint, every tier on SQLite + in-memory layer (unit, integration, e2e), then
-## tests/postgres (with the chaos test) and the lease, supervisor, consumer and view
-## tests again on PostgreSQL + Redis
+## tests/postgres (with the chaos test) and the lease, supervisor, consumer, view and
+## API tests again on PostgreSQL + Redis
 test: venv chromium services lint
 	$(BIN)/python -m pytest
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TEST_DATABASE_NAME=test_waconnect_$$$$ \
 	  $(BIN)/python -m pytest -m "not benchmark" \
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
-	  tests/unit/test_consumers.py tests/unit/test_views.py
+	  tests/unit/test_consumers.py tests/unit/test_views.py \
+	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
