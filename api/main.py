@@ -25,6 +25,7 @@ COMMON_ERRORS = {
 }
 PATH_ERRORS = {"404": "No such session (or not one this token may see)"}
 WRITE_ERRORS = {"409": "Refused in the session's current state (see code)"}
+BODY_ERRORS = {"400": "The body is not JSON"}
 QR_ERRORS = {"406": "None of the offered media types is acceptable", "409": "No QR code now"}
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -58,6 +59,8 @@ class WaconnectApi(NinjaAPI):
                     extra |= PATH_ERRORS
                 if method != "get" or path.endswith("/sessions"):
                     extra |= WRITE_ERRORS
+                if "requestBody" in operation:
+                    extra |= BODY_ERRORS
                 if path.endswith("/qr"):
                     extra |= QR_ERRORS
                 responses = operation.setdefault("responses", {})

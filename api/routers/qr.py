@@ -43,7 +43,7 @@ def _render(code: str, kind: str) -> bytes:
 
 
 @router.get(
-    "/{int:session_id}/qr",
+    "/{session_id}/qr",
     response={200: QrOut},
     summary="The current QR code",
     openapi_extra={

@@ -123,7 +123,7 @@ def _read_visible(request: HttpRequest, session_id: int) -> dict[str, Any]:
     return snapshots.snapshot(get_session(request, session_id), with_events=False)
 
 
-@router.get("/{int:session_id}", response=SessionOut, summary="Read a session (long poll)")
+@router.get("/{session_id}", response=SessionOut, summary="Read a session (long poll)")
 async def read_session(
     request: HttpRequest,
     session_id: int,
@@ -174,7 +174,7 @@ async def read_session(
         await layer.group_discard(group, channel)
 
 
-@router.delete("/{int:session_id}", response={202: SessionOut}, summary="Delete a session")
+@router.delete("/{session_id}", response={202: SessionOut}, summary="Delete a session")
 def delete_session(request: HttpRequest, session_id: int) -> Status:
     """Ask for deletion: a supervisor unlinks the device, then the row goes (then 404)."""
     who = principal(request)
@@ -195,33 +195,31 @@ def _act(request: HttpRequest, session_id: int, action: Callable[[WaSession, str
     return Status(202, _fresh(session_id))
 
 
-@router.post("/{int:session_id}/start", response={202: SessionOut}, summary="Start")
+@router.post("/{session_id}/start", response={202: SessionOut}, summary="Start")
 def start(request: HttpRequest, session_id: int) -> Status:
     """Run the session: resume its device, or start a QR round if it has none."""
     return _act(request, session_id, intents.start)
 
 
-@router.post("/{int:session_id}/stop", response={202: SessionOut}, summary="Stop")
+@router.post("/{session_id}/stop", response={202: SessionOut}, summary="Stop")
 def stop(request: HttpRequest, session_id: int) -> Status:
     """Close the connection and keep it closed; the device stays linked."""
     return _act(request, session_id, intents.stop)
 
 
-@router.post("/{int:session_id}/new-qr", response={202: SessionOut}, summary="New QR code")
+@router.post("/{session_id}/new-qr", response={202: SessionOut}, summary="New QR code")
 def new_qr(request: HttpRequest, session_id: int) -> Status:
     """Start a new QR round (pair a new device)."""
     return _act(request, session_id, intents.new_qr)
 
 
-@router.post("/{int:session_id}/logout", response={202: SessionOut}, summary="Log out")
+@router.post("/{session_id}/logout", response={202: SessionOut}, summary="Log out")
 def logout(request: HttpRequest, session_id: int) -> Status:
     """Unlink the device from WhatsApp and forget its credentials."""
     return _act(request, session_id, intents.logout)
 
 
-@router.post(
-    "/{int:session_id}/pair-phone", response={202: SessionOut}, summary="Pair by phone number"
-)
+@router.post("/{session_id}/pair-phone", response={202: SessionOut}, summary="Pair by phone number")
 def pair_phone(request: HttpRequest, session_id: int, body: PairPhoneIn) -> Status:
     """Start a pairing round that links by phone number: ``pairing_code`` appears."""
     form = PairPhoneForm({"phone": body.phone})  # the page's validator, not a copy
@@ -244,7 +242,7 @@ class EventQuery(Schema):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
-@router.get("/{int:session_id}/events", response=Page[EventOut], summary="Event log")
+@router.get("/{session_id}/events", response=Page[EventOut], summary="Event log")
 def events(request: HttpRequest, session_id: int, query: Query[EventQuery]) -> dict[str, Any]:
     """The session's event log, newest first: what happened, when, and who asked."""
     principal(request).require(scopes.SESSIONS_READ, scopes.VIEW)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +14,7 @@ from django.test import Client
 
 from api.issuing import create_token
 from api.scopes import SCOPES
+from benchmarks.liveserver import ADMIN_USERNAME, REPO, LiveServer
 from sessions_app.models import WaSession
 
 ALL_SCOPES = list(SCOPES)
@@ -92,3 +96,21 @@ def api(make_token: Any) -> ApiClient:
 @pytest.fixture
 def session() -> WaSession:
     return WaSession.objects.create(name="sales", state="stopped")
+
+
+@pytest.fixture(scope="package")
+def live_api() -> Iterator[tuple[str, str]]:
+    """A real server (runserver: Daphne, inline supervisor, simulated WhatsApp) and a
+    token made by ``manage.py create_api_token`` for its admin: ``(base URL, token)``.
+
+    Long polls there are capped at 1 s and the rate limit is out of the way, so the
+    schema-driven test's many calls stay quick.
+    """
+    env = {"WACONNECT_API_MAX_WAIT": "1", "WACONNECT_API_RATE": "100000/m"}
+    with LiveServer(timing={"first_qr_ttl": 30}, extra_env=env, log_level="WARNING") as server:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "create_api_token", "--user", ADMIN_USERNAME,
+             "--name", "live", "--scope", "sessions:read", "--scope", "sessions:write"],
+            cwd=REPO, env=server.env(), capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        yield server.url, result.stdout.strip()
