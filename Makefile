@@ -45,7 +45,8 @@ test: venv chromium services lint
 	  $(BIN)/python -m pytest -m "not benchmark" \
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
 	  tests/unit/test_consumers.py tests/unit/test_views.py \
-	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py
+	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
+	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -14,6 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema
 from ninja.responses import Status
@@ -112,7 +113,10 @@ def create_session(request: HttpRequest, body: SessionIn) -> HttpResponse:
 
     def work() -> tuple[int, dict[str, Any]]:
         name = clean_session_name(body.name)
-        session = intents.create_session(name, who.actor)
+        try:
+            session = intents.create_session(name, who.actor)
+        except IntegrityError:  # the same name created concurrently
+            raise ApiError(409, "name_taken", "A session with this name already exists.") from None
         return 201, SessionOut.model_validate(_out(session)).model_dump(mode="json")
 
     return idempotency.once(request, body.model_dump(), work)
