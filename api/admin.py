@@ -63,6 +63,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
             request._new_api_token = text  # type: ignore[attr-defined]
         super().save_model(request, obj, form, change)
 
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        token = form.instance
+        all_sessions = not token.sessions.exists()
+        if token.all_sessions != all_sessions:
+            token.all_sessions = all_sessions
+            ApiToken.objects.filter(pk=token.pk).update(all_sessions=all_sessions)
+
     def response_add(self, request: HttpRequest, obj: ApiToken, *args: Any) -> HttpResponse:
         text = getattr(request, "_new_api_token", None)
         if text is None:

@@ -85,11 +85,13 @@ def authenticate_token(raw: str) -> Principal:
     now = timezone.now()
     if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    limited = list(token.sessions.values_list("pk", flat=True))
+    limited = None
+    if not token.all_sessions:
+        limited = frozenset(token.sessions.values_list("pk", flat=True))
     return Principal(
         token=token,
         perms=frozenset(p for p in scopes.PERMISSIONS if user.has_perm(p)),
-        session_ids=frozenset(limited) if limited else None,
+        session_ids=limited,
     )
 
 

@@ -22,10 +22,15 @@ def create_token(
     expires_at: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """A saved token and its full text; the text is shown once and never stored."""
+    sessions = list(sessions)
     token, text = ApiToken.issue(
-        name=name, user=user, scopes=validate_scopes(list(scopes)), expires_at=expires_at
+        name=name,
+        user=user,
+        scopes=validate_scopes(list(scopes)),
+        expires_at=expires_at,
+        all_sessions=not sessions,
     )
     with transaction.atomic():
         token.save()
-        token.sessions.set(list(sessions))
+        token.sessions.set(sessions)
     return token, text

@@ -60,7 +60,12 @@ class ApiToken(models.Model):
         "sessions_app.WaSession",
         blank=True,
         related_name="+",
-        help_text="Limit the token to these sessions; empty: every session.",
+        help_text="Limit the token to these sessions; none chosen: every session.",
+    )
+    all_sessions = models.BooleanField(
+        default=True,
+        editable=False,
+        help_text="No session list (a limited token never widens to all).",
     )
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

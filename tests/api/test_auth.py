@@ -224,3 +224,14 @@ def test_requests_past_the_rate_get_429_with_retry_after(api: ApiClient, setting
     assert response.json()["code"] == "rate_limited"
     assert int(response["Retry-After"]) > 0
     cache.clear()
+
+
+def test_a_limited_token_whose_sessions_are_gone_sees_none_not_all(
+    make_token: Any, qr_session: WaSession
+) -> None:
+    other = WaSession.objects.create(name="other")
+    limited = ApiClient(make_token(sessions=[other]))
+    other.delete()  # what the supervisor does once a deletion is done
+    assert limited.get("/sessions").json()["data"] == []
+    assert limited.get(f"/sessions/{qr_session.pk}").status_code == 404
+    assert limited.post("/sessions", {"name": "mine"}).json()["code"] == "session_limited"
