@@ -60,3 +60,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_failover.py
 	$(BIN)/python benchmarks/bench_fanout.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_api_qr.py
