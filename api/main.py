@@ -1,7 +1,8 @@
 """The one ``NinjaAPI``: routers mounted, token auth and throttle, problem errors.
 
 Swagger UI (``/api/v1/docs``) and its assets come from ninja's own static files
-(``ninja`` is in INSTALLED_APPS), so the docs work offline. The OpenAPI schema
+(``ninja`` is in INSTALLED_APPS), so the docs work offline; docs and schema are
+for staff users and token holders (:mod:`api.docs`). The OpenAPI schema
 is completed here with the problem responses every operation can give.
 """
 
@@ -14,6 +15,7 @@ from ninja import NinjaAPI
 
 from api import errors
 from api.auth import TokenBearer, TokenRateThrottle
+from api.docs import docs_access
 from api.routers import qr, sessions
 
 #: Error statuses an operation may answer besides its own, documented for every one.
@@ -91,6 +93,7 @@ api = WaconnectApi(
     auth=TokenBearer(),
     throttle=[TokenRateThrottle()],
     docs_url="/docs",
+    docs_decorator=docs_access,
 )
 errors.install(api)
 api.add_router("/sessions", sessions.router)

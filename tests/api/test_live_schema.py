@@ -32,9 +32,11 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 
 @pytest.fixture
 def api_schema(live_api: tuple[str, str]) -> Any:
-    url, _ = live_api
+    url, token = live_api
     config = SchemathesisConfig.from_str(CONFIG)
-    return schemathesis.openapi.from_url(f"{url}/api/v1/openapi.json", config=config)
+    return schemathesis.openapi.from_url(
+        f"{url}/api/v1/openapi.json", config=config, headers={"Authorization": f"Bearer {token}"}
+    )
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
