@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django import forms
 from django.utils import timezone
 
-from api.scopes import SCOPES
+from api.scopes import SCOPES, VIEW
 from sessions_app.models import WaSession
 
 EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
@@ -31,6 +32,11 @@ class TokenForm(forms.Form):
         help_text="None ticked: every session.",
     )
     expires_in = forms.ChoiceField(choices=EXPIRY_CHOICES, initial="90", required=False)
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not user.has_perm(VIEW):  # no session names for those who may not see them
+            self.fields["sessions"].queryset = WaSession.objects.none()
 
     def expires_at(self) -> dt.datetime | None:
         days = self.cleaned_data.get("expires_in")

@@ -31,10 +31,10 @@ class TokenPageView(StaffRequiredMixin, View):
         return response
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        return self._render(request, TokenForm())
+        return self._render(request, TokenForm(user=request.user))
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        form = TokenForm(request.POST)
+        form = TokenForm(request.POST, user=request.user)
         if not form.is_valid():
             return self._render(request, form)
         token, text = create_token(
@@ -44,7 +44,9 @@ class TokenPageView(StaffRequiredMixin, View):
             sessions=form.cleaned_data["sessions"],
             expires_at=form.expires_at(),
         )
-        return self._render(request, TokenForm(), new_token=token, new_token_text=text)
+        return self._render(
+            request, TokenForm(user=request.user), new_token=token, new_token_text=text
+        )
 
 
 class RevokeTokenView(StaffRequiredMixin, View):
