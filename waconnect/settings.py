@@ -193,6 +193,11 @@ WACONNECT_SIMULATED_TIMING = {
 WACONNECT_SIM_SERVICE = env("WACONNECT_SIM_SERVICE", default="")
 WACONNECT_SIM_KEEPALIVE = env.float("WACONNECT_SIM_KEEPALIVE", default=5.0)
 
+# The HTTP API: requests per token (ninja throttle syntax, per process) and the
+# longest a long poll is held open.
+WACONNECT_API_RATE = env("WACONNECT_API_RATE", default="600/m")
+WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
+
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,

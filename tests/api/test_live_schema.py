@@ -9,9 +9,11 @@ changes the bound (25 per operation).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
@@ -42,6 +44,13 @@ def api_schema(live_api: tuple[str, str]) -> Any:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@pytest.fixture(scope="module")
+def http() -> Iterator[requests.Session]:
+    """One HTTP session for every generated call, closed at the end (no stray sockets)."""
+    with requests.Session() as session:
+        yield session
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -49,6 +58,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_the_api_keeps_its_schema(case: Any, live_api: tuple[str, str]) -> None:
+def test_the_api_keeps_its_schema(
+    case: Any, live_api: tuple[str, str], http: requests.Session
+) -> None:
     url, token = live_api
-    case.call_and_validate(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    case.call_and_validate(
+        base_url=url, session=http, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )

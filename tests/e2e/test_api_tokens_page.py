@@ -34,16 +34,20 @@ def test_a_token_made_on_the_page_is_copied_and_works_then_is_revoked(
         token = page.evaluate("navigator.clipboard.readText()")
         assert token == page.input_value("#new-token-text")
         assert token.startswith("wac_")
-        api = httpx.Client(
+        with httpx.Client(
             base_url=f"{live_server_url}/api/v1", headers={"Authorization": f"Bearer {token}"}
-        )
-        assert api.get("/sessions").status_code == 200
-        assert api.post("/sessions", json={"name": name}).json()["code"] == "insufficient_scope"
+        ) as api:
+            assert api.get("/sessions").status_code == 200
+            refused = api.post("/sessions", json={"name": name}).json()
+            assert refused["code"] == "insufficient_scope"
         page.goto("/tokens/")
         assert token not in page.content()  # shown once
         page.locator(f"#tokens tr:has-text('{name}') button", has_text="Revoke").click()
         expect(page.locator("#tokens tr", has_text=name)).to_contain_text("revoked")
-        assert api.get("/sessions").json()["code"] == "token_revoked"
+        revoked = httpx.get(
+            f"{live_server_url}/api/v1/sessions", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert revoked.json()["code"] == "token_revoked"
         assert errors == []
     finally:
         context.close()
