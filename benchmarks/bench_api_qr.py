@@ -8,8 +8,9 @@ Shape: one process, as ``make run`` starts it (``manage.py runserver``: Daphne, 
 supervisor inside, SQLite, the in-memory channel layer, the simulated WhatsApp,
 nobody scans, first QR valid 60 s), started by ``benchmarks/liveserver.py``. A
 token comes from ``manage.py create_api_token``. For each sample two clients run
-side by side (asyncio, httpx, one connection pool each), each creating a session
-of its own:
+side by side (asyncio, httpx, one connection pool each; the polling one starts
+0.5 s later, so the two creates do not land at the same instant), each creating
+a session of its own:
 
 - **long poll**: ``POST /api/v1/sessions``, then ``GET /sessions/{id}?after_version=V&wait=25``
   until ``qr_available``, then ``GET /sessions/{id}/qr`` (JSON);
@@ -41,6 +42,8 @@ from benchmarks.liveserver import ADMIN_USERNAME, REPO, LiveServer
 from benchmarks.stats import load_average, summary, table
 
 POLL_INTERVAL = 1.0
+#: The polling client starts this long after the long-poll client in each sample.
+STAGGER = 0.5
 
 
 async def create(api: httpx.AsyncClient, name: str) -> dict:
@@ -55,9 +58,11 @@ async def qr(api: httpx.AsyncClient, session_id: int) -> dict:
     return response.json()
 
 
-async def long_poll_client(api: httpx.AsyncClient, name: str) -> float:
+async def long_poll_client(api: httpx.AsyncClient, name: str, marks: dict[str, float]) -> float:
+    """The long-poll client; ``marks`` gets when (ms after start) each step answered."""
     start = time.perf_counter()
     session = await create(api, name)
+    marks["create answered"] = (time.perf_counter() - start) * 1000
     while not session["qr_available"]:
         response = await api.get(
             f"/sessions/{session['id']}",
@@ -65,11 +70,15 @@ async def long_poll_client(api: httpx.AsyncClient, name: str) -> float:
         )
         response.raise_for_status()
         session = response.json()
+        marks.setdefault(
+            f"long poll answered: {session['state']}", (time.perf_counter() - start) * 1000
+        )
     await qr(api, session["id"])
     return (time.perf_counter() - start) * 1000
 
 
-async def polling_client(api: httpx.AsyncClient, name: str) -> float:
+async def polling_client(api: httpx.AsyncClient, name: str, delay: float) -> float:
+    await asyncio.sleep(delay)  # not at the same instant as the other client's create
     start = time.perf_counter()
     session = await create(api, name)
     while True:
@@ -91,22 +100,29 @@ def make_token(server: LiveServer) -> str:
     return result.stdout.strip()
 
 
-async def run(url: str, token: str, samples: int, warmup: int) -> dict[str, list[float]]:
+async def run(
+    url: str, token: str, samples: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     headers = {"Authorization": f"Bearer {token}"}
     results: dict[str, list[float]] = {"long poll": [], "polling 1 s": []}
+    steps: dict[str, list[float]] = {}
     tag = secrets.token_hex(3)
     async with (
         httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=40) as a,
         httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=40) as b,
     ):
         for i in range(warmup + samples):
+            marks: dict[str, float] = {}
             pushed, polled = await asyncio.gather(
-                long_poll_client(a, f"lp-{tag}-{i}"), polling_client(b, f"po-{tag}-{i}")
+                long_poll_client(a, f"lp-{tag}-{i}", marks),
+                polling_client(b, f"po-{tag}-{i}", STAGGER),
             )
             if i >= warmup:
                 results["long poll"].append(pushed)
                 results["polling 1 s"].append(polled)
-    return results
+                for step, ms in marks.items():
+                    steps.setdefault(step, []).append(ms)
+    return results, steps
 
 
 def main() -> None:
@@ -120,14 +136,16 @@ def main() -> None:
     env = {"WACONNECT_API_RATE": "100000/m"}
     with LiveServer(timing=timing, extra_env=env, log_level="WARNING") as server:
         token = make_token(server)
-        results = asyncio.run(run(server.url, token, args.samples, args.warmup))
+        results, steps = asyncio.run(run(server.url, token, args.samples, args.warmup))
     print(f"load average after: {load_average()}")
     rows = [(name, summary(values)) for name, values in results.items()]
     print(table(rows, label="create → QR in the client (ms)"))
+    print("\nthe long-poll client's steps, ms after its create request was sent:")
+    print(table([(step, summary(v)) for step, v in steps.items()], label="step"))
     ratio = rows[1][1]["p50"] / rows[0][1]["p50"]
     print(f"polling / long poll at p50: {ratio:,.0f}×")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"results": results, "steps": steps}, indent=1))
 
 
 if __name__ == "__main__":
