@@ -96,6 +96,11 @@ def _field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /api/v1/: a problem too, not Django's HTML page."""
+    return problem(404, "not_found", "No such API endpoint.")
+
+
 def install(api: NinjaAPI) -> None:
     """Register the problem handlers on ``api`` (replacing ninja's defaults)."""
 

@@ -43,3 +43,10 @@ def test_docs_and_schema_need_staff_or_a_token(client: Client, plain_user: Any) 
     client.force_login(plain_user)
     assert client.get("/api/v1/docs").status_code == 403
     assert client.get("/api/v1/openapi.json").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v2/sessions", "/api/v1/sessions/1/nope"])
+def test_unknown_api_paths_are_problems_too(api: ApiClient, path: str) -> None:
+    response = api.client.get(path, headers=api.headers)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
