@@ -37,8 +37,8 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/waconnect
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 ## test: lint, every tier on SQLite + in-memory layer (unit, integration, e2e), then
-## tests/postgres (with the chaos test) and the lease, supervisor, consumer and view
-## tests again on PostgreSQL + Redis
+## tests/postgres (with the chaos test) and the lease, supervisor, consumer, view and
+## API tests again on PostgreSQL + Redis
 test: venv chromium services lint
 	$(BIN)/python -m pytest
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TEST_DATABASE_NAME=test_waconnect_$$$$ \
@@ -47,7 +47,9 @@ test: venv chromium services lint
 	  tests/unit/test_consumers.py tests/unit/test_views.py tests/unit/test_names.py \
 	  tests/unit/test_ops_web.py tests/unit/test_ops_metrics_move.py \
 	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \
-	  tests/unit/test_supervisor_partition.py
+	  tests/unit/test_supervisor_partition.py \
+	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
+	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
@@ -63,3 +65,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_metrics_scrape.py
 	$(BIN)/python benchmarks/bench_db_call.py
+	$(BIN)/python benchmarks/bench_api_qr.py

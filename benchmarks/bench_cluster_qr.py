@@ -20,7 +20,7 @@ ratio.
 Shape: ``benchmarks/cluster.py`` starts the simulated WhatsApp service (nobody
 scans, first QR valid 60 s) and two ``run_supervisor`` processes; one Daphne
 process (``python -m daphne waconnect.asgi:application``, ``DEBUG=off``,
-WhiteNoise serving the collected static files, see ``web_settings.py``) serves
+ServeStatic serving the collected static files, see ``web_settings.py``) serves
 the pages; all on a PostgreSQL database of its own and Redis db 12. Headless
 Chromium logs in as a staff user and, for each sample, opens the create page,
 fills a new name and presses **create**. The page records the click

@@ -1,7 +1,7 @@
 """Production settings for a benchmark's Daphne, with static files collected elsewhere.
 
 The web tier runs as in production (README: ``DEBUG=off``, ``collectstatic``,
-``daphne waconnect.asgi:application``), and WhiteNoise serves the collected files.
+``daphne waconnect.asgi:application``), and ServeStatic serves the collected files.
 Only ``STATIC_ROOT`` differs: ``collectstatic`` writes into a directory of the
 benchmark's own (``WACONNECT_BENCH_STATIC_ROOT``) instead of the checkout's
 ``staticfiles/``. Plain Daphne never serves static files with ``DEBUG`` on (only

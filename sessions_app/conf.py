@@ -157,3 +157,13 @@ def metrics_token_verifier() -> str:
     """Dotted path of ``verify(token, scope) -> bool`` for ``/metrics`` bearer tokens;
     empty: the API app's ``api.auth.verify_token`` if it is installed."""
     return str(_get("METRICS_TOKEN_VERIFIER", ""))
+
+
+def api_rate() -> str:
+    """Requests one API token may make (ninja throttle syntax: ``600/m``; per process)."""
+    return str(_get("API_RATE", "600/m"))
+
+
+def api_max_wait() -> float:
+    """Longest a long poll (``GET /api/v1/sessions/{id}?wait=``) is held open, in seconds."""
+    return float(_get("API_MAX_WAIT", 30.0))

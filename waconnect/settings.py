@@ -47,19 +47,26 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "servestatic",  # its configuration checks
     "django.contrib.staticfiles",
     "channels",
     "ops",
     "axes",
     "csp",
+    # The HTTP API (/api/v1/); ninja listed so its docs use its own static files.
+    "ninja",
+    "api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files come from the app itself in every mode (no nginx needed): in
     # production the collected, hashed files; with DEBUG on straight from the
-    # finders (WHITENOISE_USE_FINDERS), so plain `daphne` serves them too.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # finders (SERVESTATIC_USE_FINDERS), so plain `daphne` serves them too.
+    # ServeStatic (WhiteNoise's async fork), not WhiteNoise: one sync-only
+    # middleware makes Django run every async view (the API's long poll) through
+    # async_to_sync in a thread of its own, off the channel layer's event loop.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -71,8 +78,8 @@ MIDDLEWARE = [
     # Last, as django-axes asks: turns a lockout into its 429 answer.
     "axes.middleware.AxesMiddleware",
 ]
-WHITENOISE_USE_FINDERS = DEBUG
-WHITENOISE_AUTOREFRESH = DEBUG
+SERVESTATIC_USE_FINDERS = DEBUG
+SERVESTATIC_AUTOREFRESH = DEBUG
 
 ROOT_URLCONF = "waconnect.urls"
 ASGI_APPLICATION = "waconnect.asgi.application"
@@ -217,7 +224,7 @@ STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
@@ -316,6 +323,11 @@ WACONNECT_SIM_CLIENT_TIMEOUT = env.float("WACONNECT_SIM_CLIENT_TIMEOUT", default
 # Who may read /metrics without a token (CIDRs; see ops/auth.py).
 WACONNECT_METRICS_ALLOW = env.list("WACONNECT_METRICS_ALLOW", default=["127.0.0.0/8", "::1/128"])
 WACONNECT_METRICS_TOKEN_VERIFIER = env("WACONNECT_METRICS_TOKEN_VERIFIER", default="")
+
+# The HTTP API: requests per token (ninja throttle syntax, per process) and the
+# longest a long poll is held open.
+WACONNECT_API_RATE = env("WACONNECT_API_RATE", default="600/m")
+WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 # "plain" for people, "json" (one object per line) for log shippers.

@@ -1,0 +1,38 @@
+"""The fixed set of token scopes, and which Django permission each action also needs.
+
+A scope narrows what a token may do; the user's Django permissions bound it. Both
+are checked on every request (:mod:`api.auth`).
+"""
+
+from __future__ import annotations
+
+SESSIONS_READ = "sessions:read"
+SESSIONS_WRITE = "sessions:write"
+MESSAGES_READ = "messages:read"
+MESSAGES_SEND = "messages:send"
+WEBHOOKS_MANAGE = "webhooks:manage"
+METRICS_READ = "metrics:read"
+
+SCOPES: dict[str, str] = {
+    SESSIONS_READ: "List sessions, read their state, QR code and event log",
+    SESSIONS_WRITE: "Create, start, stop, re-pair, log out and delete sessions",
+    MESSAGES_READ: "Read messages (reserved for the messages API)",
+    MESSAGES_SEND: "Send messages (reserved for the messages API)",
+    WEBHOOKS_MANAGE: "Manage webhook endpoints (reserved for the webhooks API)",
+    METRICS_READ: "Read metrics (reserved for the metrics endpoint)",
+}
+
+#: Django permissions of sessions_app, by what the request does to a session.
+VIEW = "sessions_app.view_wasession"
+ADD = "sessions_app.add_wasession"
+CHANGE = "sessions_app.change_wasession"
+DELETE = "sessions_app.delete_wasession"
+PERMISSIONS = (VIEW, ADD, CHANGE, DELETE)
+
+
+def validate_scopes(values: list[str]) -> list[str]:
+    """The scopes in a stable order; ``ValueError`` names any unknown one."""
+    unknown = sorted(set(values) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scope(s): {', '.join(unknown)}")
+    return [s for s in SCOPES if s in values]
