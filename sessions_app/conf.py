@@ -90,7 +90,7 @@ def simulated_keepalive() -> float:
 
 def simulated_client_timeout() -> float:
     """Seconds of silence after which the simulated WhatsApp service drops a client."""
-    return float(_get("SIM_CLIENT_TIMEOUT", 10.0))
+    return float(_get("SIM_CLIENT_TIMEOUT", 8.0))
 
 
 def check_gives_up_before_lease_passes(setting: str, seconds: float) -> None:
@@ -99,18 +99,19 @@ def check_gives_up_before_lease_passes(setting: str, seconds: float) -> None:
     A neonize worker (``WACONNECT_WORKER_DEADLINE``) and the simulated WhatsApp
     service (``WACONNECT_SIM_CLIENT_TIMEOUT``) cut the connections of a supervisor
     that fell silent; they must do it before its leases can pass to another
-    supervisor, that is within ``WACONNECT_LEASE_TTL`` minus
-    ``WACONNECT_SELF_FENCE_MARGIN`` (the same bound a live supervisor fences
-    itself at).
+    supervisor. A supervisor frozen just before a renewal holds leases that expire
+    ``WACONNECT_LEASE_TTL`` minus ``WACONNECT_RENEW_INTERVAL`` after it froze, so the
+    limit is that, less ``WACONNECT_SELF_FENCE_MARGIN`` (the margin a live
+    supervisor keeps for itself): 15 − 5 − 2 = 8 s with the defaults.
     """
     leases = supervisor_config()
-    limit = leases.lease_ttl - leases.self_fence_margin
-    if not 0 < seconds < limit:
+    limit = leases.lease_ttl - leases.renew_interval - leases.self_fence_margin
+    if not 0 < seconds <= limit:
         raise ImproperlyConfigured(
-            f"{setting} must be positive and shorter than WACONNECT_LEASE_TTL minus "
-            f"WACONNECT_SELF_FENCE_MARGIN ({limit:g} s), or a frozen supervisor's "
-            f"connections could stay open after another supervisor took their sessions; "
-            f"got {seconds:g} s"
+            f"{setting} must be positive and at most WACONNECT_LEASE_TTL minus "
+            f"WACONNECT_RENEW_INTERVAL minus WACONNECT_SELF_FENCE_MARGIN ({limit:g} s), or "
+            f"the connections of a supervisor frozen just before a renewal could stay "
+            f"open after another supervisor took their sessions; got {seconds:g} s"
         )
 
 
@@ -141,7 +142,7 @@ def worker_config() -> Any:
         store=neonize_store(),
         warm=int(_get("WARM_WORKERS", 2)),
         heartbeat=float(_get("WORKER_HEARTBEAT", 2.0)),
-        deadline=float(_get("WORKER_DEADLINE", 10.0)),
+        deadline=float(_get("WORKER_DEADLINE", 6.0)),
         ask_grace=float(_get("WORKER_ASK_GRACE", 1.0)),
         term_grace=float(_get("WORKER_TERM_GRACE", 1.0)),
         log_level=str(_get("WORKER_LOG_LEVEL", "WARNING")),

@@ -70,8 +70,8 @@ SETTINGS = {
     "WACONNECT_SIM_KEEPALIVE": "1",
 }
 #: A frozen supervisor's connections end this long after its last ping: before its
-#: leases expire (TTL − self-fence margin), like a neonize worker's own deadline.
-CLIENT_TIMEOUT = 4.0
+#: leases can expire (TTL − renew interval − self-fence margin), like a worker deadline.
+CLIENT_TIMEOUT = 3.0
 
 
 @pytest.fixture

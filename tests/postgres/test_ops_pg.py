@@ -95,7 +95,7 @@ def cluster(tmp_path: Path, redis_layer: None) -> Iterator[Cluster]:
         log_dir=tmp_path,
         settings=SETTINGS,
         auto_scan=0.05,
-        client_timeout=4.0,
+        client_timeout=2.0,
     ) as running:
         try:
             yield running

@@ -27,10 +27,11 @@ def test_simulated_in_process_or_through_the_service(settings: Any) -> None:
 def test_a_worker_must_give_up_on_its_supervisor_before_the_lease_passes(settings: Any) -> None:
     settings.WACONNECT_DRIVER = "neonize"
     settings.WACONNECT_LEASE_TTL = 15
+    settings.WACONNECT_RENEW_INTERVAL = 5
     settings.WACONNECT_SELF_FENCE_MARGIN = 2
-    settings.WACONNECT_WORKER_DEADLINE = 10
+    settings.WACONNECT_WORKER_DEADLINE = 8  # frozen before a renewal: 15 − 5 − 2
     assert isinstance(build_driver(), NeonizeDriver)
-    settings.WACONNECT_WORKER_DEADLINE = 13
+    settings.WACONNECT_WORKER_DEADLINE = 10
     with pytest.raises(ImproperlyConfigured, match="WACONNECT_WORKER_DEADLINE"):
         build_driver()
 

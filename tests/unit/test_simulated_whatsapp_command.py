@@ -19,7 +19,8 @@ def test_the_default_drops_a_silent_client_before_its_leases_can_pass(settings: 
     leases = conf.supervisor_config()
     timeout = check_client_timeout(None)
     assert timeout == conf.simulated_client_timeout()
-    assert conf.simulated_keepalive() < timeout < leases.lease_ttl - leases.self_fence_margin
+    limit = leases.lease_ttl - leases.renew_interval - leases.self_fence_margin
+    assert conf.simulated_keepalive() < timeout <= limit
 
 
 def test_the_setting_is_the_default(settings: Any) -> None:
@@ -27,13 +28,18 @@ def test_the_setting_is_the_default(settings: Any) -> None:
     assert check_client_timeout(None) == 7.5
 
 
-@pytest.mark.parametrize("timeout", [13.0, 15.0, 0.0, -1.0])
-def test_a_timeout_that_outlasts_ttl_minus_margin_is_refused(settings: Any, timeout: float) -> None:
+@pytest.mark.parametrize("timeout", [8.1, 12.9, 15.0, 0.0, -1.0])
+def test_a_timeout_that_outlasts_a_lease_frozen_before_renewal_is_refused(
+    settings: Any, timeout: float
+) -> None:
+    """Frozen just before a renewal, a supervisor's leases expire TTL − renew
+    interval later: 15 − 5 = 10 s, less the 2 s margin."""
     settings.WACONNECT_LEASE_TTL = 15.0
+    settings.WACONNECT_RENEW_INTERVAL = 5.0
     settings.WACONNECT_SELF_FENCE_MARGIN = 2.0
-    with pytest.raises(CommandError, match="WACONNECT_LEASE_TTL minus"):
+    with pytest.raises(CommandError, match="WACONNECT_RENEW_INTERVAL"):
         check_client_timeout(timeout)
-    assert check_client_timeout(12.9) == 12.9
+    assert check_client_timeout(8.0) == 8.0
 
 
 def test_a_keepalive_that_cannot_keep_a_client_is_refused(settings: Any) -> None:
