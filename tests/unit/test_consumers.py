@@ -24,17 +24,18 @@ from waconnect.asgi import application
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")
 
 
 @sync_to_async
 def cookie_for(username: str | None) -> list[tuple[bytes, bytes]]:
     if username is None:
-        return [ORIGIN]
+        return [ORIGIN, HOST]
     client = Client()
     client.force_login(get_user_model().objects.get(username=username))
     assert SESSION_KEY in client.session
     cookie = f"sessionid={client.cookies['sessionid'].value}"
-    return [ORIGIN, (b"cookie", cookie.encode())]
+    return [ORIGIN, HOST, (b"cookie", cookie.encode())]
 
 
 @sync_to_async
