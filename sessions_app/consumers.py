@@ -138,6 +138,8 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
 
     async def user_recheck(self, message: dict[str, Any]) -> None:
         """Something may have taken this user's rights away (``revocation``)."""
+        if not self.joined:
+            return  # already closed
         if message.get("logged_out") and message["logged_out"] == self.session_key_hash:
             await self.close_with(CLOSE_UNAUTHENTICATED)
             return

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import hashlib
 from importlib import import_module
-from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
 from django.contrib import auth
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.contrib.auth.signals import user_logged_out
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+from django.utils.crypto import constant_time_compare
 
 from sessions_app import doorbell
 
@@ -43,13 +44,29 @@ def session_key_hash(session_key: str | None) -> str:
 def fresh_user(session_key: str | None) -> Any:
     """The user of a login session as an HTTP request would see it now.
 
-    Reads the session from its store and the user from the database, exactly as
-    ``django.contrib.auth.get_user`` does for a request: an expired or flushed
-    session, an inactive user or a changed password give ``AnonymousUser``.
+    Reads the session from its store and the user from the database and checks
+    them as ``django.contrib.auth.get_user`` does for a request: an expired or
+    flushed session, an unknown backend, an inactive or deleted user or a changed
+    password give ``AnonymousUser``. Unlike ``get_user`` it writes nothing (no
+    flush, no hash upgrade): a socket's check must not log anyone out.
     Synchronous (database).
     """
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    return auth.get_user(SimpleNamespace(session=store))
+    try:
+        user_id = auth.get_user_model()._meta.pk.to_python(store[auth.SESSION_KEY])
+        backend_path = store[auth.BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return AnonymousUser()
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return AnonymousUser()
+    user = auth.load_backend(backend_path).get_user(user_id)
+    if user is None:
+        return AnonymousUser()
+    stored = store.get(auth.HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not stored or not any(constant_time_compare(stored, h) for h in hashes):
+        return AnonymousUser()
+    return user
 
 
 def _recheck(user_ids: set[int] | list[int], logged_out: str = "") -> None:

@@ -478,3 +478,14 @@ async def test_pushes_skip_the_database_clean_up_other_messages_keep_it(
     assert await ws.receive_json_from() == {"type": "pong"}
     assert len(cleanups) == before + 1, "a browser's message keeps the clean-up"
     await ws.disconnect()
+
+
+async def test_a_sockets_check_logs_nobody_out(session: WaSession, staff_user: Any) -> None:
+    """A changed password closes the socket; the login session itself is left to Django
+    (its password-change view keeps the changer's own session valid)."""
+    client, headers = await login_cookie(staff_user)
+    ws = await watching(session, headers)
+    await sync_to_async(_new_password)(staff_user)
+    await assert_closed_and_deaf(ws, session, CLOSE_UNAUTHENTICATED)
+    key = client.cookies["sessionid"].value
+    assert await sync_to_async(Session.objects.filter(session_key=key).exists)()
