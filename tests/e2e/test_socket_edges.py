@@ -8,12 +8,13 @@ with a bare RFC 6455 client (benchmarks/wsprobe.py) and the admin's session cook
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import BrowserContext, Page, expect
 
 from benchmarks.liveserver import LiveServer
 from benchmarks.wsprobe import OP_CLOSE, OP_TEXT, FrameReader, _client_frame, upgrade_request
@@ -82,3 +83,18 @@ def test_unknown_paths_close_with_4404_and_no_traceback(
     output = waconnect_server.output()
     assert "Traceback" not in output
     assert "No route found" not in output
+
+
+def test_logging_out_in_one_tab_sends_the_other_tabs_live_page_to_the_login(
+    context: BrowserContext,
+) -> None:
+    """The socket of a page left open does not outlive the login (no more QR codes)."""
+    watcher = context.new_page()
+    log_in(watcher)
+    watcher.goto("/sessions/")
+    expect(watcher.locator("#socket-status")).to_have_attribute("data-online", "true")
+    other = context.new_page()
+    other.goto("/sessions/")
+    other.click(".logout-form button[type=submit]")
+    other.wait_for_url(re.compile(r"/accounts/login/"))
+    watcher.wait_for_url(re.compile(r"/accounts/login/\?next=/sessions/"))

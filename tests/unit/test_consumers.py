@@ -71,12 +71,14 @@ async def test_anonymous_is_closed_with_4401(session: WaSession) -> None:
     connected, _ = await ws.connect()
     assert connected
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+    await ws.disconnect()
 
 
 async def test_non_staff_is_closed_with_4403(session: WaSession, plain_user: Any) -> None:
     ws = await connect(f"/ws/sessions/{session.pk}/", username="bob")
     await ws.connect()
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+    await ws.disconnect()
 
 
 async def test_foreign_origin_is_rejected(session: WaSession) -> None:
@@ -90,6 +92,7 @@ async def test_unknown_session_is_closed_with_4404(staff_user: Any) -> None:
     ws = await connect("/ws/sessions/999999/")
     await ws.connect()
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
+    await ws.disconnect()
 
 
 async def test_snapshot_on_connect_then_pushes(session: WaSession) -> None:
@@ -163,6 +166,7 @@ async def test_oversized_messages_close_with_an_application_code_and_leave_the_g
     assert [await group_size(g) for g in groups] == before
     await doorbell.publish(await push(session, version=77), None)
     assert await ws.receive_nothing()
+    await ws.disconnect()
 
 
 async def test_not_found_closes_leave_the_groups_too(staff_user: Any) -> None:
@@ -173,6 +177,7 @@ async def test_not_found_closes_leave_the_groups_too(staff_user: Any) -> None:
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
     assert await group_size(group) == before
     assert await group_size(doorbell.user_group(staff_user.pk)) == 0
+    await ws.disconnect()
 
 
 @pytest.mark.parametrize(
@@ -195,6 +200,7 @@ async def test_unknown_paths_and_overlong_ids_close_cleanly_with_4404(
     connected, _ = await ws.connect()
     assert connected
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
+    await ws.disconnect()
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
@@ -202,6 +208,7 @@ async def test_the_largest_routed_id_is_an_ordinary_unknown_session(staff_user: 
     ws = await connect("/ws/sessions/" + "9" * 18 + "/")
     await ws.connect()
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
+    await ws.disconnect()
 
 
 @pytest.mark.parametrize(
@@ -258,6 +265,7 @@ async def assert_closed_and_deaf(ws: WebsocketCommunicator, session: WaSession, 
     assert await group_size(doorbell.session_group(session.pk)) == 0
     await doorbell.publish(await push(session, qr_code="https://wa.me/x#new", version=50), None)
     assert await ws.receive_nothing()
+    await ws.disconnect()  # what the server sends after a close: the consumer ends
 
 
 async def test_logout_closes_that_login_sessions_sockets(
@@ -274,6 +282,7 @@ async def test_logout_closes_that_login_sessions_sockets(
     await doorbell.publish(await push(session, version=60), None)
     assert (await other.receive_json_from())["snapshot"]["version"] == 60
     assert await ws.receive_nothing()
+    await ws.disconnect()
     await other.disconnect()
 
 
@@ -382,6 +391,7 @@ async def test_losing_a_right_closes_open_sockets_at_once(
     await assert_closed_and_deaf(ws, session, code)
     assert await listing.receive_output() == {"type": "websocket.close", "code": code}
     assert await group_size(doorbell.LIST_GROUP) == 0
+    await listing.disconnect()
 
 
 async def test_an_unrelated_change_keeps_the_socket(session: WaSession, staff_user: Any) -> None:

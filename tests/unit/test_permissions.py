@@ -232,3 +232,4 @@ async def test_sockets_matrix(kind: str, which: str) -> None:
         await ws.disconnect()
     else:
         assert await ws.receive_output() == {"type": "websocket.close", "code": code}
+        await ws.disconnect()  # as the server does after a close: the consumer ends
