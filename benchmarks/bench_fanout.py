@@ -184,7 +184,11 @@ def prepare_app() -> Fixture:
     from sessions_app.states import Desired, State
 
     call_command("migrate", verbosity=0)
+    from django.contrib.auth.models import Permission
+
+    # A view-only operator, as the sockets require (sessions_app/permissions.py).
     user = get_user_model().objects.create_user("bench", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_wasession"))
     now = timezone.now()
     session = WaSession.objects.create(
         name="fanout",

@@ -118,15 +118,15 @@ class WaSessionAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{obj.name}: {refused.message}", messages.WARNING)
         self.message_user(request, f"{verb} requested for {done} session(s).")
 
-    @admin.action(description="Start selected sessions")
+    @admin.action(description="Start selected sessions", permissions=["change"])
     def start_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
         self._each(request, queryset, intents.start, "Start")
 
-    @admin.action(description="Stop selected sessions")
+    @admin.action(description="Stop selected sessions", permissions=["change"])
     def stop_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
         self._each(request, queryset, intents.stop, "Stop")
 
-    @admin.action(description="Log out selected sessions")
+    @admin.action(description="Log out selected sessions", permissions=["change"])
     def logout_sessions(self, request: HttpRequest, queryset: QuerySet[WaSession]) -> None:
         self._each(request, queryset, intents.logout, "Log out")
 

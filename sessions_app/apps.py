@@ -9,7 +9,9 @@ class SessionsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Every process starts with its data directory private (700, files 600)."""
-        from sessions_app import datafiles
+        """Every process starts with its data directory private (700, files 600), and
+        sockets are re-checked when a user's rights change."""
+        from sessions_app import datafiles, revocation
 
         datafiles.secure_at_start()
+        revocation.connect()

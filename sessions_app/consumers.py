@@ -11,56 +11,93 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from sessions_app import doorbell, snapshots
+from sessions_app import doorbell, permissions, revocation, snapshots
 from sessions_app.models import WaSession
 
 logger = logging.getLogger(__name__)
 
-#: Close codes (4000–4999 are the application's): the page shows why.
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_TOO_BIG = 1009
+#: Close codes. WebSocket reserves 1000–2999 for the protocol (a server may not
+#: send 1009 itself: Daphne turns it into 1011 and a traceback); 4000–4999 are the
+#: application's, modelled on HTTP statuses. The page (live.js) acts on them.
+CLOSE_UNAUTHENTICATED = 4401  #: not logged in, logged out, login expired, deactivated
+CLOSE_FORBIDDEN = 4403  #: not staff, or without the permission to see sessions
+CLOSE_NOT_FOUND = 4404  #: no such session, or no such socket path
+CLOSE_TOO_BIG = 4413  #: a browser message over MAX_MESSAGE_BYTES
 MAX_MESSAGE_BYTES = 1024
 
 #: Channel-layer messages that only forward data to the browser (no database).
 PUSHES = frozenset({"session.update", "session.row", "session.removed"})
 
 
-class _StaffConsumer(AsyncWebsocketConsumer):
-    """Accept only active staff users; everything else is closed with a reason code."""
+def refusal(user: Any) -> int | None:
+    """The close code for a user who may not watch sessions, or None. Synchronous."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return CLOSE_UNAUTHENTICATED
+    if not permissions.can_view(user):
+        return CLOSE_FORBIDDEN
+    return None
+
+
+class _OperatorConsumer(AsyncWebsocketConsumer):
+    """Accept only staff who may see sessions; close with a reason code otherwise.
+
+    The user is checked on connect, again whenever something may have taken their
+    rights away (``revocation``: a message to the user's group), and on the
+    browser's pings (at most once per ``RECHECK_EVERY`` seconds) — each time fresh
+    from the session store and the database. Every close leaves every group.
+    """
 
     group: str = ""
+    RECHECK_EVERY = 1.0
 
     async def connect(self) -> None:
+        self.joined: list[str] = []
+        self.user_id: int | None = None
+        self.checked_at = time.monotonic()
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        code = await database_sync_to_async(refusal)(user)
+        if code is not None:
             await self.accept()
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self.close(code=code)
             return
-        if not (user.is_active and user.is_staff):
-            await self.accept()
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
+        self.user_id = user.pk
+        session = self.scope.get("session")
+        self.session_key_hash = revocation.session_key_hash(session.session_key if session else "")
         # Join first, then read: a push racing the read is queued behind this
         # handler, and the page drops anything older than the snapshot's version.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(doorbell.user_group(user.pk))
+        await self.join(self.group)
         snapshot = await self.initial()
         await self.accept()
         if snapshot is None:
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self.close_with(CLOSE_NOT_FOUND)
             return
         await self.send_json(snapshot)
 
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+
+    async def leave_groups(self) -> None:
+        """Leave every group joined (idempotent): a closed socket gets no more pushes."""
+        joined, self.joined = getattr(self, "joined", []), []
+        for group in joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def close_with(self, code: int) -> None:
+        """Close with an application code, leaving the groups first."""
+        await self.leave_groups()
+        await self.close(code=code)
+
     async def disconnect(self, code: int) -> None:
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.leave_groups()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Pushes skip Channels' per-message database clean-up.
@@ -72,6 +109,8 @@ class _StaffConsumer(AsyncWebsocketConsumer):
         layer brought, so they go straight through; everything else as usual.
         """
         if message.get("type") in PUSHES:
+            if not getattr(self, "joined", None):
+                return  # closed: nothing more reaches the browser
             handler = getattr(self, get_handler_name(message), None)
             if handler is not None:
                 await handler(message)
@@ -81,16 +120,49 @@ class _StaffConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > MAX_MESSAGE_BYTES:
-            await self.close(code=CLOSE_TOO_BIG)
+            await self.close_with(CLOSE_TOO_BIG)
             return
         try:
             message = json.loads(text_data) if text_data is not None else None
         except ValueError:
             message = None
         if isinstance(message, dict) and message.get("type") == "ping":
+            if (
+                time.monotonic() - self.checked_at >= self.RECHECK_EVERY
+                and not await self.recheck()
+            ):
+                return
             await self.send_json({"type": "pong"})
         else:
             await self.send_json({"type": "error", "error": "unsupported message"})
+
+    async def user_recheck(self, message: dict[str, Any]) -> None:
+        """Something may have taken this user's rights away (``revocation``)."""
+        if not self.joined:
+            return  # already closed
+        if message.get("logged_out") and message["logged_out"] == self.session_key_hash:
+            await self.close_with(CLOSE_UNAUTHENTICATED)
+            return
+        await self.recheck()
+
+    async def recheck(self) -> bool:
+        """Check the user again, fresh; close and return False if they lost the right."""
+        if not self.joined:
+            return False
+        self.checked_at = time.monotonic()
+        code = await self._fresh_refusal()
+        if code is None:
+            return True
+        await self.close_with(code)
+        return False
+
+    @database_sync_to_async
+    def _fresh_refusal(self) -> int | None:
+        session = self.scope.get("session")
+        user = revocation.fresh_user(session.session_key if session else None)
+        if user.is_authenticated and user.pk != self.user_id:
+            return CLOSE_UNAUTHENTICATED  # another user logged in under this cookie
+        return refusal(user)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
@@ -99,7 +171,7 @@ class _StaffConsumer(AsyncWebsocketConsumer):
         raise NotImplementedError
 
 
-class SessionConsumer(_StaffConsumer):
+class SessionConsumer(_OperatorConsumer):
     """``/ws/sessions/<pk>/``: one session's snapshot, then every change."""
 
     async def connect(self) -> None:
@@ -121,7 +193,7 @@ class SessionConsumer(_StaffConsumer):
         await self.send_json({"type": "removed", "id": message["id"]})
 
 
-class SessionListConsumer(_StaffConsumer):
+class SessionListConsumer(_OperatorConsumer):
     """``/ws/sessions/``: every session's row, then every row change."""
 
     group = doorbell.LIST_GROUP
@@ -135,3 +207,15 @@ class SessionListConsumer(_StaffConsumer):
 
     async def session_removed(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "removed", "id": message["id"]})
+
+
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    """Every other ``/ws/...`` path: accepted and closed with 4404, nothing echoed.
+
+    Without it Channels' router raises for an unknown path, and Daphne answers
+    500 with a traceback that repeats the path in the log.
+    """
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -28,6 +28,36 @@ def session_group(pk: int) -> str:
     return f"waconnect.session.{int(pk)}"
 
 
+def user_group(pk: int) -> str:
+    """The group of one user's open sockets (told to re-check the user's rights)."""
+    return f"waconnect.user.{int(pk)}"
+
+
+async def recheck_users(user_ids: list[int], session_key_hash: str = "") -> None:
+    """Tell every open socket of these users to re-check them against the database.
+
+    ``session_key_hash`` (a logout) closes the sockets of that login session at
+    once, without waiting for the session row to be flushed.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": "user.recheck", "logged_out": session_key_hash}
+    for user_id in user_ids:
+        try:
+            await layer.group_send(user_group(user_id), message)
+        except Exception:
+            logger.warning(
+                "could not tell user %s's sockets to re-check; their next ping will",
+                user_id,
+                exc_info=True,
+            )
+
+
+def recheck_users_sync(user_ids: list[int], session_key_hash: str = "") -> None:
+    async_to_sync(recheck_users)(user_ids, session_key_hash)
+
+
 async def ring_supervisors(session_id: int, reason: str) -> None:
     """Tell every supervisor that a session's intent changed (owner acts, others claim)."""
     layer = get_channel_layer()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 
-from sessions_app import doorbell
+from sessions_app import doorbell, names
 from sessions_app.models import PhoneAction, SessionEvent, WaSession
 from sessions_app.states import Desired, State
 
@@ -69,11 +69,23 @@ def _ring_after_commit(session_id: int, reason: str) -> None:
 
 
 def create_session(name: str, actor: str) -> WaSession:
-    """A new session that should run, with a QR round requested for it."""
-    with transaction.atomic():
-        session = WaSession.objects.create(name=name, desired_state=Desired.RUNNING, pair_request=1)
-        _log(session.pk, actor, "created the session and asked for a QR code")
-        _ring_after_commit(session.pk, "created")
+    """A new session that should run, with a QR round requested for it.
+
+    Refused (``name_taken``) when another session has the name in any case: the
+    database constraint decides, so two creates racing past the forms' checks
+    end in one session and one refusal, not an error.
+    """
+    try:
+        with transaction.atomic():
+            session = WaSession.objects.create(
+                name=name, desired_state=Desired.RUNNING, pair_request=1
+            )
+            _log(session.pk, actor, "created the session and asked for a QR code")
+            _ring_after_commit(session.pk, "created")
+    except IntegrityError:
+        if not WaSession.objects.filter(name__iexact=name).exists():
+            raise
+        raise IntentRefused(names.TAKEN_CODE, names.TAKEN_MESSAGE) from None
     return session
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from sessions_app import views
+from sessions_app import converters, views  # noqa: F401 (registers <session_id:>)
 
 app_name = "sessions"
 
 urlpatterns = [
     path("", views.SessionListView.as_view(), name="list"),
     path("new/", views.SessionCreateView.as_view(), name="create"),
-    path("<int:pk>/", views.SessionDetailView.as_view(), name="detail"),
-    path("<int:pk>/<slug:action>/", views.SessionActionView.as_view(), name="action"),
+    path("<session_id:pk>/", views.SessionDetailView.as_view(), name="detail"),
+    path("<session_id:pk>/<slug:action>/", views.SessionActionView.as_view(), name="action"),
 ]

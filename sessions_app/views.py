@@ -1,4 +1,6 @@
-"""Pages for admins. Every view requires an active staff user and writes intent only."""
+"""Pages for admins. Every view requires an active staff user with the model
+permission its job needs (``permissions.py``), writes intent only, and is never
+cached (the detail page and the create answer carry QR and pairing codes)."""
 
 from __future__ import annotations
 
@@ -6,33 +8,48 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.mixins import LoginRequiredMixin, UserPassesTestMixin
+from django.contrib.auth.mixins import PermissionRequiredMixin
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 from django.views.generic import CreateView, DetailView, ListView
 
-from sessions_app import conf, intents, snapshots
+from sessions_app import conf, intents, permissions, snapshots
 from sessions_app.forms import PairPhoneForm, SessionCreateForm
 from sessions_app.models import PhoneAction, WaSession
 from sessions_app.states import Desired
 
 
-class StaffRequiredMixin(LoginRequiredMixin, UserPassesTestMixin):
-    """Anonymous users go to the login page; logged-in non-staff get 403."""
+@method_decorator(never_cache, name="dispatch")
+class OperatorRequiredMixin(PermissionRequiredMixin):
+    """Active staff with every permission in ``permission_required``.
 
-    def test_func(self) -> bool:
-        user = self.request.user
-        return bool(user.is_active and user.is_staff)
+    Anonymous (and inactive) users go to the login page; a logged-in user without
+    staff status or the permission gets 403. Responses are never cached.
+    """
+
+    def has_permission(self) -> bool:
+        return permissions.can(self.request.user, *self.get_permission_required())
+
+
+class ViewerRequiredMixin(OperatorRequiredMixin):
+    """Active staff who may see sessions (``view_wasession``, or ``change_``)."""
+
+    permission_required = permissions.VIEW
+
+    def has_permission(self) -> bool:
+        return permissions.can_view(self.request.user)
 
 
 def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
-class SessionListView(StaffRequiredMixin, ListView):
+class SessionListView(ViewerRequiredMixin, ListView):
     model = WaSession
     template_name = "sessions_app/list.html"
     context_object_name = "sessions"
@@ -43,23 +60,32 @@ class SessionListView(StaffRequiredMixin, ListView):
         return context
 
 
-class SessionCreateView(StaffRequiredMixin, CreateView):
+class SessionCreateView(OperatorRequiredMixin, CreateView):
     """The create form. A plain form post gets a redirect (or the page with its
     errors); the page's script (``Accept: application/json``) gets
     ``{ok, id, url, ws, html}`` or ``{ok: false, errors}`` with status 400, so it
     can open the session's socket at once and show the detail page without a
-    second page load.
+    second page load. Needs ``add_wasession`` and seeing sessions: the answer is the
+    new session's page with its QR code.
     """
 
+    permission_required = permissions.ADD
     model = WaSession
     form_class = SessionCreateForm
     template_name = "sessions_app/create.html"
+
+    def has_permission(self) -> bool:
+        return super().has_permission() and permissions.can_view(self.request.user)
 
     def _wants_json(self) -> bool:
         return "application/json" in self.request.headers.get("Accept", "")
 
     def form_valid(self, form: SessionCreateForm) -> HttpResponse:
-        self.object = intents.create_session(form.cleaned_data["name"], _actor(self.request))
+        try:
+            self.object = intents.create_session(form.cleaned_data["name"], _actor(self.request))
+        except intents.IntentRefused as refused:  # the name was taken a moment ago
+            form.add_error("name", refused.message)
+            return self.form_invalid(form)
         if self._wants_json():
             pk = self.object.pk
             url = reverse("sessions:detail", args=[pk])
@@ -92,7 +118,7 @@ def _detail_html(request: HttpRequest, session: WaSession) -> str:
     return render_to_string(view.template_name, view.get_context_data(), request=request)
 
 
-class SessionDetailView(StaffRequiredMixin, DetailView):
+class SessionDetailView(ViewerRequiredMixin, DetailView):
     model = WaSession
     template_name = "sessions_app/detail.html"
     context_object_name = "session"
@@ -113,14 +139,18 @@ ACTIONS: dict[str, tuple[Callable[[WaSession, str], None], str]] = {
 }
 
 
-class SessionActionView(StaffRequiredMixin, View):
+class SessionActionView(OperatorRequiredMixin, View):
     """POST-only (CSRF-protected) endpoint for the buttons on the detail page.
 
     Answers JSON to the page's script (``Accept: application/json``) and a
-    redirect to a plain form post.
+    redirect to a plain form post. Each action needs its own permission
+    (``permissions.ACTION_PERMISSIONS``).
     """
 
     http_method_names = ["post"]
+
+    def get_permission_required(self) -> tuple[str, ...]:
+        return (permissions.action_permission(self.kwargs["action"]),)
 
     def post(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
         session = get_object_or_404(WaSession, pk=pk)

@@ -24,11 +24,19 @@ def fresh_channel_layers() -> Iterator[None]:
     channel_layers.backends.clear()
 
 
+SESSION_PERMISSIONS = ["view_wasession", "add_wasession", "change_wasession", "delete_wasession"]
+
+
 @pytest.fixture
 def staff_user(django_user_model):  # type: ignore[no-untyped-def]
-    return django_user_model.objects.create_user(
+    """A staff operator with every permission on sessions (not a superuser)."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(
         username="ada", password="correct horse battery", is_staff=True
     )
+    user.user_permissions.set(Permission.objects.filter(codename__in=SESSION_PERMISSIONS))
+    return user
 
 
 @pytest.fixture

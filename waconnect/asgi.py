@@ -1,7 +1,9 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-WebSockets pass the origin check (same hosts as ALLOWED_HOSTS) and the session
-authentication before they reach a consumer; the consumers then require staff.
+WebSockets pass the origin check (scheme, host and port: the site's own origin or
+CSRF_TRUSTED_ORIGINS, see sessions_app/origins.py) and the session authentication
+before they reach a consumer; the consumers then require staff with the permission
+to see sessions.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from sessions_app.origins import OriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -231,6 +231,9 @@ STORAGES = {
 }
 
 SESSION_COOKIE_HTTPONLY = True
+# A login lasts 8 hours by default (Django's default is two weeks): these pages
+# show QR and pairing codes that link a phone.
+SESSION_COOKIE_AGE = env.int("WACONNECT_SESSION_AGE", default=8 * 3600)
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
@@ -337,7 +340,10 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "sessions_app.logcontext.ContextFilter"}},
+    "filters": {
+        "context": {"()": "sessions_app.logcontext.ContextFilter"},
+        "client_errors": {"()": "sessions_app.logfilters.ClientErrorFilter"},
+    },
     "formatters": {
         "plain": {
             "format": "%(asctime)s %(levelname)-7s %(name)s [%(context)s] %(message)s",
@@ -360,5 +366,27 @@ LOGGING = {
         # django-axes: its one WARNING line per failed login (username, address) is
         # kept; its INFO chatter ("running database handler ...") is not.
         "axes": {"level": "WARNING"},
+        # Django's own "django" console handler (DEBUG only) would print each of its
+        # records a second time, bare: they reach the root's console instead.
+        "django": {"handlers": [], "level": "INFO"},
+        # A 403 or a bad Host: one line, no traceback (sessions_app/logfilters.py).
+        **{
+            name: {"filters": ["client_errors"]}
+            for name in ["django.request"]
+            + [
+                f"django.security.{kind}"
+                for kind in (
+                    "DisallowedHost",
+                    "DisallowedRedirect",
+                    "RequestDataTooBig",
+                    "SuspiciousFileOperation",
+                    "SuspiciousMultipartForm",
+                    "SuspiciousOperation",
+                    "SuspiciousSession",
+                    "TooManyFieldsSent",
+                    "TooManyFilesSent",
+                )
+            ]
+        },
     },
 }

@@ -56,7 +56,10 @@
     tr.dataset.name = row.name;
     const cells = tr.cells;
     const link = cells[0].querySelector("a");
-    if (link.textContent !== row.name) link.textContent = row.name;
+    if (link.textContent !== row.name) {
+      link.textContent = row.name;
+      link.title = row.name; // the cell may show it shortened
+    }
     const badge = cells[1].querySelector("span");
     if (badge.dataset.state !== row.state) {
       badge.dataset.state = row.state;
@@ -132,7 +135,7 @@
       waconnect.showSocketStatus(status, online);
     },
     onFatal: function () {
-      waconnect.showSocketStatus(status, false, "no access: staff only");
+      waconnect.showSocketStatus(status, false, "no access to sessions");
     },
   });
 })();

@@ -2,8 +2,10 @@
  *
  * waconnect.liveSocket(path, handlers) keeps one WebSocket open: it reconnects
  * with backoff (0.5 s doubling to 10 s) after any unexpected close, pings every
- * 25 s, sends anonymous users to the login page (close code 4401) and gives up
- * on 4403 (not staff) and 4404 (session gone).
+ * 25 s (each ping makes the server re-check the user), sends users who are not
+ * (or no longer) logged in to the login page (close code 4401) and gives up on
+ * 4403 (no staff status or permission to see sessions) and 4404 (session gone).
+ * Other closes (4413: a message too big) reconnect. See sessions_app/consumers.py.
  * waconnect.enhanceActionForms(root) posts the action forms with fetch.
  */
 (function () {
@@ -150,7 +152,8 @@
   };
 
   let toastTimer = null;
-  /** A short message at the bottom of the page (kind: "ok" | "error"). */
+  /** A short message at the bottom of the page (kind: "ok" | "error"), for messages
+   * that belong to no form; an action's answer goes to its form's feedback line. */
   waconnect.toast = function (message, kind) {
     const el = document.getElementById("toast");
     if (!el || !message) return;
@@ -161,6 +164,28 @@
     toastTimer = setTimeout(function () {
       el.hidden = true;
     }, kind === "error" ? 6000 : 3000);
+  };
+
+  /**
+   * An action's answer, shown in the feedback line under its buttons: a line kept
+   * free for it in the page's flow, so it never covers a button (a floating toast
+   * covered the Simulated-phone buttons) and nothing moves when it appears.
+   */
+  waconnect.feedback = function (form, message, kind) {
+    const card = form.closest(".card");
+    const slot = form.querySelector("[data-feedback]") || (card && card.querySelector("[data-feedback]"));
+    if (!slot) {
+      waconnect.toast(message, kind);
+      return;
+    }
+    if (!message) return;
+    slot.textContent = message;
+    slot.dataset.kind = kind || "ok";
+    clearTimeout(slot._timer);
+    slot._timer = setTimeout(function () {
+      slot.textContent = "";
+      delete slot.dataset.kind;
+    }, kind === "error" ? 8000 : 4000);
   };
 
   /**
@@ -195,7 +220,7 @@
           if (type.indexOf("application/json") !== -1) {
             return response.json().then(function (data) {
               if (!response.ok || data.ok === false) {
-                waconnect.toast(data.error || data.message || "HTTP " + response.status, "error");
+                waconnect.feedback(form, data.error || data.message || "HTTP " + response.status, "error");
                 return;
               }
               if (opts.onResult) opts.onResult(form.dataset.action, data);
@@ -203,7 +228,7 @@
                 location.assign(data.redirect);
                 return;
               }
-              waconnect.toast(data.message, "ok");
+              waconnect.feedback(form, data.message, "ok");
             });
           }
           if (response.redirected && response.url.indexOf(loginPath()) !== -1) {
@@ -212,10 +237,10 @@
           }
           const reason = response.status === 404 ? "the session no longer exists" : "HTTP " + response.status;
           const what = button ? button.textContent.trim().toLowerCase() : "do that";
-          waconnect.toast("Could not " + what + ": " + reason + ".", "error");
+          waconnect.feedback(form, "Could not " + what + ": " + reason + ".", "error");
         })
         .catch(function () {
-          waconnect.toast("Network error: the request did not reach the server.", "error");
+          waconnect.feedback(form, "Network error: the request did not reach the server.", "error");
         })
         .finally(function () {
           // A session being deleted (or gone) keeps its buttons disabled.

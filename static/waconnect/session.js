@@ -274,7 +274,7 @@
 
     function onFatal(code) {
       if (code === 4404) showGone("This session no longer exists.");
-      else waconnect.showSocketStatus(el.status, false, "no access: staff only");
+      else waconnect.showSocketStatus(el.status, false, "no access to sessions");
     }
 
     // -- start --------------------------------------------------------------------------

@@ -253,8 +253,9 @@ def test_pairing_code_by_phone_number(logged_in_page: Page) -> None:
 
     phone.fill("0151 1234")
     page.click("button[data-action=pair-phone]")
-    expect(page.locator("#toast")).to_contain_text("international format")
-    expect(page.locator("#toast")).to_have_attribute("data-kind", "error")
+    feedback = page.locator("#pair-phone-form [data-feedback]")
+    expect(feedback).to_contain_text("international format")
+    expect(feedback).to_have_attribute("data-kind", "error")
 
     phone.fill("+49 151 1234 5678")
     page.click("button[data-action=pair-phone]")

@@ -81,3 +81,13 @@ def test_start_during_a_round_says_so() -> None:
         intents.start(row, "ada")
     assert refused.value.code == "already_running"
     assert "QR code round is already under way" in refused.value.message
+
+
+@pytest.mark.django_db
+def test_a_name_taken_in_another_case_meanwhile_is_refused_not_an_error() -> None:
+    """Two creates racing past the forms' checks: the constraint decides."""
+    WaSession.objects.create(name="Sales")
+    with pytest.raises(intents.IntentRefused) as refused:
+        intents.create_session("sales", "ada")
+    assert refused.value.code == "name_taken"
+    assert WaSession.objects.count() == 1
