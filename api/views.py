@@ -18,12 +18,14 @@ from django.views import View
 from api.forms import TokenForm
 from api.issuing import create_token
 from api.models import ApiToken
-from sessions_app.views import StaffRequiredMixin
+from sessions_app.views import OperatorRequiredMixin
 
 TEMPLATE = "api/tokens.html"
 
 
-class TokenPageView(StaffRequiredMixin, View):
+class TokenPageView(OperatorRequiredMixin, View):
+    permission_required = ()  # any active staff user: a token never exceeds its user's rights
+
     def _render(self, request: HttpRequest, form: TokenForm, **extra: Any) -> HttpResponse:
         tokens = ApiToken.objects.filter(user=request.user).prefetch_related("sessions")
         response = render(request, TEMPLATE, {"form": form, "tokens": tokens, **extra})
@@ -49,7 +51,9 @@ class TokenPageView(StaffRequiredMixin, View):
         )
 
 
-class RevokeTokenView(StaffRequiredMixin, View):
+class RevokeTokenView(OperatorRequiredMixin, View):
+    permission_required = ()
+
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:

@@ -167,10 +167,11 @@ def test_create_api_token_refuses_unknown_scopes(api_user: Any) -> None:
 
 
 def test_the_token_page_names_sessions_only_to_those_who_may_see_them(
-    client: Client, staff_user: Any
+    client: Client, django_user_model: Any
 ) -> None:
     WaSession.objects.create(name="secret-team")
-    client.force_login(staff_user)  # staff, but without view_wasession
+    bare = django_user_model.objects.create_user(username="bare", is_staff=True)
+    client.force_login(bare)  # staff, but without view_wasession
     response = client.get(reverse("api:tokens"))
     assert response.status_code == 200
     assert b"secret-team" not in response.content
