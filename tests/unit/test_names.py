@@ -53,8 +53,8 @@ def test_the_database_refuses_a_name_taken_in_another_case() -> None:
     WaSession.objects.create(name="ABC")
     with pytest.raises(IntegrityError), transaction.atomic():
         WaSession.objects.create(name="abc")
-    with pytest.raises(IntegrityError), transaction.atomic():
-        intents.create_session("Abc", "ada")
+    with pytest.raises(intents.IntentRefused, match="already exists"):
+        intents.create_session("Abc", "ada")  # the constraint's refusal, as a refusal
     assert list(WaSession.objects.values_list("name", flat=True)) == ["ABC"]
 
 
