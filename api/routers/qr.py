@@ -8,7 +8,6 @@ answer carries ``Cache-Control: no-store`` and nothing here logs it.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 
@@ -30,9 +29,10 @@ JSON = "application/json"
 OFFERED = [JSON, SVG, PNG]  # the first wins for */*
 
 
-@functools.lru_cache(maxsize=64)
 def _render(code: str, kind: str) -> bytes:
-    """The code as an image; fixed mask, as the pages render it (see snapshots.qr_svg)."""
+    """The code as an image; fixed mask, as the pages render it (see snapshots.qr_svg).
+
+    Not cached: a QR code is a linking credential and must not outlive its row."""
     qr = segno.make_qr(code, error="l", mask=0)
     out = io.BytesIO()
     if kind == "svg":

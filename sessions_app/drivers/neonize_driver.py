@@ -33,7 +33,8 @@ worker_log = logging.getLogger("sessions_app.worker")
 
 #: Lines that could carry a QR payload, a pairing code or key material never reach a log.
 _SECRET = re.compile(
-    r"(\d@[A-Za-z0-9+/=,]{20,}|linked_devices#|[A-Za-z0-9+/]{40,}={0,2}|[A-Z0-9]{4}-[A-Z0-9]{4})"
+    r"(\d@[A-Za-z0-9+/=,]{20,}|linked_devices#|[A-Za-z0-9+/]{40,}={0,2}|[A-Z0-9]{4}-[A-Z0-9]{4}"
+    r"|\d{6,}(?:[.:]\d+)*@(?:s\.whatsapp\.net|lid))"
 )
 
 
