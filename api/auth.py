@@ -67,6 +67,15 @@ def _unauthorized(code: str, detail: str) -> ApiError:
     return ApiError(401, code, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
+def _permissions(user: Any) -> frozenset[str]:
+    """The user's session permissions, as the pages read them: ``change`` implies
+    ``view`` (sessions_app.permissions.can_view, as in the Django admin)."""
+    perms = {p for p in scopes.PERMISSIONS if user.has_perm(p)}
+    if scopes.CHANGE in perms:
+        perms.add(scopes.VIEW)
+    return frozenset(perms)
+
+
 def authenticate_token(raw: str) -> Principal:
     """The principal for a presented token, or ``ApiError(401)`` saying why not."""
     parsed = parse_token(raw.strip())
@@ -90,7 +99,7 @@ def authenticate_token(raw: str) -> Principal:
         limited = frozenset(token.sessions.values_list("pk", flat=True))
     return Principal(
         token=token,
-        perms=frozenset(p for p in scopes.PERMISSIONS if user.has_perm(p)),
+        perms=_permissions(user),
         session_ids=limited,
     )
 
@@ -102,7 +111,8 @@ def verify_token(raw: str, scope: str) -> bool:
         principal = authenticate_token(raw)
     except ApiError:
         return False
-    return scope in principal.token.scopes
+    needed = scopes.SCOPE_PERMISSIONS.get(scope, scopes.VIEW)
+    return scope in principal.token.scopes and needed in principal.perms
 
 
 class TokenBearer(HttpBearer):

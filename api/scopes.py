@@ -19,7 +19,7 @@ SCOPES: dict[str, str] = {
     MESSAGES_READ: "Read messages (reserved for the messages API)",
     MESSAGES_SEND: "Send messages (reserved for the messages API)",
     WEBHOOKS_MANAGE: "Manage webhook endpoints (reserved for the webhooks API)",
-    METRICS_READ: "Read metrics (reserved for the metrics endpoint)",
+    METRICS_READ: "Read the web tier's /metrics (with the view permission: it counts sessions)",
 }
 
 #: Django permissions of sessions_app, by what the request does to a session.
@@ -28,6 +28,10 @@ ADD = "sessions_app.add_wasession"
 CHANGE = "sessions_app.change_wasession"
 DELETE = "sessions_app.delete_wasession"
 PERMISSIONS = (VIEW, ADD, CHANGE, DELETE)
+
+#: The Django permission a scope needs outside the session endpoints (which name
+#: theirs per action): ``/metrics`` tells how many sessions are in which state.
+SCOPE_PERMISSIONS: dict[str, str] = {METRICS_READ: VIEW}
 
 
 def validate_scopes(values: list[str]) -> list[str]:

@@ -244,6 +244,9 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 if env.bool("BEHIND_TLS_PROXY", default=not DEBUG):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Probes and scrapers speak plain HTTP to the process itself: a redirect would hide
+# a 503 from a load balancer (it follows or counts the 301) and break Prometheus.
+SECURE_REDIRECT_EXEMPT = [r"^(metrics|healthz|readyz)$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
 # Asking browsers' preload list for the domain is the domain owner's decision, not

@@ -99,8 +99,10 @@ def test_a_token_never_does_more_than_its_user_may(
     perm: str,
     ok: int,
 ) -> None:
-    """The user has every session permission but this one; the token has every scope."""
-    others = [p for p in ("view", "add", "change", "delete") if f"{p}_wasession" != perm]
+    """The user has every session permission but this one (and for view, not change
+    either: change implies view); the token has every scope."""
+    taken = {perm, "change_wasession"} if perm == "view_wasession" else {perm}
+    others = [p for p in ("view", "add", "change", "delete") if f"{p}_wasession" not in taken]
     user = django_user_model.objects.create_user(username="cyd", is_staff=True)
     user = grant(user, *[f"{p}_wasession" for p in others])
     response = call(ApiClient(make_token(user=user)), method, path, body, qr_session)
@@ -196,7 +198,9 @@ def test_a_permission_taken_away_applies_to_the_next_request(
     api: ApiClient, api_user: Any, qr_session: WaSession
 ) -> None:
     assert api.get("/sessions").status_code == 200
-    api_user.user_permissions.remove(*api_user.user_permissions.filter(codename="view_wasession"))
+    api_user.user_permissions.remove(
+        *api_user.user_permissions.filter(codename__in=["view_wasession", "change_wasession"])
+    )
     assert api.get("/sessions").status_code == 403
 
 
@@ -237,3 +241,14 @@ def test_a_limited_token_whose_sessions_are_gone_sees_none_not_all(
     assert limited.get("/sessions").json()["data"] == []
     assert limited.get(f"/sessions/{qr_session.pk}").status_code == 404
     assert limited.post("/sessions", {"name": "mine"}).json()["code"] == "session_limited"
+
+
+def test_change_implies_view_as_on_the_pages(
+    make_token: Any, django_user_model: Any, qr_session: WaSession
+) -> None:
+    changer = grant(
+        django_user_model.objects.create_user(username="changer", is_staff=True),
+        "change_wasession",
+    )
+    client = ApiClient(make_token(scopes=[R], user=changer))
+    assert client.get(f"/sessions/{qr_session.pk}").status_code == 200
