@@ -89,6 +89,14 @@ def create_session(name: str, actor: str) -> WaSession:
     return session
 
 
+#: The row shows a deletion under way: nothing but the deletion applies any more.
+DELETING = Q(desired_state=Desired.DELETED)
+
+
+def _deleting() -> IntentRefused:
+    return IntentRefused("deleting", "This session is being deleted.")
+
+
 def _update(
     session: WaSession,
     actor: str,
@@ -99,14 +107,15 @@ def _update(
 ) -> None:
     """Write ``changes``, unless the row matches ``refuse`` at that moment (one
     conditional UPDATE, so a check and a write never straddle a change): then
-    raise ``refusal()`` having written nothing."""
+    raise ``refusal()`` having written nothing. A row being deleted refuses every
+    change (``deleting``): a stop or start racing a delete must not undo it."""
+    blocked = DELETING if refuse is None else DELETING | refuse
     with transaction.atomic():
         rows = WaSession.objects.filter(pk=session.pk)
-        if refuse is not None and refusal is not None:
-            if not rows.exclude(refuse).update(**changes) and rows.filter(refuse).exists():
-                raise refusal()
-        else:
-            rows.update(**changes)
+        if not rows.exclude(blocked).update(**changes) and rows.filter(blocked).exists():
+            if refusal is None or rows.filter(DELETING).exists():
+                raise _deleting()
+            raise refusal()
         _log(session.pk, actor, message)
         _ring_after_commit(session.pk, message)
 
@@ -182,7 +191,10 @@ def delete(session: WaSession, actor: str) -> None:
     The row stays (shown as "deleting") until a supervisor has removed the
     device's credentials, so no linked device is ever left behind unknown.
     """
-    _update(session, actor, "asked to delete the session", desired_state=Desired.DELETED)
+    with transaction.atomic():  # a second delete changes nothing, and is no error
+        WaSession.objects.filter(pk=session.pk).update(desired_state=Desired.DELETED)
+        _log(session.pk, actor, "asked to delete the session")
+        _ring_after_commit(session.pk, "asked to delete the session")
 
 
 def phone_gesture(session: WaSession, gesture: str, actor: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -91,3 +92,25 @@ def test_a_name_taken_in_another_case_meanwhile_is_refused_not_an_error() -> Non
         intents.create_session("sales", "ada")
     assert refused.value.code == "name_taken"
     assert WaSession.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "action",
+    [
+        intents.start,
+        intents.stop,
+        intents.new_qr,
+        intents.logout,
+        lambda session, actor: intents.pair_by_phone(session, "+4915112345678", actor),
+    ],
+)
+def test_no_action_undoes_a_deletion_under_way(action: Callable[..., None]) -> None:
+    """A stop or start racing a delete (the caller read the row before it) is refused."""
+    session = WaSession.objects.create(name="sales", state="stopped", desired_state="stopped")
+    stale = WaSession.objects.get(pk=session.pk)
+    intents.delete(session, "ada")
+    with pytest.raises(intents.IntentRefused) as refused:
+        action(stale, "bob")
+    assert refused.value.code == "deleting"
+    assert WaSession.objects.get(pk=session.pk).desired_state == Desired.DELETED
