@@ -48,6 +48,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
     filter_horizontal = ["sessions"]
     actions = ["revoke_tokens"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        """Superusers see every token; anyone else only their own."""
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def get_exclude(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
+        # Only a superuser issues tokens for someone else: a token shows its text to
+        # whoever creates it, and would act with its user's permissions.
+        return [] if request.user.is_superuser else ["user"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "user"] if obj is not None and request.user.is_superuser else fields
+
     @admin.display(description="token")
     def token_prefix(self, obj: ApiToken) -> str:
         return f"wac_{obj.prefix}_…"
@@ -58,6 +72,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if not change:
+            if not request.user.is_superuser:
+                obj.user = request.user  # type: ignore[assignment]
             fresh, text = ApiToken.issue()
             obj.prefix, obj.secret_hash = fresh.prefix, fresh.secret_hash
             request._new_api_token = text  # type: ignore[attr-defined]
@@ -66,7 +82,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         token = form.instance
-        all_sessions = not token.sessions.exists()
+        limited = token.sessions.exists()
+        # A new token without sessions may use all; an edit may narrow a token, never
+        # widen one whose sessions were all unticked or deleted to every session.
+        all_sessions = not limited if not change else token.all_sessions and not limited
         if token.all_sessions != all_sessions:
             token.all_sessions = all_sessions
             ApiToken.objects.filter(pk=token.pk).update(all_sessions=all_sessions)
@@ -86,7 +105,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         add_never_cache_headers(response)
         return response
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         for token in queryset:
             token.revoke()

@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
+from api.issuing import create_token
 from api.models import ApiToken
 from sessions_app.models import WaSession
 from tests.api.conftest import ApiClient
@@ -175,3 +176,46 @@ def test_the_token_page_names_sessions_only_to_those_who_may_see_them(
     response = client.get(reverse("api:tokens"))
     assert response.status_code == 200
     assert b"secret-team" not in response.content
+
+
+def _token_admin(django_user_model: Any) -> tuple[Any, Client]:
+    """A staff user who may manage API tokens in the admin, but is no superuser."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(username="tess", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=["add_apitoken", "change_apitoken", "view_apitoken", "view_wasession"]
+        )
+    )
+    client = Client()
+    client.force_login(user)
+    return user, client
+
+
+def test_only_a_superuser_issues_a_token_for_someone_else(
+    django_user_model: Any, api_user: Any
+) -> None:
+    tess, client = _token_admin(django_user_model)
+    root = django_user_model.objects.create_superuser("root2", "", "pw")
+    client.post(
+        reverse("admin:api_apitoken_add"),
+        {"name": "sneaky", "user": root.pk, "scopes": ["sessions:read"]},
+    )
+    assert ApiToken.objects.get(name="sneaky").user == tess
+    mine, _ = create_token(user=api_user, name="other", scopes=["sessions:read"])
+    assert client.get(reverse("admin:api_apitoken_change", args=[mine.pk])).status_code == 302
+
+
+def test_an_admin_edit_never_widens_a_limited_token(admin_client_: Client, api_user: Any) -> None:
+    session = WaSession.objects.create(name="only")
+    token, _ = create_token(
+        user=api_user, name="narrow", scopes=["sessions:read"], sessions=[session]
+    )
+    session.delete()  # its only session gone: the token sees nothing, not everything
+    admin_client_.post(
+        reverse("admin:api_apitoken_change", args=[token.pk]),
+        {"name": "narrow", "scopes": ["sessions:read"]},
+    )
+    token.refresh_from_db()
+    assert token.all_sessions is False
