@@ -213,9 +213,10 @@ def test_an_admin_edit_never_widens_a_limited_token(admin_client_: Client, api_u
         user=api_user, name="narrow", scopes=["sessions:read"], sessions=[session]
     )
     session.delete()  # its only session gone: the token sees nothing, not everything
-    admin_client_.post(
+    response = admin_client_.post(
         reverse("admin:api_apitoken_change", args=[token.pk]),
-        {"name": "narrow", "scopes": ["sessions:read"]},
+        {"name": "narrow", "user": api_user.pk, "scopes": ["sessions:read"]},
     )
+    assert response.status_code == 302  # saved
     token.refresh_from_db()
     assert token.all_sessions is False
