@@ -14,7 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema
 from ninja.responses import Status
@@ -123,6 +123,12 @@ def create_session(request: HttpRequest, body: SessionIn) -> HttpResponse:
 
 
 @sync_to_async
+def _release_connections() -> None:
+    """Close (with a pool: give back) the connections of this request's thread."""
+    connections.close_all()
+
+
+@sync_to_async
 def _read_visible(request: HttpRequest, session_id: int) -> dict[str, Any]:
     return snapshots.snapshot(get_session(request, session_id), with_events=False)
 
@@ -160,6 +166,10 @@ async def read_session(
         latest = await _read_visible(request, session_id)
         if latest["version"] > after_version:
             return session_out(latest)
+        # Hand this request's database connection back before waiting: the wait
+        # needs none, and held for up to 30 s it would empty the process's pool
+        # (WACONNECT_DB_POOL_MAX) with a handful of waiting clients.
+        await _release_connections()
         async with asyncio.timeout(wait):
             while True:
                 message = await layer.receive(channel)
