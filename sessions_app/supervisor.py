@@ -967,6 +967,11 @@ class Supervisor:
             if batch <= 0:
                 break
             got = await _db_claim(self.owner, self.config.lease_ttl, batch)
+            if self.fenced:
+                # Answered after we fenced ourselves: no renewal covers these leases.
+                # Connect none; the next renewal that works gives them back.
+                self._orphans.update({lease.session_id: lease.epoch for lease in got})
+                break
             for lease in got:
                 if lease.session_id in self.runners:  # cannot happen; be loud if it does
                     logger.error(
