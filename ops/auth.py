@@ -5,8 +5,9 @@ A request that presents a bearer token is judged by the token alone (a bad token
 refused even from an allowed address). Tokens are verified by a pluggable function:
 ``WACONNECT_METRICS_TOKEN_VERIFIER`` (a dotted path to ``verify(token, scope) ->
 bool``), else ``api.auth.verify_token`` when the API app is installed, else none is
-valid. The allow-list checks the peer address (``REMOTE_ADDR``): behind a reverse
-proxy that is the proxy's.
+valid. The allow-list checks ``REMOTE_ADDR``: with Daphne's ``--proxy-headers`` (the
+Procfile) that is the first ``X-Forwarded-For`` entry, so the proxy must overwrite
+that header, never append to it (README, "Behind a TLS proxy").
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import IntegrityError, connections
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema
 from ninja.responses import Status
@@ -113,10 +113,8 @@ def create_session(request: HttpRequest, body: SessionIn) -> HttpResponse:
 
     def work() -> tuple[int, dict[str, Any]]:
         name = clean_session_name(body.name)
-        try:
-            session = intents.create_session(name, who.actor)
-        except IntegrityError:  # the same name created concurrently
-            raise ApiError(409, "name_taken", "A session with this name already exists.") from None
+        # A name taken concurrently is refused by intents (IntentRefused name_taken: 409).
+        session = intents.create_session(name, who.actor)
         return 201, SessionOut.model_validate(_out(session)).model_dump(mode="json")
 
     return idempotency.once(request, body.model_dump(), work)
