@@ -151,9 +151,17 @@ EXPIRY_SLACK = 0.1
 
 
 @supervisor_db
-def _db_take_gestures(session_id: int) -> list[str]:
-    """Take the simulated phone's pending gestures; stale ones are dropped unapplied."""
-    actions = list(PhoneAction.objects.filter(session_id=session_id))
+def _db_take_gestures(lease: Lease) -> list[str]:
+    """Take the simulated phone's pending gestures, fenced like every owner's write
+    (a runner that lost its lease takes none of its successor's); stale ones are
+    dropped unapplied."""
+    actions = list(
+        PhoneAction.objects.filter(
+            session_id=lease.session_id,
+            session__lease_owner=lease.owner,
+            session__lease_epoch=lease.epoch,
+        )
+    )
     PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
     fresh_since = timezone.now() - GESTURE_MAX_AGE
     return [a.gesture for a in actions if a.created_at >= fresh_since]
@@ -177,11 +185,6 @@ def _db_owned_changes(owner: str) -> tuple[dict[int, tuple[Any, ...]], set[int]]
         "session_id", flat=True
     )
     return {row[0]: tuple(row[1:]) for row in rows}, set(gestured)
-
-
-@supervisor_db
-def _db_log(session_id: int, kind: str, message: str, actor: str) -> None:
-    SessionEvent.objects.create(session_id=session_id, kind=kind, message=message, actor=actor)
 
 
 class SessionRunner:
@@ -626,16 +629,12 @@ class SessionRunner:
                 await self._write({}, EventRecord(SessionEvent.Kind.ERROR, f"pairing code: {exc}"))
 
     async def _apply_gestures(self) -> None:
-        gestures = await _db_take_gestures(self.session_id)
+        gestures = await _db_take_gestures(self.lease)
         for gesture in gestures:
             applied = await self.sup.driver.gesture(self.session_id, gesture)  # type: ignore[attr-defined]
             if not applied:
-                await _db_log(
-                    self.session_id,
-                    SessionEvent.Kind.INFO,
-                    f"simulated phone: '{gesture}' had nothing to act on",
-                    f"supervisor:{self.lease.owner}",
-                )
+                why = f"simulated phone: '{gesture}' had nothing to act on"
+                await self._write({}, EventRecord(SessionEvent.Kind.INFO, why))
 
 
 class Supervisor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from sessions_app import leases
@@ -121,3 +122,17 @@ def test_hand_over_records_disconnected_and_releases_in_one_go(
         mine[0].epoch,
     )
     assert not SessionEvent.objects.filter(session_id=idle).exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the supervisor's own database thread reads
+def test_a_runner_that_lost_its_lease_takes_none_of_the_gestures() -> None:
+    """Simulated phone gestures are taken under the lease, like every owner's write."""
+    from sessions_app.models import PhoneAction
+    from sessions_app.supervisor import _db_take_gestures
+
+    session = WaSession.objects.create(name="gestured", lease_owner="b", lease_epoch=2)
+    PhoneAction.objects.create(session=session, gesture="scan")
+    stale = leases.Lease(session.pk, "a", 1)
+    assert async_to_sync(_db_take_gestures)(stale) == []
+    assert PhoneAction.objects.filter(session=session).exists()
+    assert async_to_sync(_db_take_gestures)(leases.Lease(session.pk, "b", 2)) == ["scan"]
