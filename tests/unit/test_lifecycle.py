@@ -6,10 +6,8 @@ Each test names the fault it covers; each failed on the code before the fix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,14 +16,22 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_app import doorbell, intents, leases
-from sessions_app.conf import SupervisorConfig
 from sessions_app.drivers.base import ConnectError, ConnectSpec, EventSink
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
 from sessions_app.event_mapping import round_ended
 from sessions_app.models import SessionEvent, WaSession
-from sessions_app.supervisor import SessionRunner, Supervisor
+from sessions_app.supervisor import SessionRunner
 from tests.unit.helpers import has_event, settled, state_is, until
-from tests.unit.test_supervisor import FAST, create, events_of, gesture, get, paired, scan
+from tests.unit.test_supervisor import (
+    FAST,
+    create,
+    events_of,
+    gesture,
+    get,
+    paired,
+    running_driver,
+    scan,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -50,20 +56,6 @@ def world() -> SimulatedWhatsApp:
     return SimulatedWhatsApp(
         SimulatedTiming(first_qr_ttl=30, next_qr_ttl=10, qr_count=2, pair_delay=0.01)
     )
-
-
-@contextlib.asynccontextmanager
-async def running(
-    driver: SimulatedDriver, config: SupervisorConfig = FAST, owner: str | None = None
-) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(driver, config=config, owner=owner)
-    task = asyncio.create_task(supervisor.run())
-    await supervisor.ready.wait()
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
-        await task
 
 
 class Waits:
@@ -115,7 +107,7 @@ async def test_backoff_binds_after_stop_and_start_and_after_a_restart(
     nor by the next one (a supervisor restart)."""
     waits = Waits(monkeypatch)
     slow = dataclasses.replace(FAST, backoff_base=30, backoff_cap=300)
-    async with running(SimulatedDriver(world), slow) as sup:
+    async with running_driver(SimulatedDriver(world), slow) as sup:
         session = await paired("slow", sup)  # type: ignore[arg-type]
         await stop(session, "ada")
         await until(session.pk, settled("stopped"))
@@ -129,7 +121,7 @@ async def test_backoff_binds_after_stop_and_start_and_after_a_restart(
         assert 14 <= (row.next_retry_at - timezone.now()).total_seconds() <= 30
         assert 14 <= delay <= 30
         assert world.connects[session.pk] == 2, "reconnected before next_retry_at"
-    async with running(SimulatedDriver(world), slow) as second:
+    async with running_driver(SimulatedDriver(world), slow) as second:
         await waits.longer_than(session.pk, 10)
         assert (await get(pk=session.pk)).lease_owner == second.owner
         assert world.connects[session.pk] == 2, "the new owner ignored the backoff"
@@ -158,11 +150,11 @@ async def test_no_session_connects_more_than_the_ceiling_through_takeovers_and_r
     def attempts() -> int:
         return driver.calls.count(("start", session.pk))
 
-    async with running(driver) as first:
+    async with running_driver(driver) as first:
         await waits.longer_than(session.pk, 5)  # the ceiling, not the 0.2 s backoff
         assert attempts() == FAST.connect_limit == 10
         assert (await get(pk=session.pk)).lease_owner == first.owner
-    async with running(driver) as second:  # a restart: a new owner
+    async with running_driver(driver) as second:  # a restart: a new owner
         await waits.longer_than(session.pk, 5)
         assert (await get(pk=session.pk)).lease_owner == second.owner
         await stop(await get(pk=session.pk), "ada")
@@ -171,7 +163,7 @@ async def test_no_session_connects_more_than_the_ceiling_through_takeovers_and_r
         await waits.longer_than(session.pk, 5)
     # A crash: the lease of a dead owner runs out; the next one claims it.
     await raw_intent(session.pk, ring=False, lease_owner="dead", lease_expires_at=timezone.now())
-    async with running(driver):
+    async with running_driver(driver):
         await waits.longer_than(session.pk, 5)
     assert attempts() == 10
     errors = [m for kind, _, m in await events_of(session.pk) if kind == "state"]
@@ -186,7 +178,7 @@ async def test_a_start_while_connected_is_served_and_never_undoes_replaced(
 ) -> None:
     """Issue 8 fault 2: Start pressed while connected (a stale page, or a ring the
     runner sees only with the "stream replaced") must not reconnect after it."""
-    async with running(SimulatedDriver(world)) as sup:
+    async with running_driver(SimulatedDriver(world)) as sup:
         session = await paired("pingpong", sup)  # type: ignore[arg-type]
         with pytest.raises(intents.IntentRefused) as refused:
             await start(session, "ada")
@@ -216,7 +208,7 @@ async def test_a_new_qr_on_a_linked_session_is_refused_and_a_stale_one_dropped(
 ) -> None:
     """Issue 8 fault 4: the web side refuses (log out first); a request that reaches
     the runner anyway is dropped with a reason, and the device stays linked once."""
-    async with running(SimulatedDriver(world)) as sup:
+    async with running_driver(SimulatedDriver(world)) as sup:
         session = await paired("linked", sup)  # type: ignore[arg-type]
         for ask in (new_qr(session, "ada"), pair_by_phone(session, "+4915112345678", "ada")):
             with pytest.raises(intents.IntentRefused) as refused:
@@ -246,7 +238,7 @@ async def test_a_dropped_new_qr_does_not_take_a_start_made_with_it_along(
 ) -> None:
     """Issue 8 faults 2 and 4 together: a stale New QR is dropped, the Start made
     after the replacement is still honoured."""
-    async with running(SimulatedDriver(world)) as sup:
+    async with running_driver(SimulatedDriver(world)) as sup:
         session = await paired("both", sup)  # type: ignore[arg-type]
         await gesture(session, "replace", "test")
         await until(session.pk, settled("replaced"))
@@ -267,7 +259,7 @@ async def test_start_during_a_qr_round_keeps_the_code_being_scanned(
     world: SimulatedWhatsApp,
 ) -> None:
     """Issue 8 fault 5."""
-    async with running(SimulatedDriver(world)):
+    async with running_driver(SimulatedDriver(world)):
         session = await create("scanning", "ada")
         first = await until(session.pk, state_is("qr_required"))
         with pytest.raises(intents.IntentRefused) as refused:
@@ -297,11 +289,11 @@ async def test_a_round_interrupted_long_ago_is_not_started_again(
 ) -> None:
     """Issue 8 fault 6: a deploy in the middle of a round that took longer than the
     round would have run: qr_timeout, waiting for the admin, no new code."""
-    async with running(SimulatedDriver(world)):
+    async with running_driver(SimulatedDriver(world)):
         session = await create("deployed", "ada")
         await until(session.pk, state_is("qr_required"))
     await age_round(session.pk, FAST.qr_round_limit + 1)
-    async with running(SimulatedDriver(world)) as sup:
+    async with running_driver(SimulatedDriver(world)) as sup:
         await until(session.pk, settled("qr_timeout"))
         await sup.reconcile()
     assert world.connects[session.pk] == 1 and world.qr_issued[session.pk] == 1
@@ -314,13 +306,13 @@ async def test_a_round_interrupted_a_moment_ago_goes_on_until_its_own_end(
     """Issue 8 fault 6: within the round's time it goes on (a new code, since the
     old connection is gone), and ends when the original round would have."""
     short = dataclasses.replace(FAST, qr_round_limit=3.0)
-    async with running(SimulatedDriver(world), short):
+    async with running_driver(SimulatedDriver(world), short):
         session = await create("restarted", "ada")
         await until(session.pk, state_is("qr_required"))
     # The round began half a second before the restart (however long shutting down took).
     started = timezone.now() - dt.timedelta(seconds=0.5)
     await raw_intent(session.pk, ring=False, qr_round_started_at=started)
-    async with running(SimulatedDriver(world), short):
+    async with running_driver(SimulatedDriver(world), short):
         await until(session.pk, lambda s: s is not None and world.connects[session.pk] == 2)
         await until(session.pk, state_is("qr_required"))
         snap = await until(session.pk, settled("qr_timeout"), timeout=5)
@@ -344,7 +336,7 @@ async def test_recovering_into_a_qr_round_or_logged_out_clears_the_old_error(
 ) -> None:
     """Issue 8 item 12: a logged-out or QR page must not show the last error and the
     retry count of a failure that is over."""
-    async with running(SimulatedDriver(world)) as sup:
+    async with running_driver(SimulatedDriver(world)) as sup:
         unpaired = await create("qr-again", "ada")
         await until(unpaired.pk, state_is("qr_required"))
         world.connection(unpaired.pk).emit(ConnectError(unpaired.pk, "stream error"))  # type: ignore[union-attr]
@@ -369,7 +361,7 @@ async def test_the_pairing_phone_number_is_cleared_when_its_round_ends(
 ) -> None:
     """Paired, timed out, stopped, logged out: each round end clears ``pair_phone``."""
     quick = SimulatedWhatsApp(SimulatedTiming(first_qr_ttl=0.3, next_qr_ttl=0.1, qr_count=2))
-    async with running(SimulatedDriver(world)):
+    async with running_driver(SimulatedDriver(world)):
         ends = {}
         for name in ("paired", "stopped", "logged-out"):
             session = await create(name, "ada")
@@ -384,7 +376,7 @@ async def test_the_pairing_phone_number_is_cleared_when_its_round_ends(
         await until(ends["stopped"].pk, settled("stopped"))
         await logout(ends["logged-out"], "ada")
         await until(ends["logged-out"].pk, settled("logged_out"))
-    async with running(SimulatedDriver(quick)):
+    async with running_driver(SimulatedDriver(quick)):
         timed_out = await create("timed-out", "ada")
         await pair_by_phone(timed_out, "+4915112345678", "ada")
         await until(timed_out.pk, settled("qr_timeout"))

@@ -40,11 +40,18 @@ def world() -> SimulatedWhatsApp:
     )
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     world: SimulatedWhatsApp, config: SupervisorConfig = FAST, owner: str | None = None
+) -> contextlib.AbstractAsyncContextManager[Supervisor]:
+    return running_driver(SimulatedDriver(world), config, owner)
+
+
+@contextlib.asynccontextmanager
+async def running_driver(
+    driver: SimulatedDriver, config: SupervisorConfig = FAST, owner: str | None = None
 ) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(SimulatedDriver(world), config=config, owner=owner)
+    """A supervisor running on ``driver`` until the block ends (then stopped)."""
+    supervisor = Supervisor(driver, config=config, owner=owner)
     task = asyncio.create_task(supervisor.run())
     await supervisor.ready.wait()
     try:
