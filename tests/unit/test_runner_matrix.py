@@ -146,7 +146,10 @@ def via_intents(session: WaSession, action: str) -> Awaitable[None]:
 
 @sync_to_async
 def row_values(session_id: int) -> dict[str, Any]:
-    return WaSession.objects.filter(pk=session_id).values().get()
+    """The row but its lease expiry, which the owner's renewals move on their own."""
+    values = WaSession.objects.filter(pk=session_id).values().get()
+    values.pop("lease_expires_at")
+    return values
 
 
 async def put_in(
