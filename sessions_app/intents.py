@@ -192,7 +192,10 @@ def delete(session: WaSession, actor: str) -> None:
     device's credentials, so no linked device is ever left behind unknown.
     """
     with transaction.atomic():  # a second delete changes nothing, and is no error
-        WaSession.objects.filter(pk=session.pk).update(desired_state=Desired.DELETED)
+        if not WaSession.objects.filter(pk=session.pk).update(desired_state=Desired.DELETED):
+            # A supervisor finished an earlier deletion since the caller read the
+            # row: the deletion asked for has happened; no row to log it against.
+            return
         _log(session.pk, actor, "asked to delete the session")
         _ring_after_commit(session.pk, "asked to delete the session")
 

@@ -60,7 +60,11 @@ def _out(session: WaSession) -> dict[str, Any]:
 
 
 def _fresh(session_id: int) -> dict[str, Any]:
-    return _out(WaSession.objects.get(pk=session_id))
+    """The row as it is now; 404 if a supervisor removed it meanwhile."""
+    session = WaSession.objects.filter(pk=session_id).first()
+    if session is None:
+        raise not_found()
+    return _out(session)
 
 
 class SessionFilters(Schema):
@@ -194,7 +198,11 @@ def delete_session(request: HttpRequest, session_id: int) -> Status:
     session = get_session(request, session_id)
     if session.desired_state != Desired.DELETED:
         intents.delete(session, who.actor)
-    return Status(202, _fresh(session_id))
+    now = WaSession.objects.filter(pk=session_id).first()
+    if now is None:  # the supervisor finished the deletion before this answer
+        session.desired_state = Desired.DELETED
+        now = session
+    return Status(202, _out(now))
 
 
 def _act(request: HttpRequest, session_id: int, action: Callable[[WaSession, str], None]) -> Status:

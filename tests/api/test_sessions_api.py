@@ -277,3 +277,28 @@ def test_nothing_secret_is_logged(
     assert token[7:] not in text
     assert QR not in text
     assert "1511234567" not in text
+
+
+def test_delete_answers_202_when_the_supervisor_removes_the_row_before_the_answer(
+    api: ApiClient, session: WaSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline supervisor can finish a deletion between the intent and the answer
+    (a CI run of schemathesis got a 500 from reading the vanished row)."""
+    ask = intents.delete
+
+    def ask_then_supervisor_removes(target: WaSession, actor: str) -> None:
+        ask(target, actor)
+        WaSession.objects.filter(pk=target.pk).delete()
+
+    monkeypatch.setattr(intents, "delete", ask_then_supervisor_removes)
+    response = api.delete(f"/sessions/{session.pk}")
+    assert response.status_code == 202
+    assert response.json()["desired_state"] == "deleted"
+    assert api.delete(f"/sessions/{session.pk}").status_code == 404
+
+
+def test_deleting_a_row_already_removed_writes_nothing(session: WaSession) -> None:
+    stale = WaSession.objects.get(pk=session.pk)
+    WaSession.objects.filter(pk=session.pk).delete()
+    intents.delete(stale, "admin")  # no IntegrityError from an event for a missing row
+    assert not SessionEvent.objects.filter(session_id=session.pk).exists()
