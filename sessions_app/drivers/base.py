@@ -125,6 +125,91 @@ class ConnectError(DriverEvent):
     retryable: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class MessageSent(DriverEvent):
+    """WhatsApp acknowledged an outbound message (whatsmeow's ``SendResponse``).
+
+    ``ref`` is the client message id the supervisor passed to ``send_text``;
+    ``message_id`` is WhatsApp's id (the one receipts name); ``timestamp`` is
+    WhatsApp's, aware UTC.
+    """
+
+    ref: str
+    message_id: str
+    timestamp: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class SendFailed(DriverEvent):
+    """An outbound message did not go out, or its outcome cannot be known.
+
+    ``outcome``: ``"refused"`` (WhatsApp or the driver refused it: it was not sent;
+    ``reason`` is one of :data:`SEND_FAILURE_REASONS`) or ``"unknown"`` (asked,
+    but no answer before the deadline or the connection ended: it may have gone
+    out). ``detail`` is for logs and the row, never the message text.
+    """
+
+    ref: str
+    outcome: str
+    reason: str
+    detail: str = ""
+
+
+#: ``SendFailed.reason`` values. ``not_on_whatsapp``: the number has no account;
+#: ``invalid_recipient``: not a phone number or JID; ``rate_limited``: WhatsApp
+#: asked to slow down; ``not_connected``: no logged-in connection; ``timeout``:
+#: no server ack before the deadline (outcome unknown); ``error``: anything else.
+SEND_FAILURE_REASONS = (
+    "not_on_whatsapp",
+    "invalid_recipient",
+    "rate_limited",
+    "not_connected",
+    "timeout",
+    "error",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageReceived(DriverEvent):
+    """A message on the connection (whatsmeow's ``events.Message``), ours from
+    another device of the account included (``from_me``).
+
+    ``chat`` and ``sender`` are JIDs as WhatsApp gives them (either may be an
+    ``@lid``); ``sender_phone`` is the phone-number JID when WhatsApp gives one
+    (``SenderAlt``), else empty. ``timestamp`` is aware UTC. ``kind`` is
+    ``"text"`` or the media type (``"image"``, ``"video"``, ``"audio"``,
+    ``"document"``, ``"sticker"``, ...) or ``"other"``; ``text`` is the text or
+    the caption.
+    """
+
+    message_id: str
+    chat: str
+    sender: str
+    sender_phone: str
+    from_me: bool
+    timestamp: dt.datetime
+    push_name: str
+    kind: str
+    text: str
+
+    def __repr__(self) -> str:  # message texts never reach a log
+        return (
+            f"MessageReceived(session_id={self.session_id}, message_id={self.message_id!r}, "
+            f"kind={self.kind!r}, from_me={self.from_me}, text=<hidden>)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt(DriverEvent):
+    """WhatsApp's receipt for messages this account sent (``events.Receipt``):
+    ``status`` is ``"delivered"``, ``"read"`` or ``"played"``; ``timestamp`` aware UTC."""
+
+    message_ids: tuple[str, ...]
+    status: str
+    timestamp: dt.datetime
+    chat: str = ""
+
+
 EventSink = Callable[[DriverEvent], None]
 
 
