@@ -56,6 +56,8 @@ INSTALLED_APPS = [
     # The HTTP API (/api/v1/); ninja listed so its docs use its own static files.
     "ninja",
     "api",
+    # Messages in and out of sessions: the outbound queue and the inbound store.
+    "messaging",
 ]
 
 MIDDLEWARE = [
