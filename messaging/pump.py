@@ -18,7 +18,8 @@ after the previous one (the last send's time is read from the database at start,
 so pacing survives a take-over). For each: ``sending`` is recorded under the
 lease's epoch *before* the driver is asked (:func:`messaging.outbound.take_next`),
 then ``driver.send_text(session_id, ref, chat, text)``; the answer arrives as an
-event. No answer within ``WACONNECT_SEND_TIMEOUT``: ``unknown``, never resent. A
+event. No answer within the driver's send deadline (``WACONNECT_SEND_TIMEOUT``)
+plus a grace: ``unknown``, never resent. A
 ``not_connected`` refusal puts the message back in the queue and pauses sending
 for :data:`NOT_CONNECTED_PAUSE` (or until the runner reports a new connection).
 
@@ -49,6 +50,7 @@ from ops import metrics
 from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.base import (
     Driver,
+    DriverError,
     DriverEvent,
     MessageReceived,
     MessageSent,
@@ -289,6 +291,16 @@ class MessagePump:
                 await self.driver.send_text(  # type: ignore[attr-defined]
                     self.session_id, message.ref, message.chat, message.text
                 )
+            except DriverError as exc:
+                # The driver could not do it (no connection open): not sent, queued again.
+                logger.info("driver refused the send: %s", exc, extra=self._extra())
+                row = await _mark_failed(
+                    self.lease, message.ref, "refused", "not_connected", str(exc), timezone.now()
+                )
+                metrics.messages_requeued.inc()
+                self._paused_until = asyncio.get_running_loop().time() + NOT_CONNECTED_PAUSE
+                await live.publish([row] if row is not None else [])
+                return
             except Exception as exc:
                 # It may or may not have left: never resend, record unknown.
                 logger.warning("driver send raised: %r", exc, extra=self._extra())
@@ -303,14 +315,14 @@ class MessagePump:
                 await live.publish([row] if row is not None else [])
                 return
             try:
-                async with asyncio.timeout(self.config.send_timeout):
+                async with asyncio.timeout(self.config.answer_timeout):
                     await flight.answered
             except TimeoutError:
                 row = await _mark_unknown(
                     self.lease,
                     message.ref,
                     outbound.NO_ANSWER,
-                    f"no answer from the driver within {self.config.send_timeout:g} s",
+                    f"no answer from the driver within {self.config.answer_timeout:g} s",
                     timezone.now(),
                 )
                 self._answered(message.ref, row, "unknown")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from messaging import live
 from messaging.models import Message
-from sessions_app.drivers.base import DriverEvent, MessageSent, SendFailed
+from sessions_app.drivers.base import DriverError, DriverEvent, MessageSent, SendFailed
 
 Rows = list[dict[str, Any]]
 
@@ -56,7 +56,7 @@ class ScriptedSends:
     (the runner's path for the connection's events), and keeps a log by ref.
 
     Behaviours: ``"sent"`` (default), ``"refused:<reason>"``, ``"unknown"``,
-    ``"silent"`` (never answers), ``"raise"``.
+    ``"silent"`` (never answers), ``"raise"`` (any error), ``"driver-error"``.
     """
 
     def __init__(self) -> None:
@@ -75,6 +75,8 @@ class ScriptedSends:
         how = self.behaviour.get(to, "sent")
         if how == "raise":
             raise ConnectionError("broken pipe")
+        if how == "driver-error":
+            raise DriverError("no connection is open to send on")
         if how == "silent":
             self._open.add(ref)
             return

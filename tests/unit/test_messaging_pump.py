@@ -25,7 +25,7 @@ from tests.unit.messaging_helpers import ScriptedSends, rows, statuses, until_me
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
-FAST = MessagingConfig(send_interval=0.0, message_ttl=60.0, send_timeout=0.3)
+FAST = MessagingConfig(send_interval=0.0, message_ttl=60.0, answer_timeout=0.3)
 PEER = "491700000001"
 PEER_JID = f"{PEER}@s.whatsapp.net"
 
@@ -157,7 +157,7 @@ async def test_not_connected_puts_it_back_and_it_goes_out_on_the_next_connection
 async def test_a_send_under_way_when_the_connection_closes_is_unknown(h: Harness) -> None:
     h.sends.behaviour[PEER_JID] = "silent"
     await queue(h, 1)
-    h.pump.config = dataclasses.replace(FAST, send_timeout=30)
+    h.pump.config = dataclasses.replace(FAST, answer_timeout=30)
     h.pump.settled(connected=True)
     await asyncio.wait_for(h.sends.asked.wait(), 10)
     await h.pump.connection_closed()
@@ -169,7 +169,7 @@ async def test_a_new_owner_marks_the_old_epochs_send_unknown_and_sends_the_rest(
     h: Harness,
 ) -> None:
     h.sends.behaviour[PEER_JID] = "silent"
-    h.pump.config = dataclasses.replace(FAST, send_timeout=30)
+    h.pump.config = dataclasses.replace(FAST, answer_timeout=30)
     first, second = await queue(h, 2)
     h.pump.settled(connected=True)
     await asyncio.wait_for(h.sends.asked.wait(), 10)
@@ -230,3 +230,17 @@ async def test_receipts_move_the_message_forward_only(h: Harness) -> None:
     await h.pump.on_event(Receipt(h.lease.session_id, (sent["wa_id"],), "delivered", now))
     (row,) = await until_messages(h.lease.session_id, statuses("read"))
     assert row["delivered_at"] == row["read_at"]
+
+
+async def test_a_driver_with_no_connection_open_leaves_the_message_queued(h: Harness) -> None:
+    """A DriverError means the driver could not send: certainly not sent, so queued."""
+    h.sends.behaviour[PEER_JID] = "driver-error"
+    await queue(h, 1)
+    h.pump.settled(connected=True)
+    await asyncio.wait_for(h.sends.asked.wait(), 10)
+    await until_messages(h.lease.session_id, lambda ms: ms[0]["version"] >= 2)
+    assert [m["status"] for m in await rows(h.lease.session_id)] == ["queued"]
+    del h.sends.behaviour[PEER_JID]
+    h.pump.settled(connected=False)
+    h.pump.settled(connected=True)
+    await until_messages(h.lease.session_id, statuses("sent"))
