@@ -29,7 +29,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 
 from messaging import signals
@@ -229,6 +229,19 @@ def mark_sent(
         now,
     )
     return rows[0] if rows else None
+
+
+def sent_and_take(
+    lease: Lease, sent: tuple[str, str, dt.datetime] | None, now: dt.datetime
+) -> tuple[Message | None, Taken]:
+    """:func:`mark_sent` for ``sent`` (``(ref, wa_id, wa_timestamp)``, or None) and
+    :func:`take_next`, in one transaction: the owner's hot path, one commit (and
+    one borrowed connection) per message instead of two."""
+    if sent is None:
+        return None, take_next(lease, now)
+    with transaction.atomic():
+        row = mark_sent(lease, *sent, now)
+        return row, take_next(lease, now)
 
 
 def mark_failed(
