@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import reverse
 
 from sessions_app import doorbell, intents, permissions, revocation, snapshots, socket_pages
+from sessions_app.dbthread import socket_db
 from sessions_app.forms import SessionCreateForm, errors_json
 from sessions_app.models import WaSession
 
@@ -67,7 +67,7 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         self.user_id: int | None = None
         self.checked_at = time.monotonic()
         user = self.scope.get("user")
-        code = await database_sync_to_async(refusal)(user, self.perms)
+        code = await socket_db(refusal)(user, self.perms)
         if code is not None:
             await self.accept()
             await self.close(code=code)
@@ -168,7 +168,7 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         await self.close_with(code)
         return False
 
-    @database_sync_to_async
+    @socket_db
     def _fresh_refusal(self) -> int | None:
         return self._check_fresh()[1]
 
@@ -196,7 +196,7 @@ class SessionConsumer(_OperatorConsumer):
         self.group = doorbell.session_group(self.session_id)
         await super().connect()
 
-    @database_sync_to_async
+    @socket_db
     def initial(self) -> dict[str, Any] | None:
         session = WaSession.objects.filter(pk=self.session_id).first()
         if session is None:
@@ -254,7 +254,7 @@ class SessionCreateConsumer(SessionConsumer):
             await self.join(self.group)  # join, then read: nothing pushed is missed
             await self.send_json(await self._created(outcome[1]))
 
-    @database_sync_to_async
+    @socket_db
     def _create(self, name: str) -> int | dict[str, list[str]] | tuple[int, Any]:
         """A close code, the form's errors, or (the new session's id, the fresh user)."""
         user, code = self._check_fresh()
@@ -269,7 +269,7 @@ class SessionCreateConsumer(SessionConsumer):
             return {"name": [refused.message]}
         return session.pk, user
 
-    @database_sync_to_async
+    @socket_db
     def _created(self, user: Any) -> dict[str, Any]:
         pk = self.session_id
         session = WaSession.objects.filter(pk=pk).first()
@@ -289,7 +289,7 @@ class SessionListConsumer(_OperatorConsumer):
 
     group = doorbell.LIST_GROUP
 
-    @database_sync_to_async
+    @socket_db
     def initial(self) -> dict[str, Any] | None:
         return {"type": "rows", "rows": [snapshots.row(s) for s in WaSession.objects.all()]}
 

@@ -87,6 +87,17 @@ def _in_thread(name: str, func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return call
 
 
+def socket_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``database_sync_to_async`` for the sockets' consumers, keeping a SQLite connection.
+
+    Consumers run their synchronous calls in asgiref's one long-lived thread for
+    code outside an HTTP request; like the supervisor's, it keeps its SQLite
+    connection instead of opening one per call (the create socket's two calls sit
+    on the path from "create" to the QR code). PostgreSQL: borrowed per call.
+    """
+    return functools.wraps(func)(_OwnThreadCall(func, thread_sensitive=True))
+
+
 def supervisor_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the supervisor's database thread (closing stale connections)."""
     return _in_thread(SUPERVISOR_THREAD, func)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from sessions_app.dbthread import lease_db, supervisor_db
+from sessions_app.dbthread import lease_db, socket_db, supervisor_db
 from sessions_app.models import WaSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -27,6 +27,13 @@ async def test_each_thread_keeps_its_sqlite_connection_from_call_to_call() -> No
 
     assert first is second
     assert lease is not first
+
+
+async def test_the_sockets_thread_keeps_its_sqlite_connection_too() -> None:
+    first = await socket_db(_raw_connection)()
+    second = await socket_db(_raw_connection)()
+
+    assert first is second
 
 
 def _leave_a_transaction_open() -> Any:
