@@ -425,7 +425,7 @@ def report(results: Results, args: argparse.Namespace, load: tuple[str, str]) ->
     ratio_p50, ratio_p99 = poll["p50"] / bell["p50"], poll["p99"] / bell["p99"]
     issued = summary(column(results.polling, "click_to_issued_ms"))
     parts = [
-        ("click → create POST answered", "click_to_response_ms"),
+        ("click → create answered", "click_to_response_ms"),
         ("click → detail markup in the page", "click_to_detail_ms"),
         ("click → first socket message", "click_to_socket_message_ms"),
         ("click → first QR issued (server clock)", "click_to_issued_ms"),
