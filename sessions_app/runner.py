@@ -200,7 +200,11 @@ class SessionRunner(LifecycleMixin):
     async def _step(self, *, gestures: bool = False) -> None:
         """Read the session, decide with the pure policy, act."""
         while True:
-            session = await owner_db.load(self.session_id)
+            taken: list[str] = []
+            if gestures and self.sup.driver.simulated:
+                session, taken = await owner_db.load_taking_gestures(self.lease)  # one hop
+            else:
+                session = await owner_db.load(self.session_id)
             if session is None:
                 self._end("deleted")
             if (session.lease_owner, session.lease_epoch) != (self.lease.owner, self.lease.epoch):
@@ -208,7 +212,7 @@ class SessionRunner(LifecycleMixin):
             self.seen = owner_db.watched(session)
             if gestures and self.sup.driver.simulated:
                 gestures = False
-                await self._apply_gestures()
+                await self._apply_gestures(taken)
             view, wake = self._view(session)
             action = plan(view)
             if action is Action.WAIT:
@@ -311,8 +315,8 @@ class SessionRunner(LifecycleMixin):
         """
         await self._on_lifecycle_event(event)
 
-    async def _apply_gestures(self) -> None:
-        gestures = await owner_db.take_gestures(self.lease)
+    async def _apply_gestures(self, gestures: list[str]) -> None:
+        """Play the simulated phone's gestures, taken from the database (fenced)."""
         for gesture in gestures:
             applied = await self.sup.driver.gesture(self.session_id, gesture)  # type: ignore[attr-defined]
             if not applied:

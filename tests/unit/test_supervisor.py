@@ -466,17 +466,23 @@ async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
         changed = await paired("changed", sup)
         await sup.reconcile(periodic=True)  # queued behind the runners' last reads
         loads: list[int] = []
-        load = owner_db.load
+        load, load_taking_gestures = owner_db.load, owner_db.load_taking_gestures
 
         async def counted(session_id: int) -> WaSession | None:
             loads.append(session_id)
             return await load(session_id)
 
+        async def counted_with_gestures(lease: leases.Lease) -> tuple[WaSession | None, list[str]]:
+            loads.append(lease.session_id)
+            return await load_taking_gestures(lease)
+
         monkeypatch.setattr(owner_db, "load", counted)
+        monkeypatch.setattr(owner_db, "load_taking_gestures", counted_with_gestures)
         # An intent written without its ring (as if Redis had dropped it).
         await sync_to_async(WaSession.objects.filter(pk=changed.pk).update)(desired_state="stopped")
         await sup.reconcile(periodic=True)
         await until(changed.pk, settled("stopped"))
+        assert changed.pk in loads
         assert quiet.pk not in loads, "an unchanged session was read again"
         assert world.live[quiet.pk] == 1
 
