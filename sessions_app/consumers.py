@@ -250,6 +250,7 @@ class SessionCreateConsumer(SessionConsumer):
             await self.send_json({"type": "invalid", "errors": outcome})
         else:
             self.session_id = outcome[0]
+            self.perms = ()  # a watcher of the session from now on: seeing is enough
             self.group = doorbell.session_group(self.session_id)
             await self.join(self.group)  # join, then read: nothing pushed is missed
             await self.send_json(await self._created(outcome[1]))

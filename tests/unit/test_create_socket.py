@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -172,4 +173,30 @@ async def test_a_permission_lost_after_connecting_creates_nothing(
 
     assert await ws.receive_output() == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
     assert await rows() == []
+    await ws.disconnect()
+
+
+async def test_once_created_losing_the_add_permission_keeps_the_watch(
+    ada: Client, staff_user: Any
+) -> None:
+    """The socket is the new session's from then on: seeing it is what it needs."""
+    ws = await open_create_socket(ada)
+    await ws.receive_json_from()
+    await ws.send_json_to({"type": "create", "name": "still-watched"})
+    assert (await ws.receive_json_from())["type"] == "created"
+
+    @sync_to_async
+    def remove_add() -> None:
+        staff_user.user_permissions.through.objects.filter(
+            user=staff_user, permission__codename="add_wasession"
+        ).delete()
+
+    await remove_add()
+    layer = get_channel_layer()  # what revocation sends: re-check the user, fresh
+    await layer.group_send(
+        doorbell.user_group(staff_user.pk), {"type": "user.recheck", "logged_out": ""}
+    )
+    await ws.send_json_to({"type": "ping"})
+
+    assert await ws.receive_json_from() == {"type": "pong"}, "closed after the re-check"
     await ws.disconnect()
