@@ -74,6 +74,9 @@ class SessionRunner(LifecycleMixin):
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.started = supervisor.clock()  # after the claim committed
         self.seen: tuple[Any, ...] = ()  # watched columns at the last step
+        #: The row as this runner last read it plus what it wrote since (None once a
+        #: write could not be applied to it): a QR rotation is written from it.
+        self.row: WaSession | None = None
         self.exit_reason = "done"
         self._stopping: asyncio.Future[None] | None = None  # the driver stop under way
         self._canceller: asyncio.Task[None] | None = None
@@ -210,6 +213,7 @@ class SessionRunner(LifecycleMixin):
             if (session.lease_owner, session.lease_epoch) != (self.lease.owner, self.lease.epoch):
                 raise LeaseLost
             self.seen = owner_db.watched(session)
+            self.row = session
             if gestures and self.sup.driver.simulated:
                 gestures = False
                 await self._apply_gestures(taken)
@@ -298,6 +302,12 @@ class SessionRunner(LifecycleMixin):
         published = await owner_db.write(self.lease, fields, event, row)
         if published is None:
             raise LeaseLost
+        # owner_db.write applied ``fields`` to ``row`` (and its version) unless one is
+        # an SQL expression; otherwise the kept row no longer matches the database.
+        applied = row is not None and not any(
+            hasattr(value, "resolve_expression") for value in fields.values()
+        )
+        self.row = row if applied else None
         await doorbell.publish(*published)
 
     # -- driver events -----------------------------------------------------------------
