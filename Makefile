@@ -49,7 +49,9 @@ test: venv chromium services lint
 	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \
 	  tests/unit/test_supervisor_partition.py \
 	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
-	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py
+	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py \
+	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_intents.py \
+	  tests/unit/test_messaging_runner.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
@@ -66,3 +68,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_metrics_scrape.py
 	$(BIN)/python benchmarks/bench_db_call.py
 	$(BIN)/python benchmarks/bench_api_qr.py
+	$(BIN)/python benchmarks/bench_messages.py

@@ -14,10 +14,12 @@ The parts:
   log out, delete, close; state transitions; lifecycle driver events);
 - :mod:`sessions_app.owner_db`: every database call.
 
-Per-connection work beyond the lifecycle (the messages layer) hooks in at two
-documented places: :meth:`SessionRunner._on_event` (route its driver events) and
-:meth:`SessionRunner._settled` (work to do while the lifecycle waits, e.g.
-send queued messages on a connected session).
+What goes over the connection is the message pump's
+(:class:`messaging.pump.MessagePump`, one per runner): :meth:`SessionRunner._run`
+hands it the messaging events and the "message queued" rings, each step ends by
+telling it whether the session is connected (:meth:`SessionRunner._settled`), the
+lifecycle tells it when the connection closes, and it is closed before the
+connection when the runner ends.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from django.db import DatabaseError
 from django.utils import timezone
 
+from messaging import pump
+from messaging.conf import messaging_config
+from messaging.live import RING_REASON
+from messaging.pump import MessagePump
 from sessions_app import doorbell, owner_db
 from sessions_app.drivers.base import DriverEvent
 from sessions_app.event_mapping import epoch
@@ -82,6 +88,8 @@ class SessionRunner(LifecycleMixin):
         self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
+        #: What goes over the connection: messages (sent in a task of its own).
+        self.messages = MessagePump(lease, supervisor.driver, messaging_config())
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"waconnect-session-{self.session_id}"
         )
@@ -144,7 +152,13 @@ class SessionRunner(LifecycleMixin):
                     attempt, event = payload
                     if attempt != self.attempt or not self.connection_open:
                         continue  # from a connection we already closed
+                    if pump.handles(event):  # the messages layer's: no step needed
+                        await self.messages.on_event(event)
+                        continue
                     await self._on_event(event)
+                elif payload == RING_REASON:  # a message was queued: only the pump acts
+                    self.messages.kick()
+                    continue
                 gestures = kind == "poke" and payload.startswith(("phone", "periodic"))
                 await self._step(gestures=gestures)
         except _Exit:
@@ -170,6 +184,7 @@ class SessionRunner(LifecycleMixin):
         try:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
+            await self.messages.aclose()  # before the connection: no send starts after
             await self._close_connection()
             if self.exit_reason == "crashed":
                 await self._release_with_handover_state()
@@ -279,17 +294,16 @@ class SessionRunner(LifecycleMixin):
         self._retry_timer = asyncio.get_running_loop().call_later(delay, self.poke, "retry due")
 
     async def _settled(self, session: WaSession) -> None:
-        """HOOK: the lifecycle has nothing to do now (the policy said wait).
+        """The lifecycle has nothing to do now (the policy said wait): tell the message
+        pump whether the session is connected (logged in), so it sends its queue.
 
-        ``session`` is the row as this step read it, under this runner's lease;
-        ``self.connection_open`` says whether a connection is up (its state, e.g.
-        ``connected``, is in the row). Every inbox message ends in a step, so this
-        runs after each driver event (``Connected`` included), ring, retry timer
-        and periodic poke. Per-connection work beyond the lifecycle goes here
-        (the messages layer: send the next queued message on a connected
-        session), written through :meth:`_write` or fenced calls of its own
-        (raise :class:`LeaseLost` when one matches no row). Nothing yet.
+        ``session`` is the row as this step read it, under this runner's lease.
+        Every inbox message but the pump's own ends in a step, so this runs after
+        each lifecycle event (``Connected`` included), ring, retry timer and
+        periodic poke.
         """
+        connected = session.state in (State.CONNECTED, State.DEGRADED)
+        self.messages.settled(self.connection_open and connected)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -313,15 +327,14 @@ class SessionRunner(LifecycleMixin):
     # -- driver events -----------------------------------------------------------------
 
     async def _on_event(self, event: DriverEvent) -> None:
-        """HOOK: dispatch one event of the current connection (stale ones are gone).
+        """Dispatch one lifecycle event of the current connection (stale ones are gone).
 
         Lifecycle events (QR codes, pairing, connected, disconnected, logged out,
         errors: see :func:`sessions_app.event_mapping.map_event`) go to the
-        lifecycle, :meth:`_on_lifecycle_event`. The messages layer routes its own
-        events here, before that line: ``MessageSent``, ``SendFailed``,
-        ``MessageReceived`` and ``Receipt`` (:mod:`sessions_app.drivers.base`).
-        Until then the lifecycle mapping rejects them (``TypeError``: the runner
-        ends as crashed and hands the session over).
+        lifecycle, :meth:`_on_lifecycle_event`. The messages layer's events
+        (``MessageSent``, ``SendFailed``, ``MessageReceived``, ``Receipt``) never
+        come here: :meth:`_run` hands them to the message pump first, without a
+        step (nothing about the lifecycle changed).
         """
         await self._on_lifecycle_event(event)
 

@@ -28,6 +28,7 @@ from sessions_app.policy import DROPS_REQUESTS, SETTLED_STATES, Action
 from sessions_app.states import State, Trigger, is_allowed, transition
 
 if TYPE_CHECKING:
+    from messaging.pump import MessagePump
     from sessions_app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class LifecycleMixin:
     row: WaSession | None
     exit_reason: str
     _stopping: asyncio.Future[None] | None
+    messages: MessagePump
 
     def _extra(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -162,6 +164,7 @@ class LifecycleMixin:
         self.attempt += 1
         self.connection_open = False
         self.continuing_round = False
+        await self.messages.connection_closed()
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
             # cancellation of a hand-over, and the runner would never end.
@@ -207,6 +210,7 @@ class LifecycleMixin:
             self.attempt += 1
             self.continuing_round = False
             self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+            await self.messages.connection_closed()  # no answer comes after a stop
         if self._stopping is None:
             return
         try:

@@ -25,7 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.db import DatabaseError
 
+from messaging import pump
 from sessions_app import doorbell, owner_db
 from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.doorbell_listener import DoorbellListenerMixin
@@ -214,9 +216,16 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         await doorbell.wake_supervisors("a supervisor joined")
 
     async def reconcile(self, *, periodic: bool = True) -> int:
-        """Claim what needs an owner; on the periodic pass, re-check owned sessions too."""
+        """Claim what needs an owner; on the periodic pass, re-check owned sessions too
+        and the messages: expire overdue ones of every session (owned or not), wake
+        the pumps of our sessions with messages queued (a lost ring)."""
         if periodic:
             await self._poke_changed()
+            try:
+                pumps = {sid: runner.messages for sid, runner in self.runners.items()}
+                await pump.periodic(self.owner, pumps)
+            except DatabaseError:
+                logger.warning("messages: the periodic pass failed", exc_info=True)
             if self.layer is not None and self._channel is not None:
                 # Group membership expires (a day by default): renew it.
                 with contextlib.suppress(Exception):

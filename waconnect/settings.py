@@ -56,6 +56,8 @@ INSTALLED_APPS = [
     # The HTTP API (/api/v1/); ninja listed so its docs use its own static files.
     "ninja",
     "api",
+    # Messages in and out of sessions: the outbound queue and the inbound store.
+    "messaging",
 ]
 
 MIDDLEWARE = [
@@ -334,6 +336,14 @@ WACONNECT_METRICS_TOKEN_VERIFIER = env("WACONNECT_METRICS_TOKEN_VERIFIER", defau
 # longest a long poll is held open.
 WACONNECT_API_RATE = env("WACONNECT_API_RATE", default="600/m")
 WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
+
+# Messages (messaging/conf.py): seconds between two sends of a session (WhatsApp
+# bans bursts; 0 turns pacing off), and how long a queued message waits for its
+# session before it expires (a request may give its own deadline).
+WACONNECT_SEND_INTERVAL = env.float("WACONNECT_SEND_INTERVAL", default=1.0)
+WACONNECT_MESSAGE_TTL = env.float("WACONNECT_MESSAGE_TTL", default=3600.0)
+# PostgreSQL: database threads (pooled connections) of a supervisor's message pumps.
+WACONNECT_MESSAGE_DB_THREADS = env.int("WACONNECT_MESSAGE_DB_THREADS", default=4)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 # "plain" for people, "json" (one object per line) for log shippers.
