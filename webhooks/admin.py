@@ -24,6 +24,7 @@ from webhooks.models import Delivery, Endpoint, Event
 
 
 class EndpointForm(forms.ModelForm):
+    url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
     event_types = forms.MultipleChoiceField(
         choices=[(t, t) for t in endpoints.SUBSCRIBABLE],
         widget=forms.CheckboxSelectMultiple,

@@ -59,7 +59,11 @@ class Dispatcher:
         owner: str | None = None,
         config: WebhookConfig | None = None,
         layer: BaseChannelLayer | bool | None = True,
+        observer: Callable[[int, str, str], None] | None = None,
     ) -> None:
+        """``observer(delivery_id, outcome, status)`` is called on the loop after each
+        recorded attempt (tests and benchmarks await outcomes with it)."""
+        self.observer = observer
         self.owner = owner or make_owner_id()
         self.config = config or webhook_config()
         self._layer_arg = layer
@@ -242,6 +246,8 @@ class Dispatcher:
                 return
             outcome, status = recorded
             metrics.webhook_deliveries.labels(outcome=str(outcome)).inc()
+            if self.observer is not None:
+                self.observer(claimed.id, str(outcome), status)
             if status == "delivered":
                 latency = (timezone.now() - claimed.created_at).total_seconds()
                 metrics.webhook_delivery_latency.observe(max(0.0, latency))
