@@ -129,6 +129,44 @@ qr_push_latency = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+# -- messages --------------------------------------------------------------------------
+
+#: How an outbound message's send ended (the ``outcome`` label of messages_sent).
+SEND_OUTCOMES = (
+    "sent",  # WhatsApp acknowledged it
+    "failed",  # refused (not on WhatsApp, invalid, rate limited, ...): not sent
+    "unknown",  # asked, no answer (timeout, connection or owner lost): never resent
+    "expired",  # not sent before its deadline
+)
+#: Receipt statuses that moved a message forward (the ``status`` label).
+RECEIPT_STATUSES = ("delivered", "read")
+
+messages_sent = Counter(
+    "waconnect_messages_sent_total",
+    "Outbound messages by how their send ended (see SEND_OUTCOMES); a late acknowledgement "
+    "of an unknown one counts again as sent.",
+    ["outcome"],
+)
+messages_requeued = Counter(
+    "waconnect_messages_requeued_total",
+    "Sends the driver refused as not connected (never reached WhatsApp): queued again.",
+)
+messages_received = Counter(
+    "waconnect_messages_received_total",
+    "Incoming messages stored, each once (redeliveries after a reconnect are not counted).",
+)
+message_receipts = Counter(
+    "waconnect_message_receipts_total",
+    "Outbound messages a receipt moved forward, by the status reached.",
+    ["status"],
+)
+message_send = Histogram(
+    "waconnect_message_send_seconds",
+    "From recording a message sending (before the driver is asked) to WhatsApp's "
+    "acknowledgement reaching the supervisor.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 75),
+)
+
 # -- webhooks --------------------------------------------------------------------------
 
 #: How a webhook attempt ended (the ``outcome`` label); see webhooks/retry.py.
@@ -162,6 +200,10 @@ for _cause in RECONNECT_CAUSES:
     reconnects.labels(_cause)
 for _outcome in QR_OUTCOMES:
     qr_rounds_ended.labels(_outcome)
+for _outcome in SEND_OUTCOMES:
+    messages_sent.labels(_outcome)
+for _status in RECEIPT_STATUSES:
+    message_receipts.labels(_status)
 for _outcome in WEBHOOK_OUTCOMES:
     webhook_deliveries.labels(_outcome)
 
