@@ -50,6 +50,7 @@ class Claimed:
     event_id: str
     body: str  # the exact JSON text sent and signed
     created_at: dt.datetime  # the event's, for the latency metric
+    endpoint_failing: bool = False  # its failure clock ran when claimed
 
 
 def _table() -> str:
@@ -92,6 +93,10 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
     """Claim up to ``limit`` due lane heads, oldest due first, in one statement."""
     if limit <= 0:
         return []
+    if connection.vendor == "sqlite" and not claimable().exists():
+        # SQLite's write transactions take the database lock (BEGIN IMMEDIATE): read
+        # first, so an idle pass does not hold up the supervisor's writes.
+        return []
     inner = (
         claimable()
         .order_by("next_attempt_at", "id")
@@ -133,6 +138,7 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
                 event_id=event_id,
                 body=_dumps(event["payload"]),
                 created_at=event["created_at"],
+                endpoint_failing=endpoint.failing_since is not None,
             )
         )
     return out
@@ -191,7 +197,8 @@ def finish(
             return None
         endpoints = Endpoint.objects.filter(pk=claimed.endpoint_id)
         if outcome is retry.Outcome.DELIVERED:
-            endpoints.filter(failing_since__isnull=False).update(failing_since=None)
+            if claimed.endpoint_failing:  # else nothing to clear: spare the statement
+                endpoints.filter(failing_since__isnull=False).update(failing_since=None)
         elif outcome is retry.Outcome.GONE:
             endpoints.filter(enabled=True).update(
                 enabled=False,
