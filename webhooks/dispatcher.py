@@ -194,6 +194,7 @@ class Dispatcher:
         self._wake.clear()
         free = self.config.max_in_flight - len(self._inflight)
         while free > 0:
+            asked = time.monotonic()
             try:
                 got = await self._db(delivery.claim)(
                     self.owner, self.config.claim_ttl, min(free, self.config.claim_batch)
@@ -203,7 +204,7 @@ class Dispatcher:
                 return min(5.0, self.config.sweep_interval)
             for claimed in got:
                 self._inflight[claimed.id] = asyncio.create_task(
-                    self._attempt(claimed), name=f"waconnect-webhook-{claimed.id}"
+                    self._attempt(claimed, asked), name=f"waconnect-webhook-{claimed.id}"
                 )
             if len(got) < min(free, self.config.claim_batch):
                 break
@@ -219,7 +220,20 @@ class Dispatcher:
             return self.config.sweep_interval
         return min(self.config.sweep_interval, max(due, 0.01))
 
-    async def _attempt(self, claimed: Claimed) -> None:
+    async def _attempt(self, claimed: Claimed, asked: float) -> None:
+        """Send one claimed delivery and record the outcome.
+
+        ``asked`` (monotonic) is when the claim was asked for: the claim may already
+        have been running since then. If what is left of it could not cover a whole
+        attempt (this process was frozen or starved), nothing is sent: by then
+        another dispatcher may have taken the claim and moved the lane on, and a
+        late send would arrive out of order. The claim expires and the delivery is
+        attempted again.
+        """
+        if time.monotonic() - asked > self.config.claim_ttl - self.config.total_timeout:
+            logger.warning("webhook delivery %s: claim too old to use; left to expire", claimed.id)
+            self._inflight.pop(claimed.id, None)
+            return
         try:
             headers = signing.sign_headers(
                 claimed.event_id, claimed.body, claimed.secrets, timezone.now()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.db import transaction
 
 from sessions_app.models import WaSession
 from tests.webhooks.receiver import Receiver
-from webhooks import endpoints, outbox
+from webhooks import delivery, endpoints, outbox, sender
 from webhooks.conf import webhook_config
 from webhooks.dispatcher import Dispatcher
 from webhooks.models import Delivery, Endpoint
@@ -162,3 +163,20 @@ async def test_a_refused_address_is_never_connected_to(outcomes: Outcomes) -> No
     finally:
         d.stop()
         await task
+
+
+async def test_a_claim_too_old_to_cover_an_attempt_is_not_used() -> None:
+    """A dispatcher frozen between its claim and the send must not send late: another
+    may have taken the claim over and moved the lane on."""
+    async with Receiver() as receiver:
+        _, sessions = await make_world(receiver.url, 1)
+        await emit_many(sessions, 1)
+        config = webhook_config(**FAST)
+        d = Dispatcher(config=config)
+        d._client = sender.build_client(config)
+        (claimed,) = await sync_to_async(delivery.claim)(d.owner, config.claim_ttl, 10)
+        frozen_since = time.monotonic() - config.claim_ttl
+        await d._attempt(claimed, frozen_since)
+        await d._client.aclose()
+        assert receiver.requests == []
+    assert (await sync_to_async(Delivery.objects.get)()).status == "delivering"
