@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -21,8 +21,15 @@ Behaviour = str | int
 
 
 class Receiver:
-    def __init__(self, secret: str = "", script: Iterable[Behaviour] = ()) -> None:
+    def __init__(
+        self,
+        secret: str = "",
+        script: Iterable[Behaviour] = (),
+        chooser: Callable[[], Behaviour] | None = None,
+    ) -> None:
+        """``chooser``, if set, picks the behaviour once the script is used up."""
         self.secret = secret
+        self.chooser = chooser
         self.script: collections.deque[Behaviour] = collections.deque(script)
         self.requests: list[dict[str, Any]] = []  # every request: headers, body, behaviour
         self.accepted: list[dict[str, Any]] = []  # verified payloads answered 2xx
@@ -58,7 +65,10 @@ class Receiver:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                behaviour = self.script.popleft() if self.script else "ok"
+                if self.script:
+                    behaviour = self.script.popleft()
+                else:
+                    behaviour = self.chooser() if self.chooser is not None else "ok"
                 record = {"headers": headers, "body": body, "behaviour": behaviour}
                 async with self._changed:
                     self.requests.append(record)
@@ -100,6 +110,17 @@ class Receiver:
                 f"requests: {[r['behaviour'] for r in self.requests]}"
             ) from None
         return list(self.accepted)
+
+    async def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float
+    ) -> None:
+        """Wait until ``predicate(accepted)`` holds; fail after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: predicate(self.accepted))
+        except TimeoutError:
+            raise AssertionError(f"not reached; {len(self.accepted)} accepted") from None
 
     async def wait_requests(self, count: int, timeout: float = 10.0) -> None:
         try:
