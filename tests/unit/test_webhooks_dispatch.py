@@ -180,3 +180,37 @@ async def test_a_claim_too_old_to_cover_an_attempt_is_not_used() -> None:
         await d._client.aclose()
         assert receiver.requests == []
     assert (await sync_to_async(Delivery.objects.get)()).status == "delivering"
+
+
+async def test_redirects_are_not_followed_and_answers_are_read_bounded(
+    dispatcher: Dispatcher, outcomes: Outcomes
+) -> None:
+    async with Receiver(script=["redirect", "big"]) as receiver:
+        hook, sessions = await make_world(receiver.url, 1)
+        receiver.secret = hook.secret
+        await emit_many(sessions, 1)
+        await outcomes.until(lambda seen: len(seen) == 2)
+        after_big = await sync_to_async(Delivery.objects.get)()
+        await receiver.wait_accepted(1)
+    assert [r["behaviour"] for r in receiver.requests] == ["redirect", "big", "ok"]
+    assert outcomes.seen[0][1] == "failed"  # the 307 is an answer, not a way elsewhere
+    assert after_big.last_status_code == 500
+    assert 0 < len(after_big.last_response) <= 1000
+
+
+async def test_the_supervisor_service_runs_the_dispatcher_beside_it() -> None:
+    """``start_inline`` (runserver) and ``serve`` (run_supervisor) start a dispatcher
+    with the supervisor: a test event is delivered with nothing else running."""
+    from sessions_app import service
+
+    async with Receiver() as receiver:
+        hook, _ = await make_world(receiver.url, 0)
+        receiver.secret = hook.secret
+        supervisor = service.start_inline()
+        try:
+            await sync_to_async(endpoints.send_test)(hook)
+            (payload,) = await receiver.wait_accepted(1)
+        finally:
+            supervisor.stop()
+            await supervisor.task  # type: ignore[attr-defined]
+    assert payload["type"] == "webhook.test"

@@ -79,6 +79,19 @@ class Receiver:
                 if behaviour == "reset":
                     writer.transport.abort()
                     return
+                if behaviour == "big":  # an error page far past any read limit
+                    writer.write(
+                        b"HTTP/1.1 500 Oops\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1_000_000
+                    )
+                    await writer.drain()
+                    continue
+                if behaviour == "redirect":
+                    writer.write(
+                        b"HTTP/1.1 307 Elsewhere\r\nlocation: http://169.254.169.254/\r\n"
+                        b"content-length: 0\r\n\r\n"
+                    )
+                    await writer.drain()
+                    continue
                 status = 200 if behaviour == "ok" else int(behaviour)
                 if 200 <= status < 300:
                     payload = Webhook(self.secret).verify(body, headers)
