@@ -32,7 +32,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from webhooks import retry
-from webhooks.models import Delivery, Endpoint, Event
+from webhooks.models import Delivery, Endpoint, Event, SessionSequence
 
 S = Delivery.Status
 UNFINISHED = (S.PENDING, S.DELIVERING)
@@ -45,6 +45,7 @@ class Claimed:
     id: int
     attempts: int  # this attempt's number (1 for the first); with the owner, the fence
     endpoint_id: int
+    session_id: int  # the lane is (endpoint_id, session_id)
     url: str
     secrets: tuple[str, ...]
     event_id: str
@@ -66,26 +67,30 @@ def _expiry(ttl: float) -> tuple[str, list[Any]]:
     ]
 
 
-def _heads() -> Any:
-    """Lane heads of enabled endpoints: the unfinished delivery with the lowest ``seq``
-    of its (endpoint, session)."""
-    earlier = Delivery.objects.filter(
+def _earlier_unfinished() -> Any:
+    return Delivery.objects.filter(
         endpoint_id=OuterRef("endpoint_id"),
         session_id=OuterRef("session_id"),
         seq__lt=OuterRef("seq"),
         status__in=UNFINISHED,
     )
-    return Delivery.objects.filter(endpoint__enabled=True, status__in=UNFINISHED).filter(
-        ~Exists(earlier)
-    )
 
 
 def claimable() -> Any:
-    """Deliveries that may be attempted now: due lane heads of enabled endpoints,
-    unclaimed or whose claim expired."""
-    return _heads().filter(
-        Q(status=S.PENDING, next_attempt_at__lte=Now())
-        | Q(status=S.DELIVERING, claim_expires_at__lt=Now())
+    """Deliveries that may be attempted now: scheduled and due (only lane heads are
+    scheduled), or in flight with an expired claim; of an enabled endpoint; and —
+    the guard that keeps a redelivered older one first — with nothing earlier of
+    their lane unfinished.
+
+    Reads only due rows (the ``webhooks_due`` index), never a lane's queue.
+    """
+    return (
+        Delivery.objects.filter(endpoint__enabled=True)
+        .filter(
+            Q(status=S.PENDING, next_attempt_at__lte=Now())
+            | Q(status=S.DELIVERING, claim_expires_at__lt=Now())
+        )
+        .filter(~Exists(_earlier_unfinished()))
     )
 
 
@@ -110,7 +115,8 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
             cursor.execute(
                 f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
                 f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
-                f"WHERE id IN ({inner_sql}) RETURNING id, attempts, endpoint_id, event_id",
+                f"WHERE id IN ({inner_sql}) "
+                f"RETURNING id, attempts, endpoint_id, event_id, session_id",
                 [S.DELIVERING, owner, *expiry_params, *inner_params],
             )
             rows = cursor.fetchall()
@@ -125,7 +131,7 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
         }
     now = timezone.now()
     out = []
-    for pk, attempts, endpoint_id, event_id in rows:
+    for pk, attempts, endpoint_id, event_id, session_id in rows:
         endpoint = endpoints[endpoint_id]
         event = events[event_id]
         out.append(
@@ -133,6 +139,7 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
                 id=pk,
                 attempts=attempts,
                 endpoint_id=endpoint_id,
+                session_id=session_id,
                 url=endpoint.url,
                 secrets=tuple(endpoint.signing_secrets(now)),
                 event_id=event_id,
@@ -195,6 +202,8 @@ def finish(
         ).update(**fields)
         if not updated:
             return None
+        if verdict.status in (S.DELIVERED, S.DEAD):
+            promote(claimed.endpoint_id, claimed.session_id, now)
         endpoints = Endpoint.objects.filter(pk=claimed.endpoint_id)
         if outcome is retry.Outcome.DELIVERED:
             if claimed.endpoint_failing:  # else nothing to clear: spare the statement
@@ -217,6 +226,35 @@ def finish(
     return outcome, verdict.status
 
 
+def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
+    """Schedule the lane's next delivery (its lowest unfinished ``seq``) if it is not.
+
+    Takes the lane's sequence counter row lock first: an emitter of that session
+    holds it while it decides whether its new delivery is the lane's head, so the
+    two never both leave it unscheduled.
+    """
+    counters = connection.ops.quote_name(SessionSequence._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT last FROM {counters} WHERE session_id = %s{lock}", [lane])
+        cursor.execute(
+            f"UPDATE {_table()} SET next_attempt_at = %s WHERE id = (SELECT id FROM {_table()} "
+            f"WHERE endpoint_id = %s AND session_id = %s AND status IN ('pending', 'delivering') "
+            f"ORDER BY seq LIMIT 1) AND next_attempt_at IS NULL",
+            [connection.ops.adapt_datetimefield_value(now), endpoint_id, lane],
+        )
+
+
+def repair_lanes() -> int:
+    """The sweep's safety net: schedule every lane head left unscheduled (there should
+    be none); how many were."""
+    return (
+        Delivery.objects.filter(status=S.PENDING, next_attempt_at__isnull=True)
+        .filter(~Exists(_earlier_unfinished()))
+        .update(next_attempt_at=timezone.now())
+    )
+
+
 def _human(seconds: float) -> str:
     if seconds >= 86400:
         return f"{seconds / 86400:g} days"
@@ -237,14 +275,14 @@ def release(owner: str) -> int:
 
 
 def next_due_in() -> float | None:
-    """Seconds until a lane head can be claimed (a pending one due, or a claim that
-    expires), 0 if one can now, None if there is none. Heads in flight do not count:
-    their end wakes the dispatcher."""
-    heads = _heads().aggregate(
-        pending=Min("next_attempt_at", filter=Q(status=S.PENDING)),
-        expiring=Min("claim_expires_at", filter=Q(status=S.DELIVERING)),
-    )
-    times = [t for t in (heads["pending"], heads["expiring"]) if t is not None]
+    """Seconds until a delivery can be claimed (a scheduled one due, or a claim that
+    expires), 0 if one can now, None if there is none. Two index reads."""
+    enabled = Delivery.objects.filter(endpoint__enabled=True)
+    times = [
+        enabled.filter(status=S.PENDING).aggregate(at=Min("next_attempt_at"))["at"],
+        enabled.filter(status=S.DELIVERING).aggregate(at=Min("claim_expires_at"))["at"],
+    ]
+    times = [t for t in times if t is not None]
     if not times:
         return None
     return max(0.0, (min(times) - timezone.now()).total_seconds())
@@ -260,18 +298,42 @@ def backlog() -> int:
 
 def redeliver(delivery_ids: list[int]) -> int:
     """Send these deliveries again (delivered or dead ones; never one in flight):
-    pending, due now, their attempts counted from zero. Returns how many."""
-    return (
+    pending, due now, their attempts counted from zero. Returns how many.
+
+    A redelivered one goes first in its lane: the lane's later pending ones are
+    unscheduled again until it is done (:func:`promote`).
+    """
+    now = timezone.now()
+    chosen = list(
         Delivery.objects.filter(pk__in=delivery_ids)
         .exclude(status=S.DELIVERING)
-        .update(
-            status=S.PENDING,
-            attempts=0,
-            next_attempt_at=timezone.now(),
-            claim_owner="",
-            claim_expires_at=None,
-        )
+        .values_list("id", "endpoint_id", "session_id", "seq")
     )
+    if not chosen:
+        return 0
+    first: dict[tuple[int, int], tuple[int, int]] = {}  # lane -> (seq, id) to go first
+    for pk, endpoint_id, lane, seq in chosen:
+        if (endpoint_id, lane) not in first or seq < first[(endpoint_id, lane)][0]:
+            first[(endpoint_id, lane)] = (seq, pk)
+    with transaction.atomic():
+        for (endpoint_id, lane), (seq, _) in first.items():
+            Delivery.objects.filter(
+                endpoint_id=endpoint_id, session_id=lane, seq__gt=seq, status=S.PENDING
+            ).update(next_attempt_at=None)
+        count = (
+            Delivery.objects.filter(pk__in=[c[0] for c in chosen])
+            .exclude(status=S.DELIVERING)
+            .update(
+                status=S.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                claim_owner="",
+                claim_expires_at=None,
+            )
+        )
+        heads = [pk for _, pk in first.values()]
+        Delivery.objects.filter(pk__in=heads, status=S.PENDING).update(next_attempt_at=now)
+    return count
 
 
 def redeliver_dead(endpoint_id: int, since: dt.datetime) -> int:

@@ -72,6 +72,7 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=DB_THREAD)
+        self._last_sweep = -float("inf")
         #: Set once the first pass ran (listening, and the backlog looked at).
         self.ready = asyncio.Event()
 
@@ -192,6 +193,16 @@ class Dispatcher:
     async def pass_once(self) -> float:
         """Claim and start what is due; return how long to sleep unless rung."""
         self._wake.clear()
+        if time.monotonic() - self._last_sweep >= self.config.sweep_interval:
+            self._last_sweep = time.monotonic()
+            try:
+                repaired = await self._db(delivery.repair_lanes)()
+            except Exception:
+                logger.warning("could not check the webhook lanes", exc_info=True)
+            else:
+                if repaired:
+                    logger.warning("scheduled %d webhook lane heads left unscheduled", repaired)
+        claimed_any = False
         free = self.config.max_in_flight - len(self._inflight)
         while free > 0:
             asked = time.monotonic()
@@ -202,6 +213,7 @@ class Dispatcher:
             except Exception:
                 logger.warning("could not claim webhook deliveries; will retry", exc_info=True)
                 return min(5.0, self.config.sweep_interval)
+            claimed_any = claimed_any or bool(got)
             for claimed in got:
                 self._inflight[claimed.id] = asyncio.create_task(
                     self._attempt(claimed, asked), name=f"waconnect-webhook-{claimed.id}"
@@ -218,7 +230,9 @@ class Dispatcher:
             return min(5.0, self.config.sweep_interval)
         if due is None:
             return self.config.sweep_interval
-        return min(self.config.sweep_interval, max(due, 0.01))
+        # Due but not claimed (locked by another dispatcher this instant): look again
+        # soon, not at once.
+        return min(self.config.sweep_interval, max(due, 0.01 if claimed_any else 0.2))
 
     async def _attempt(self, claimed: Claimed, asked: float) -> None:
         """Send one claimed delivery and record the outcome.

@@ -4,6 +4,9 @@ Invariants:
 
 - An :class:`Event` and its :class:`Delivery` rows are written in the transaction of
   the change they report (:mod:`webhooks.outbox`): never one without the other.
+- Only a lane's head is scheduled: the others of the lane have no
+  ``next_attempt_at`` until the one before them is delivered or dead, so finding
+  due deliveries never reads a lane's queue.
 - A delivery's *lane* is ``(endpoint, session_id)``; within a lane only the pending
   or delivering delivery with the lowest ``seq`` may be attempted
   (:mod:`webhooks.delivery`), so a receiver sees a session's events in order.
@@ -180,7 +183,12 @@ class Delivery(models.Model):
     seq = models.BigIntegerField(default=0)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        default=timezone.now,
+        help_text="When it may be attempted; empty while an earlier one of its lane is unfinished.",
+    )
     claim_owner = models.CharField(max_length=200, blank=True)
     claim_expires_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)

@@ -81,6 +81,23 @@ def envelope(event: Event, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _busy_lanes(lane: int, endpoint_ids: list[int]) -> set[int]:
+    """The endpoints whose lane for ``lane`` has an unfinished delivery: one index
+    probe per endpoint (``webhooks_lane``), however long the lane's queue."""
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    probes = " UNION ALL ".join(
+        f"SELECT %s FROM (SELECT 1 FROM {table} WHERE endpoint_id = %s AND session_id = %s "
+        f"AND status IN ('pending', 'delivering') LIMIT 1) AS p{i}"
+        for i in range(len(endpoint_ids))
+    )
+    params: list[int] = []
+    for endpoint_id in endpoint_ids:
+        params += [endpoint_id, endpoint_id, lane]
+    with connection.cursor() as cursor:
+        cursor.execute(probes, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
 def _store(
     event_type: str,
     session_id: int | None,
@@ -99,18 +116,23 @@ def _store(
     )
     event.payload = envelope(event, data)
     event.save(force_insert=True)
+    # Only a lane's head is scheduled (next_attempt_at set); the rest wait unscheduled
+    # until their turn (webhooks.delivery.finish promotes the next one). The lane's
+    # counter row, locked above, orders this with that promotion.
+    busy = _busy_lanes(lane, [e.pk for e in endpoints])
     Delivery.objects.bulk_create(
         Delivery(
             event=event,
             endpoint_id=endpoint.pk,
             session_id=lane,
             seq=seq,
-            next_attempt_at=event.created_at,
+            next_attempt_at=None if endpoint.pk in busy else event.created_at,
             created_at=event.created_at,
         )
         for endpoint in endpoints
     )
-    transaction.on_commit(ring.ring_dispatchers)
+    if len(busy) < len(endpoints):
+        transaction.on_commit(ring.ring_dispatchers)
     return event
 
 

@@ -72,18 +72,33 @@ def test_a_row_locked_by_another_dispatcher_is_skipped_without_waiting() -> None
 
 
 def test_two_dispatchers_deliver_everything_once_and_every_lane_in_order() -> None:
-    world(40, 5)
-    total = Delivery.objects.count()
-    assert total == 40 * 5 * 2
+    """While an emitter adds to the same lanes: a new delivery and the end of its
+    lane's head never leave the lane unscheduled (the counter row orders them)."""
+    ids = world(40, 3)
     claims: dict[str, list[int]] = {"d1": [], "d2": []}
-    start = threading.Barrier(2)
+    start = threading.Barrier(3)
     errors: list[BaseException] = []
+    emitting = threading.Event()
+    emitting.set()
+
+    def emitter() -> None:
+        try:
+            start.wait()
+            for _ in range(2):
+                for sid in ids:
+                    with transaction.atomic():
+                        outbox.emit("session.status", sid, {})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            emitting.clear()
+            connections.close_all()
 
     def dispatcher(owner: str) -> None:
         try:
             start.wait()
             idle = 0
-            while idle < 3:
+            while emitting.is_set() or idle < 3:
                 got = delivery.claim(owner, 60, 7)
                 idle = 0 if got else idle + 1
                 for claimed in got:
@@ -95,11 +110,15 @@ def test_two_dispatchers_deliver_everything_once_and_every_lane_in_order() -> No
             connections.close_all()
 
     threads = [threading.Thread(target=dispatcher, args=(o,)) for o in claims]
+    threads.append(threading.Thread(target=emitter))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
+    total = Delivery.objects.count()
+    assert total == 40 * 5 * 2
+    assert delivery.repair_lanes() == 0, "a lane was left unscheduled"
     counts = Counter(claims["d1"] + claims["d2"])
     assert len(counts) == total and set(counts.values()) == {1}
     assert claims["d1"] and claims["d2"]  # both took part

@@ -171,3 +171,47 @@ def test_next_due_in_counts_only_claimable_heads(sessions: list[WaSession], hook
     delivery.finish("d1", head, Result(500), (0.0, 300.0), WEEK)
     due = delivery.next_due_in()
     assert due is not None and 250 < due <= 300
+
+
+def test_only_lane_heads_are_scheduled_and_each_end_schedules_the_next(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 3)
+    scheduled = list(Delivery.objects.order_by("seq").values_list("seq", "next_attempt_at"))
+    assert [seq for seq, at in scheduled if at is not None] == [1]
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(None, error="reset"), (0.0,), WEEK)  # dead
+    assert Delivery.objects.get(seq=2).next_attempt_at is not None
+    assert Delivery.objects.get(seq=3).next_attempt_at is None
+    assert delivery.repair_lanes() == 0
+
+
+def test_redelivered_ones_go_first_and_the_lane_waits_behind_them(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 3)
+    for _ in range(2):
+        (claimed,) = delivery.claim("d1", 60, 10)
+        delivery.finish("d1", claimed, Result(200), SCHEDULE, WEEK)
+    done = list(Delivery.objects.filter(status="delivered").values_list("id", flat=True))
+    assert delivery.redeliver(done) == 2
+    due = delivery.next_due_in()
+    assert due == 0.0
+    order = []
+    for _ in range(3):
+        (claimed,) = delivery.claim("d1", 60, 10)
+        assert delivery.claim("d2", 60, 10) == []  # one at a time in the lane
+        order.append(Delivery.objects.get(pk=claimed.id).seq)
+        delivery.finish("d1", claimed, Result(200), SCHEDULE, WEEK)
+    assert order == [1, 2, 3]
+
+
+def test_a_lane_left_unscheduled_is_repaired_by_the_sweep(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 2)
+    Delivery.objects.update(next_attempt_at=None)
+    assert delivery.claim("d1", 60, 10) == []
+    assert delivery.repair_lanes() == 1
+    (claimed,) = delivery.claim("d1", 60, 10)
+    assert Delivery.objects.get(pk=claimed.id).seq == 1
