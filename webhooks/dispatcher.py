@@ -24,7 +24,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from channels.db import DatabaseSyncToAsync
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -73,6 +73,9 @@ class Dispatcher:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=DB_THREAD)
         self._last_sweep = -float("inf")
+        #: Outcomes waiting to be written, each with the future its attempt awaits.
+        self._to_record: list[tuple[Claimed, Result, asyncio.Future[Any]]] = []
+        self._record_wake = asyncio.Event()
         #: Set once the first pass ran (listening, and the backlog looked at).
         self.ready = asyncio.Event()
 
@@ -107,13 +110,14 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
         ring.register(id(self), self.wake)
-        self._client = sender.build_client(self.config)
+        self._clients = sender.build_clients(self.config)
         listener = asyncio.create_task(self._listen(layer), name="waconnect-webhooks-doorbell")
         worker = asyncio.create_task(self._loop_forever(), name="waconnect-webhooks-loop")
+        recorder = asyncio.create_task(self._recorder(), name="waconnect-webhooks-recorder")
         stop_wait = asyncio.create_task(self._stop.wait(), name="waconnect-webhooks-stop")
         try:
             done, _ = await asyncio.wait(
-                [stop_wait, listener, worker], return_when=asyncio.FIRST_COMPLETED
+                [stop_wait, listener, worker, recorder], return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
                 if task is not stop_wait and not task.cancelled() and task.exception():
@@ -126,9 +130,12 @@ class Dispatcher:
             for task in (listener, worker, stop_wait):
                 task.cancel()
             await asyncio.gather(listener, worker, stop_wait, return_exceptions=True)
-            await self._drain()
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+            await self._drain()  # the recorder still writes their outcomes
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+            for client in self._clients:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
             with contextlib.suppress(Exception):
                 await self._db(delivery.release)(self.owner)
             with contextlib.suppress(Exception):
@@ -221,8 +228,10 @@ class Dispatcher:
             if len(got) < min(free, self.config.claim_batch):
                 break
             free = self.config.max_in_flight - len(self._inflight)
-        if len(self._inflight) >= self.config.max_in_flight:
-            return self.config.sweep_interval  # a finishing attempt wakes us
+        if self._inflight:
+            # An attempt's end wakes us (and a retry that falls due meanwhile waits
+            # for it, at most the total timeout): no schedule query per outcome.
+            return self.config.sweep_interval
         try:
             due = await self._db(delivery.next_due_in)()
         except Exception:
@@ -253,20 +262,19 @@ class Dispatcher:
                 claimed.event_id, claimed.body, claimed.secrets, timezone.now()
             )
             started = time.perf_counter()
-            answer = await sender.post(
-                self._client, claimed.url, claimed.body, headers, self.config
-            )
+            # A lane always uses the same client: its connection stays warm.
+            client = self._clients[
+                hash((claimed.endpoint_id, claimed.session_id)) % len(self._clients)
+            ]
+            answer = await sender.post(client, claimed.url, claimed.body, headers, self.config)
             metrics.webhook_attempt_duration.observe(time.perf_counter() - started)
             result = Result(
                 answer.status_code, error=answer.error, response=answer.body, refused=answer.refused
             )
-            recorded = await self._db(delivery.finish)(
-                self.owner,
-                claimed,
-                result,
-                self.config.schedule,
-                self.config.disable_after,
-            )
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._to_record.append((claimed, result, done))
+            self._record_wake.set()
+            recorded = await done
             if recorded is None:
                 logger.warning(
                     "webhook delivery %s: claim lost before its outcome was recorded", claimed.id
@@ -296,6 +304,39 @@ class Dispatcher:
         finally:
             self._inflight.pop(claimed.id, None)
             self._wake.set()  # a slot is free, and the lane's next may be due
+
+    async def _recorder(self) -> None:
+        """Write the outcomes that arrived, all those waiting in one transaction: the
+        database thread is the dispatcher's bottleneck, a commit per outcome its
+        largest cost. An attempt waits for its outcome to be written before its slot
+        frees (so the lane's next is claimable by then)."""
+        while True:
+            await self._record_wake.wait()
+            self._record_wake.clear()
+            batch, self._to_record = self._to_record, []
+            if not batch:
+                continue
+            try:
+                results = await self._db(delivery.finish_many)(
+                    self.owner,
+                    [(claimed, result) for claimed, result, _ in batch],
+                    self.config.schedule,
+                    self.config.disable_after,
+                )
+            except asyncio.CancelledError:
+                for *_, done in batch:
+                    if not done.done():
+                        done.cancel()
+                raise
+            except Exception as exc:
+                # Nothing written: the claims expire and the deliveries go again.
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), recorded in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(recorded)
 
 
 async def run_beside(

@@ -100,7 +100,9 @@ async def test_failures_then_410_then_recovery_everything_arrives_in_lane_order(
         await outcomes.until(lambda seen: any(o == "gone" for _, o, _ in seen))
         await sync_to_async(hook.refresh_from_db)()
         assert not hook.enabled and "410" in hook.disabled_reason
-        assert [r["behaviour"] for r in receiver.requests] == [500, "stall", "reset", 503, 410]
+        # (the other lane's attempt may have been under way as the 410 came back)
+        seen = [r["behaviour"] for r in receiver.requests]
+        assert seen[:5] == [500, "stall", "reset", 503, 410] and set(seen[5:]) <= {"ok"}
 
         await sync_to_async(endpoints.set_enabled)(hook, True)  # rings the dispatcher
         accepted = await receiver.wait_accepted(10)
@@ -173,11 +175,11 @@ async def test_a_claim_too_old_to_cover_an_attempt_is_not_used() -> None:
         await emit_many(sessions, 1)
         config = webhook_config(**FAST)
         d = Dispatcher(config=config)
-        d._client = sender.build_client(config)
+        d._clients = [sender.build_client(config)]
         (claimed,) = await sync_to_async(delivery.claim)(d.owner, config.claim_ttl, 10)
         frozen_since = time.monotonic() - config.claim_ttl
         await d._attempt(claimed, frozen_since)
-        await d._client.aclose()
+        await d._clients[0].aclose()
         assert receiver.requests == []
     assert (await sync_to_async(Delivery.objects.get)()).status == "delivering"
 
