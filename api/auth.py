@@ -68,11 +68,13 @@ def _unauthorized(code: str, detail: str) -> ApiError:
 
 
 def _permissions(user: Any) -> frozenset[str]:
-    """The user's session permissions, as the pages read them: ``change`` implies
-    ``view`` (sessions_app.permissions.can_view, as in the Django admin)."""
-    perms = {p for p in scopes.PERMISSIONS if user.has_perm(p)}
+    """The user's session and webhook permissions, as the pages read them: ``change``
+    implies ``view`` (sessions_app.permissions.can_view, as in the Django admin)."""
+    perms = {p for p in scopes.PERMISSIONS + scopes.WEBHOOK_PERMISSIONS if user.has_perm(p)}
     if scopes.CHANGE in perms:
         perms.add(scopes.VIEW)
+    if scopes.WEBHOOK_CHANGE in perms:
+        perms.add(scopes.WEBHOOK_VIEW)
     return frozenset(perms)
 
 

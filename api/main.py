@@ -16,7 +16,7 @@ from ninja import NinjaAPI
 from api import errors
 from api.auth import TokenBearer, TokenRateThrottle
 from api.docs import docs_access
-from api.routers import qr, sessions
+from api.routers import qr, sessions, webhooks
 
 #: Error statuses an operation may answer besides its own, documented for every one.
 COMMON_ERRORS = {
@@ -25,7 +25,7 @@ COMMON_ERRORS = {
     "422": "The request is not valid (see errors)",
     "429": "Too many requests for this token (see Retry-After)",
 }
-PATH_ERRORS = {"404": "No such session (or not one this token may see)"}
+PATH_ERRORS = {"404": "No such session, endpoint or delivery (or not one this token may see)"}
 WRITE_ERRORS = {"409": "Refused in the session's current state (see code)"}
 BODY_ERRORS = {"400": "The body is not JSON"}
 QR_ERRORS = {"406": "None of the offered media types is acceptable", "409": "No QR code now"}
@@ -98,3 +98,4 @@ api = WaconnectApi(
 errors.install(api)
 api.add_router("/sessions", sessions.router)
 api.add_router("/sessions", qr.router)
+api.add_router("/webhooks", webhooks.router)

@@ -18,7 +18,8 @@ SCOPES: dict[str, str] = {
     SESSIONS_WRITE: "Create, start, stop, re-pair, log out and delete sessions",
     MESSAGES_READ: "Read messages (reserved for the messages API)",
     MESSAGES_SEND: "Send messages (reserved for the messages API)",
-    WEBHOOKS_MANAGE: "Manage webhook endpoints (reserved for the webhooks API)",
+    WEBHOOKS_MANAGE: "Manage webhook endpoints and redeliver webhooks (with the webhooks "
+    "permissions; not for tokens limited to some sessions)",
     METRICS_READ: "Read the web tier's /metrics (with the view permission: it counts sessions)",
 }
 
@@ -28,6 +29,17 @@ ADD = "sessions_app.add_wasession"
 CHANGE = "sessions_app.change_wasession"
 DELETE = "sessions_app.delete_wasession"
 PERMISSIONS = (VIEW, ADD, CHANGE, DELETE)
+
+#: Django permissions of the webhooks app: reading endpoints and deliveries needs
+#: ``view_endpoint``; creating ``add_endpoint``; changing, rotating, testing and
+#: enabling ``change_endpoint``; deleting ``delete_endpoint``; redelivering
+#: ``change_delivery`` (as in the Django admin, where the same actions need them).
+WEBHOOK_VIEW = "webhooks.view_endpoint"
+WEBHOOK_ADD = "webhooks.add_endpoint"
+WEBHOOK_CHANGE = "webhooks.change_endpoint"
+WEBHOOK_DELETE = "webhooks.delete_endpoint"
+WEBHOOK_REDELIVER = "webhooks.change_delivery"
+WEBHOOK_PERMISSIONS = (WEBHOOK_VIEW, WEBHOOK_ADD, WEBHOOK_CHANGE, WEBHOOK_DELETE, WEBHOOK_REDELIVER)
 
 #: The Django permission a scope needs outside the session endpoints (which name
 #: theirs per action): ``/metrics`` tells how many sessions are in which state.

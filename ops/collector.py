@@ -96,6 +96,31 @@ class DatabaseCollector(Collector):
         alive.add_metric([], SupervisorPresence.objects.filter(expires_at__gt=Now()).count())
         yield alive
 
+        yield from webhook_families()
+
+
+def webhook_families() -> Iterator[GaugeMetricFamily]:
+    """The webhook backlog by status and its oldest entry's age: two queries."""
+    from webhooks.models import Delivery
+
+    unfinished = ("pending", "delivering")
+    by_status = dict(
+        Delivery.objects.filter(status__in=(*unfinished, "dead"))
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    backlog = gauge("waconnect_webhook_backlog")
+    for status in (*unfinished, "dead"):
+        backlog.add_metric([status], by_status.get(status, 0))
+    yield backlog
+    oldest = Delivery.objects.filter(status__in=unfinished).aggregate(at=Min("created_at"))["at"]
+    age = gauge("waconnect_webhook_backlog_oldest_age_seconds")
+    age.add_metric(
+        [], 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())
+    )
+    yield age
+
 
 @functools.cache
 def web_registry() -> CollectorRegistry:

@@ -167,6 +167,33 @@ message_send = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 75),
 )
 
+# -- webhooks --------------------------------------------------------------------------
+
+#: How a webhook attempt ended (the ``outcome`` label); see webhooks/retry.py.
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gone", "refused")
+
+webhook_deliveries = Counter(
+    "waconnect_webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered (2xx), failed (another status, a timeout, a "
+    "refused or reset connection; retried on the schedule), gone (410: the endpoint is "
+    "disabled), refused (the SSRF guard refused the address).",
+    ["outcome"],
+)
+webhook_dead = Counter(
+    "waconnect_webhook_dead_total",
+    "Webhook deliveries that used up the retry schedule (dead letters; redeliverable).",
+)
+webhook_delivery_latency = Histogram(
+    "waconnect_webhook_delivery_latency_seconds",
+    "From an event's commit (its created_at) to the receiver's 2xx, retries included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 36000),
+)
+webhook_attempt_duration = Histogram(
+    "waconnect_webhook_attempt_duration_seconds",
+    "Duration of one webhook HTTP attempt (connect, send, bounded read), whatever its outcome.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+
 for _cause in DISCONNECT_CAUSES:
     disconnects.labels(_cause)
 for _cause in RECONNECT_CAUSES:
@@ -177,6 +204,8 @@ for _outcome in SEND_OUTCOMES:
     messages_sent.labels(_outcome)
 for _status in RECEIPT_STATUSES:
     message_receipts.labels(_status)
+for _outcome in WEBHOOK_OUTCOMES:
+    webhook_deliveries.labels(_outcome)
 
 # -- database-wide gauges (web tier only) ----------------------------------------------
 
@@ -203,6 +232,15 @@ DATABASE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "waconnect_supervisors_alive": (
         "Supervisors whose presence row has not expired (renewed with their leases).",
+        (),
+    ),
+    "waconnect_webhook_backlog": (
+        "Webhook deliveries by status: pending (waiting for their turn or a retry), "
+        "delivering (claimed, in flight) and dead (schedule used up; redeliverable).",
+        ("status",),
+    ),
+    "waconnect_webhook_backlog_oldest_age_seconds": (
+        "Age of the oldest pending or delivering webhook delivery (0 if none).",
         (),
     ),
 }

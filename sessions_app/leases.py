@@ -26,6 +26,7 @@ from django.utils import timezone
 from ops import metrics
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
+from webhooks import session_events
 
 #: Observed columns that describe a QR round; cleared whenever the round is over.
 QR_CLEARED: dict[str, Any] = {
@@ -150,12 +151,30 @@ def _fenced_update(lease: Lease, fields: Mapping[str, Any], event: EventRecord |
                 actor=f"supervisor:{lease.owner}",
                 epoch=lease.epoch,
             )
+        if updated:  # webhooks: in this transaction (the outbox)
+            session_events.fenced_write(
+                lease.session_id,
+                fields,
+                event.kind if event else None,
+                event.from_state if event else "",
+                event.to_state if event else "",
+                event.message if event else "",
+                f"supervisor:{lease.owner}",
+                lease.epoch,
+            )
     return bool(updated)
 
 
 def delete(lease: Lease) -> bool:
     """Delete the session row (and its log) if ``lease`` is still current."""
-    deleted, _ = _fenced(lease).delete()
+    with transaction.atomic():
+        row = _fenced(lease).select_for_update().values_list("name", "state").first()
+        if row is None:
+            return False
+        session_events.deleted(
+            lease.session_id, row[0], row[1], f"supervisor:{lease.owner}", lease.epoch
+        )
+        deleted, _ = _fenced(lease).delete()
     return bool(deleted)
 
 
@@ -197,6 +216,10 @@ def hand_over(owner: str, session_ids: Collection[int], why: str) -> list[int]:
                 state=target, state_changed_at=now, **QR_CLEARED
             )
         SessionEvent.objects.bulk_create(events)
+        for line in events:  # webhooks: in this transaction (the outbox)
+            session_events.status_changed(
+                line.session_id, line.from_state, line.to_state, why, line.actor, line.epoch, now
+            )
         released = [pk for pk, _, _ in held]
         WaSession.objects.filter(pk__in=released).update(
             lease_owner="", lease_expires_at=None, version=F("version") + 1

@@ -1,7 +1,8 @@
 """Starting the supervisor: alone (``run_supervisor``) or inside ``runserver``.
 
 Both build the same :class:`~sessions_app.supervisor.Supervisor` with the driver
-the settings name; only who owns the event loop and the signals differs.
+the settings name, with the webhook dispatcher beside it; only who owns the event
+loop and the signals differs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ops.instrument import instrument
 from sessions_app import conf
 from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
+from webhooks.dispatcher import Dispatcher, run_beside
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ async def serve(
 
         server = serve_supervisor(supervisor, metrics_host, metrics_port)
     try:
-        await supervisor.run()
+        # The webhook dispatcher runs beside the supervisor, as a named side task.
+        await run_beside(supervisor.run(), Dispatcher(), supervisor.stop)
     finally:
         if server is not None:
             server.close()
@@ -66,7 +69,8 @@ def start_inline() -> Supervisor:
     Returns it so the caller can ``stop()`` it and await ``finished`` on shutdown.
     """
     supervisor = build_supervisor()
-    task = asyncio.get_running_loop().create_task(supervisor.run(), name="waconnect-supervisor")
+    work = run_beside(supervisor.run(), Dispatcher(), supervisor.stop)  # webhooks beside it
+    task = asyncio.get_running_loop().create_task(work, name="waconnect-supervisor")
     supervisor.task = task  # type: ignore[attr-defined]
     logger.info("supervisor running inside the web process (%s)", supervisor.owner)
     return supervisor

@@ -17,6 +17,12 @@ def simulated_driver(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def webhooks_to_loopback(settings: Any) -> None:
+    """Test receivers listen on 127.0.0.1: allowed unless a test refuses it itself."""
+    settings.WACONNECT_WEBHOOKS_ALLOW_PRIVATE = True
+
+
+@pytest.fixture(autouse=True)
 def fresh_channel_layers() -> Iterator[None]:
     """A new channel-layer instance per test: its queues belong to one event loop."""
     channel_layers.backends.clear()

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "api",
     # Messages in and out of sessions: the outbound queue and the inbound store.
     "messaging",
+    # Durable webhooks: endpoints, the outbox, deliveries (delivered by the supervisors).
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -337,6 +339,24 @@ WACONNECT_METRICS_TOKEN_VERIFIER = env("WACONNECT_METRICS_TOKEN_VERIFIER", defau
 WACONNECT_API_RATE = env("WACONNECT_API_RATE", default="600/m")
 WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
 
+# Webhooks (webhooks/conf.py, docs/webhooks.md). Receivers on loopback, private or
+# link-local addresses are refused unless allowed (on with DEBUG: development).
+WACONNECT_WEBHOOKS_ALLOW_PRIVATE = env.bool("WACONNECT_WEBHOOKS_ALLOW_PRIVATE", default=DEBUG)
+if env.str("WACONNECT_WEBHOOKS_SCHEDULE", default=""):
+    # Seconds before each attempt, comma-separated: "0,5,300,1800,7200,18000,36000,36000".
+    WACONNECT_WEBHOOKS_SCHEDULE = [float(s) for s in env.list("WACONNECT_WEBHOOKS_SCHEDULE")]
+# Seconds: connect and total per attempt, a claim's lease, the periodic sweep, how
+# long an endpoint may only fail before it is disabled, a rotation's overlap.
+WACONNECT_WEBHOOKS_CONNECT_TIMEOUT = env.float("WACONNECT_WEBHOOKS_CONNECT_TIMEOUT", default=5.0)
+WACONNECT_WEBHOOKS_TOTAL_TIMEOUT = env.float("WACONNECT_WEBHOOKS_TOTAL_TIMEOUT", default=15.0)
+WACONNECT_WEBHOOKS_CLAIM_TTL = env.float("WACONNECT_WEBHOOKS_CLAIM_TTL", default=60.0)
+WACONNECT_WEBHOOKS_SWEEP_INTERVAL = env.float("WACONNECT_WEBHOOKS_SWEEP_INTERVAL", default=10.0)
+WACONNECT_WEBHOOKS_DISABLE_AFTER = env.float("WACONNECT_WEBHOOKS_DISABLE_AFTER", default=432_000.0)
+WACONNECT_WEBHOOKS_ROTATION_OVERLAP = env.float(
+    "WACONNECT_WEBHOOKS_ROTATION_OVERLAP", default=86_400.0
+)
+WACONNECT_WEBHOOKS_MAX_IN_FLIGHT = env.int("WACONNECT_WEBHOOKS_MAX_IN_FLIGHT", default=64)
+
 # Messages (messaging/conf.py): seconds between two sends of a session (WhatsApp
 # bans bursts; 0 turns pacing off), and how long a queued message waits for its
 # session before it expires (a request may give its own deadline).
@@ -374,6 +394,7 @@ LOGGING = {
     "loggers": {
         "sessions_app": {"level": LOG_LEVEL},
         "ops": {"level": LOG_LEVEL},
+        "webhooks": {"level": LOG_LEVEL},
         # Daphne's request log; not also through Django's own "django" console.
         "django.channels.server": {"level": "INFO", "handlers": ["console"], "propagate": False},
         # django-axes: its one WARNING line per failed login (username, address) is

@@ -1,0 +1,217 @@
+"""The delivery SQL on SQLite (PostgreSQL: tests/postgres/test_webhooks_pg.py): lane
+order, claims and their expiry, fenced outcomes, dead letters, redelivery."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from sessions_app.models import WaSession
+from webhooks import delivery, outbox
+from webhooks.delivery import Result
+from webhooks.models import Delivery, Endpoint
+
+pytestmark = pytest.mark.django_db
+
+SCHEDULE = (0.0, 0.0, 0.0)
+WEEK = 7 * 86400.0
+
+
+@pytest.fixture
+def sessions() -> list[WaSession]:
+    return [WaSession.objects.create(name=f"s{i}") for i in range(3)]
+
+
+@pytest.fixture
+def hook() -> Endpoint:
+    return Endpoint.objects.create(url="http://127.0.0.1:9/hook")
+
+
+def emit(session: WaSession, n: int = 1) -> None:
+    for i in range(n):
+        outbox.emit("session.status", session.pk, {"i": i})
+
+
+def test_only_the_oldest_undelivered_of_a_lane_is_claimed_and_lanes_go_in_parallel(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    for session in sessions:
+        emit(session, 3)
+    first = delivery.claim("d1", 60, 100)
+    assert (
+        sorted((c.endpoint_id, Delivery.objects.get(pk=c.id).seq) for c in first)
+        == [(hook.pk, 1)] * 3
+    )
+    assert delivery.claim("d2", 60, 100) == []  # every lane's head is in flight
+    for claimed in first:
+        delivery.finish("d1", claimed, Result(200), SCHEDULE, WEEK)
+    second = delivery.claim("d2", 60, 100)
+    assert {Delivery.objects.get(pk=c.id).seq for c in second} == {2}
+    assert len(second) == 3
+
+
+def test_a_failed_head_blocks_its_lane_until_it_is_delivered_or_dead(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 2)
+    (head,) = delivery.claim("d1", 60, 10)
+    assert delivery.finish("d1", head, Result(500), (0.0, 3600.0), WEEK) == ("failed", "pending")
+    assert delivery.claim("d1", 60, 10) == []  # retry not due; the next waits behind it
+    Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
+    (again,) = delivery.claim("d1", 60, 10)
+    assert again.id == head.id and again.attempts == 2
+    assert delivery.finish("d1", again, Result(None, error="reset"), (0.0, 3600.0), WEEK) == (
+        "failed",
+        "dead",
+    )
+    (nxt,) = delivery.claim("d1", 60, 10)  # the dead one no longer blocks
+    assert Delivery.objects.get(pk=nxt.id).seq == 2
+    dead = Delivery.objects.get(pk=head.id)
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 2, "reset")
+
+
+def test_an_expired_claim_is_taken_again_and_the_late_owner_writes_nothing(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0])
+    (stale,) = delivery.claim("dead-dispatcher", 60, 10)
+    Delivery.objects.filter(pk=stale.id).update(
+        claim_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    (fresh,) = delivery.claim("d2", 60, 10)
+    assert fresh.id == stale.id and fresh.attempts == 2
+    assert delivery.finish("dead-dispatcher", stale, Result(200), SCHEDULE, WEEK) is None
+    assert Delivery.objects.get(pk=fresh.id).status == "delivering"
+    assert delivery.finish("d2", fresh, Result(204), SCHEDULE, WEEK) == ("delivered", "delivered")
+
+
+def test_410_disables_the_endpoint_and_its_deliveries_wait(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 2)
+    (head,) = delivery.claim("d1", 60, 10)
+    assert delivery.finish("d1", head, Result(410), SCHEDULE, WEEK) == ("gone", "pending")
+    hook.refresh_from_db()
+    assert not hook.enabled and "410" in hook.disabled_reason
+    assert delivery.claim("d1", 60, 10) == []
+    assert delivery.next_due_in() is None
+    outbox.emit("session.status", sessions[0].pk, {})  # a disabled endpoint gets no new ones
+    assert Delivery.objects.count() == 2
+
+
+def test_an_endpoint_failing_only_for_the_set_time_is_disabled_with_the_reason(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0])
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(503), (0.0, 0.0, 0.0), 3600)
+    hook.refresh_from_db()
+    assert hook.enabled and hook.failing_since is not None
+    Endpoint.objects.filter(pk=hook.pk).update(failing_since=timezone.now() - dt.timedelta(hours=2))
+    (again,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", again, Result(None, error="ConnectError: refused"), (0, 0, 0), 3600)
+    hook.refresh_from_db()
+    assert not hook.enabled
+    assert hook.disabled_reason.startswith("every attempt failed for 1 hours")
+    assert "refused" in hook.disabled_reason
+
+
+def test_a_success_restarts_the_failure_clock(sessions: list[WaSession], hook: Endpoint) -> None:
+    emit(sessions[0], 2)
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(500), SCHEDULE, WEEK)
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(200), SCHEDULE, WEEK)
+    hook.refresh_from_db()
+    assert hook.failing_since is None
+
+
+def test_redelivery_of_one_and_of_all_dead_since_a_time(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 3)
+    for _ in range(3):
+        (claimed,) = delivery.claim("d1", 60, 10)
+        delivery.finish("d1", claimed, Result(500), (0.0,), WEEK)  # one attempt: dead
+    assert Delivery.objects.filter(status="dead").count() == 3
+    old = Delivery.objects.order_by("seq").first()
+    assert old is not None
+    Delivery.objects.filter(pk=old.pk).update(created_at=timezone.now() - dt.timedelta(days=2))
+
+    since = timezone.now() - dt.timedelta(days=1)
+    assert delivery.redeliver_dead(hook.pk, since) == 2
+    assert Delivery.objects.get(pk=old.pk).status == "dead"
+    assert delivery.redeliver([old.pk]) == 1
+    again = delivery.claim("d1", 60, 10)
+    assert [Delivery.objects.get(pk=c.id).seq for c in again] == [1]  # lane order again
+    assert again[0].attempts == 1  # the schedule starts over
+    assert again[0].event_id == old.event_id  # same webhook-id
+    assert delivery.redeliver([old.pk]) == 0  # never one in flight
+
+
+def test_a_clean_shutdown_gives_its_claims_back_uncounted(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0])
+    (claimed,) = delivery.claim("d1", 60, 10)
+    assert delivery.release("d1") == 1
+    (again,) = delivery.claim("d2", 60, 10)
+    assert again.id == claimed.id and again.attempts == 1
+
+
+def test_next_due_in_counts_only_claimable_heads(sessions: list[WaSession], hook: Endpoint) -> None:
+    assert delivery.next_due_in() is None
+    emit(sessions[0], 2)
+    assert delivery.next_due_in() == 0.0
+    (head,) = delivery.claim("d1", 60, 10)
+    due = delivery.next_due_in()  # only the claim's expiry: the second waits behind it
+    assert due is not None and 50 < due <= 60
+    delivery.finish("d1", head, Result(500), (0.0, 300.0), WEEK)
+    due = delivery.next_due_in()
+    assert due is not None and 250 < due <= 300
+
+
+def test_only_lane_heads_are_scheduled_and_each_end_schedules_the_next(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 3)
+    scheduled = list(Delivery.objects.order_by("seq").values_list("seq", "next_attempt_at"))
+    assert [seq for seq, at in scheduled if at is not None] == [1]
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(None, error="reset"), (0.0,), WEEK)  # dead
+    assert Delivery.objects.get(seq=2).next_attempt_at is not None
+    assert Delivery.objects.get(seq=3).next_attempt_at is None
+    assert delivery.repair_lanes() == 0
+
+
+def test_redelivered_ones_go_first_and_the_lane_waits_behind_them(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 3)
+    for _ in range(2):
+        (claimed,) = delivery.claim("d1", 60, 10)
+        delivery.finish("d1", claimed, Result(200), SCHEDULE, WEEK)
+    done = list(Delivery.objects.filter(status="delivered").values_list("id", flat=True))
+    assert delivery.redeliver(done) == 2
+    due = delivery.next_due_in()
+    assert due == 0.0
+    order = []
+    for _ in range(3):
+        (claimed,) = delivery.claim("d1", 60, 10)
+        assert delivery.claim("d2", 60, 10) == []  # one at a time in the lane
+        order.append(Delivery.objects.get(pk=claimed.id).seq)
+        delivery.finish("d1", claimed, Result(200), SCHEDULE, WEEK)
+    assert order == [1, 2, 3]
+
+
+def test_a_lane_left_unscheduled_is_repaired_by_the_sweep(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0], 2)
+    Delivery.objects.update(next_attempt_at=None)
+    assert delivery.claim("d1", 60, 10) == []
+    assert delivery.repair_lanes() == 1
+    (claimed,) = delivery.claim("d1", 60, 10)
+    assert Delivery.objects.get(pk=claimed.id).seq == 1

@@ -1,0 +1,368 @@
+"""Every statement a dispatcher runs about deliveries: claim, finish, redeliver, count.
+
+Own SQL rather than a job queue library because the claim is the product's rule,
+not a generic queue's: only the head of a lane (the pending or delivering
+delivery with the lowest ``seq`` of its (endpoint, session)) may be claimed, so a
+receiver sees each session's events in order, while lanes go in parallel.
+
+A claim is one statement, like :func:`sessions_app.leases.claim`: ``UPDATE … SET
+status='delivering', claim_owner=me, claim_expires_at=now()+ttl, attempts =
+attempts + 1 WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING …``.
+Concurrent dispatchers never wait on each other and never take the same row: a
+row one of them is claiming is skipped by the others, and the lane's next row is
+not a head while that one is pending or delivering. A claim whose owner died
+expires and is taken again (that delivery may then arrive twice: the
+``webhook-id`` lets the receiver tell). Every finishing write is fenced by
+``(claim_owner, attempts)``: a dispatcher whose claim expired and was taken
+again writes nothing. On SQLite (one process) the same statement runs without
+SKIP LOCKED, serialised by the database lock.
+
+Synchronous functions without state, run in the dispatcher's database thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from webhooks import retry
+from webhooks.models import Delivery, Endpoint, Event, SessionSequence
+
+S = Delivery.Status
+UNFINISHED = (S.PENDING, S.DELIVERING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A claimed delivery with what its attempt needs."""
+
+    id: int
+    attempts: int  # this attempt's number (1 for the first); with the owner, the fence
+    endpoint_id: int
+    session_id: int  # the lane is (endpoint_id, session_id)
+    url: str
+    secrets: tuple[str, ...]
+    event_id: str
+    body: str  # the exact JSON text sent and signed
+    created_at: dt.datetime  # the event's, for the latency metric
+    endpoint_failing: bool = False  # its failure clock ran when claimed
+
+
+def _table() -> str:
+    return connection.ops.quote_name(Delivery._meta.db_table)
+
+
+def _expiry(ttl: float) -> tuple[str, list[Any]]:
+    """SQL for now + ``ttl`` on the database's clock (SQLite: this host's, the only one)."""
+    if connection.vendor == "postgresql":
+        return "statement_timestamp() + make_interval(secs => %s)", [float(ttl)]
+    return "%s", [
+        connection.ops.adapt_datetimefield_value(timezone.now() + dt.timedelta(seconds=ttl))
+    ]
+
+
+def _earlier_unfinished() -> Any:
+    return Delivery.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"),
+        session_id=OuterRef("session_id"),
+        seq__lt=OuterRef("seq"),
+        status__in=UNFINISHED,
+    )
+
+
+def claimable() -> Any:
+    """Deliveries that may be attempted now: scheduled and due (only lane heads are
+    scheduled), or in flight with an expired claim; of an enabled endpoint; and —
+    the guard that keeps a redelivered older one first — with nothing earlier of
+    their lane unfinished.
+
+    Reads only due rows (the ``webhooks_due`` index), never a lane's queue.
+    """
+    return (
+        Delivery.objects.filter(endpoint__enabled=True)
+        .filter(
+            Q(status=S.PENDING, next_attempt_at__lte=Now())
+            | Q(status=S.DELIVERING, claim_expires_at__lt=Now())
+        )
+        .filter(~Exists(_earlier_unfinished()))
+    )
+
+
+def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
+    """Claim up to ``limit`` due lane heads, oldest due first, in one statement."""
+    if limit <= 0:
+        return []
+    if connection.vendor == "sqlite" and not claimable().exists():
+        # SQLite's write transactions take the database lock (BEGIN IMMEDIATE): read
+        # first, so an idle pass does not hold up the supervisor's writes.
+        return []
+    inner = (
+        claimable()
+        .order_by("next_attempt_at", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values("id")[:limit]
+    )
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            inner_sql, inner_params = inner.query.sql_with_params()
+            expiry_sql, expiry_params = _expiry(ttl)
+            cursor.execute(
+                f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
+                f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
+                f"WHERE id IN ({inner_sql}) "
+                f"RETURNING id, attempts, endpoint_id, event_id, session_id",
+                [S.DELIVERING, owner, *expiry_params, *inner_params],
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return []
+        endpoints = {e.pk: e for e in Endpoint.objects.filter(pk__in={r[2] for r in rows})}
+        events = {
+            e["id"]: e
+            for e in Event.objects.filter(pk__in={r[3] for r in rows}).values(
+                "id", "payload", "created_at"
+            )
+        }
+    now = timezone.now()
+    out = []
+    for pk, attempts, endpoint_id, event_id, session_id in rows:
+        endpoint = endpoints[endpoint_id]
+        event = events[event_id]
+        out.append(
+            Claimed(
+                id=pk,
+                attempts=attempts,
+                endpoint_id=endpoint_id,
+                session_id=session_id,
+                url=endpoint.url,
+                secrets=tuple(endpoint.signing_secrets(now)),
+                event_id=event_id,
+                body=_dumps(event["payload"]),
+                created_at=event["created_at"],
+                endpoint_failing=endpoint.failing_since is not None,
+            )
+        )
+    return out
+
+
+def _dumps(payload: Any) -> str:
+    import json
+
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What one attempt got, to record."""
+
+    status_code: int | None
+    error: str = ""
+    response: str = ""
+    refused: bool = False
+
+
+def finish(
+    owner: str,
+    claimed: Claimed,
+    result: Result,
+    schedule: tuple[float, ...],
+    disable_after: float,
+) -> tuple[retry.Outcome, str] | None:
+    """Record an attempt: delivered, retried later, dead; a 410 or an endpoint that
+    only failed for ``disable_after`` seconds disables the endpoint.
+
+    Returns ``(outcome, new status)``, or None if the claim was lost meanwhile
+    (expired and taken by another dispatcher): nothing written.
+    """
+    with transaction.atomic():
+        return _record(owner, claimed, result, schedule, disable_after)
+
+
+def finish_many(
+    owner: str,
+    attempts: list[tuple[Claimed, Result]],
+    schedule: tuple[float, ...],
+    disable_after: float,
+) -> list[tuple[retry.Outcome, str] | None]:
+    """:func:`finish` for several attempts in one transaction (one commit, not one
+    each: what lets one dispatcher record a thousand outcomes a second)."""
+    with transaction.atomic():
+        return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
+
+
+def _record(
+    owner: str,
+    claimed: Claimed,
+    result: Result,
+    schedule: tuple[float, ...],
+    disable_after: float,
+) -> tuple[retry.Outcome, str] | None:
+    now = timezone.now()
+    outcome = retry.Outcome.REFUSED if result.refused else retry.classify(result.status_code)
+    verdict = retry.verdict(outcome, claimed.attempts, schedule, now)
+    fields: dict[str, Any] = {
+        "status": verdict.status,
+        "claim_owner": "",
+        "claim_expires_at": None,
+        "last_attempt_at": now,
+        "last_status_code": result.status_code,
+        "last_error": result.error[:300],
+        "last_response": result.response[:1000],
+    }
+    if verdict.next_attempt_at is not None:
+        fields["next_attempt_at"] = verdict.next_attempt_at
+    if verdict.status == S.DELIVERED:
+        fields["delivered_at"] = now
+    updated = Delivery.objects.filter(
+        pk=claimed.id, claim_owner=owner, attempts=claimed.attempts, status=S.DELIVERING
+    ).update(**fields)
+    if not updated:
+        return None
+    if verdict.status in (S.DELIVERED, S.DEAD):
+        promote(claimed.endpoint_id, claimed.session_id, now)
+    endpoints = Endpoint.objects.filter(pk=claimed.endpoint_id)
+    if outcome is retry.Outcome.DELIVERED:
+        if claimed.endpoint_failing:  # else nothing to clear: spare the statement
+            endpoints.filter(failing_since__isnull=False).update(failing_since=None)
+    elif outcome is retry.Outcome.GONE:
+        endpoints.filter(enabled=True).update(
+            enabled=False,
+            disabled_reason=f"the receiver answered 410 Gone on {now:%Y-%m-%d %H:%M} UTC",
+        )
+    else:
+        endpoints.filter(failing_since__isnull=True).update(failing_since=now)
+        cutoff = now - dt.timedelta(seconds=disable_after)
+        endpoints.filter(enabled=True, failing_since__lte=cutoff).update(
+            enabled=False,
+            disabled_reason=(
+                f"every attempt failed for {_human(disable_after)} "
+                f"(last: {(result.error or f'HTTP {result.status_code}')[:120]})"
+            ),
+        )
+    return outcome, verdict.status
+
+
+def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
+    """Schedule the lane's next delivery (its lowest unfinished ``seq``) if it is not.
+
+    Takes the lane's sequence counter row lock first: an emitter of that session
+    holds it while it decides whether its new delivery is the lane's head, so the
+    two never both leave it unscheduled.
+    """
+    counters = connection.ops.quote_name(SessionSequence._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT last FROM {counters} WHERE session_id = %s{lock}", [lane])
+        cursor.execute(
+            f"UPDATE {_table()} SET next_attempt_at = %s WHERE id = (SELECT id FROM {_table()} "
+            f"WHERE endpoint_id = %s AND session_id = %s AND status IN ('pending', 'delivering') "
+            f"ORDER BY seq LIMIT 1) AND next_attempt_at IS NULL",
+            [connection.ops.adapt_datetimefield_value(now), endpoint_id, lane],
+        )
+
+
+def repair_lanes() -> int:
+    """The sweep's safety net: schedule every lane head left unscheduled (there should
+    be none); how many were."""
+    return (
+        Delivery.objects.filter(status=S.PENDING, next_attempt_at__isnull=True)
+        .filter(~Exists(_earlier_unfinished()))
+        .update(next_attempt_at=timezone.now())
+    )
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} hours"
+    return f"{seconds:g} seconds"
+
+
+def release(owner: str) -> int:
+    """Give back every claim ``owner`` holds (a clean shutdown): due again at once,
+    the attempt not counted."""
+    return Delivery.objects.filter(claim_owner=owner, status=S.DELIVERING).update(
+        status=S.PENDING,
+        claim_owner="",
+        claim_expires_at=None,
+        attempts=F("attempts") - 1,
+    )
+
+
+def next_due_in() -> float | None:
+    """Seconds until a delivery can be claimed (a scheduled one due, or a claim that
+    expires), 0 if one can now, None if there is none. Two index reads."""
+    enabled = Delivery.objects.filter(endpoint__enabled=True)
+    times = [
+        enabled.filter(status=S.PENDING).aggregate(at=Min("next_attempt_at"))["at"],
+        enabled.filter(status=S.DELIVERING).aggregate(at=Min("claim_expires_at"))["at"],
+    ]
+    times = [t for t in times if t is not None]
+    if not times:
+        return None
+    return max(0.0, (min(times) - timezone.now()).total_seconds())
+
+
+def backlog() -> int:
+    """Deliveries not yet delivered nor dead (of enabled and disabled endpoints)."""
+    return Delivery.objects.filter(status__in=UNFINISHED).count()
+
+
+# -- redelivery (admin and API) ----------------------------------------------------------
+
+
+def redeliver(delivery_ids: list[int]) -> int:
+    """Send these deliveries again (delivered or dead ones; never one in flight):
+    pending, due now, their attempts counted from zero. Returns how many.
+
+    A redelivered one goes first in its lane: the lane's later pending ones are
+    unscheduled again until it is done (:func:`promote`).
+    """
+    now = timezone.now()
+    chosen = list(
+        Delivery.objects.filter(pk__in=delivery_ids)
+        .exclude(status=S.DELIVERING)
+        .values_list("id", "endpoint_id", "session_id", "seq")
+    )
+    if not chosen:
+        return 0
+    first: dict[tuple[int, int], tuple[int, int]] = {}  # lane -> (seq, id) to go first
+    for pk, endpoint_id, lane, seq in chosen:
+        if (endpoint_id, lane) not in first or seq < first[(endpoint_id, lane)][0]:
+            first[(endpoint_id, lane)] = (seq, pk)
+    with transaction.atomic():
+        for (endpoint_id, lane), (seq, _) in first.items():
+            Delivery.objects.filter(
+                endpoint_id=endpoint_id, session_id=lane, seq__gt=seq, status=S.PENDING
+            ).update(next_attempt_at=None)
+        count = (
+            Delivery.objects.filter(pk__in=[c[0] for c in chosen])
+            .exclude(status=S.DELIVERING)
+            .update(
+                status=S.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                claim_owner="",
+                claim_expires_at=None,
+            )
+        )
+        heads = [pk for _, pk in first.values()]
+        Delivery.objects.filter(pk__in=heads, status=S.PENDING).update(next_attempt_at=now)
+    return count
+
+
+def redeliver_dead(endpoint_id: int, since: dt.datetime) -> int:
+    """Send again every dead delivery of this endpoint created at or after ``since``."""
+    ids = list(
+        Delivery.objects.filter(
+            endpoint_id=endpoint_id, status=S.DEAD, created_at__gte=since
+        ).values_list("id", flat=True)
+    )
+    return redeliver(ids)

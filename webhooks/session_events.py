@@ -1,0 +1,94 @@
+"""``session.status`` and ``session.qr`` events, emitted from the owner's fenced writes.
+
+:mod:`sessions_app.leases` calls these inside the transaction of the fenced UPDATE
+that made the change (after it matched its row): the event commits with the
+state it reports, or not at all. Pure mapping from the write to the event data.
+
+``session.status`` carries every observed state change with its cause (the
+event-log sentence) and who made it; ``session.qr`` a new QR code, for endpoints
+that opted in. The QR string goes only into the payload, never into a log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from webhooks import outbox
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return None
+
+
+def status_changed(
+    session_id: int,
+    previous: str,
+    state: str,
+    cause: str,
+    actor: str,
+    epoch: int,
+    at: dt.datetime | None = None,
+) -> None:
+    """Emit ``session.status`` for a state change (or a re-entry, e.g. a reconnect)."""
+    outbox.emit(
+        "session.status",
+        session_id,
+        {
+            "state": state,
+            "previous_state": previous,
+            "cause": cause,
+            "actor": actor,
+            "lease_epoch": epoch,
+            "at": _iso(at),
+        },
+    )
+
+
+def fenced_write(
+    session_id: int,
+    fields: Mapping[str, Any],
+    kind: str | None,
+    previous: str,
+    state: str,
+    cause: str,
+    actor: str,
+    epoch: int,
+) -> None:
+    """The events of one fenced write: its state change (a ``state`` event-log line)
+    and a new QR code, in that order."""
+    if kind == "state" and state:
+        status_changed(
+            session_id, previous, state, cause, actor, epoch, fields.get("state_changed_at")
+        )
+    qr = fields.get("qr_code")
+    if isinstance(qr, str) and qr:
+        outbox.emit(
+            "session.qr",
+            session_id,
+            {
+                "qr": qr,
+                "issued_at": _iso(fields.get("qr_issued_at")),
+                "expires_at": _iso(fields.get("qr_expires_at")),
+            },
+        )
+
+
+def deleted(session_id: int, name: str, state: str, actor: str, epoch: int) -> None:
+    """The owner deleted the session: a last ``session.status`` with state ``deleted``."""
+    outbox.emit(
+        "session.status",
+        session_id,
+        {
+            "state": "deleted",
+            "previous_state": state,
+            "cause": "deleted as asked",
+            "actor": actor,
+            "lease_epoch": epoch,
+            "at": _iso(dt.datetime.now(dt.UTC)),
+        },
+        session_name=name,
+    )
