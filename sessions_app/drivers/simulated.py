@@ -108,6 +108,9 @@ class _Connection:
     token: int = 0
     #: Ends the transport when WhatsApp's side drops the connection (a kick).
     on_drop: Callable[[], None] | None = None
+    #: A delivered message is acked once ``on_event`` returns (in process); the
+    #: service's connections ack when their client says so (``Messaging.ack``).
+    auto_ack: bool = True
 
     def emit(self, event: DriverEvent) -> None:
         self.on_event(event)
@@ -155,6 +158,7 @@ class SimulatedWhatsApp(WorldWaits):
         spec: ConnectSpec,
         on_event: EventSink,
         on_drop: Callable[[], None] | None = None,
+        auto_ack: bool = True,
     ) -> _Connection:
         """A new connection for ``spec``; any live one of the same device is kicked.
 
@@ -171,6 +175,7 @@ class SimulatedWhatsApp(WorldWaits):
             epoch=spec.epoch,
             token=next(self._tokens),
             on_drop=on_drop,
+            auto_ack=auto_ack,
         )
         self.live[sid] += 1
         self.connects[sid] += 1
