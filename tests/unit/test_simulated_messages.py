@@ -24,6 +24,7 @@ from sessions_app.drivers.base import (
     MessageSent,
     QrCode,
     Receipt,
+    Replaced,
     SendFailed,
 )
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -442,3 +443,30 @@ async def test_in_process_deliveries_are_acked_at_once(harness: Harness) -> None
     await next_of(inbox, MessageReceived)
     await harness.settled(driver, 2)
     assert harness.world.messages.unacked_count(b) == 0
+
+
+async def test_a_send_on_a_connection_whatsapp_ended_is_refused_at_once(harness: Harness) -> None:
+    a = link(harness.world, 1)
+    driver = harness.driver()
+    inbox = await connect(driver, 1, a)
+    assert await driver.gesture(1, "replace")  # someone else took the device
+    await next_of(inbox, Replaced)
+    await harness.send(driver, 1, "late", "4917000000001", "x")
+    harness.clock.advance(0)
+    failed = await next_of(inbox, SendFailed)
+    assert (failed.ref, failed.outcome, failed.reason) == ("late", "refused", "not_connected")
+
+
+async def test_a_send_on_a_kicked_connection_is_refused_at_once() -> None:
+    """In process: the runner has not closed a connection a successor kicked yet."""
+    clock = ManualClock()
+    world = SimulatedWhatsApp(TIMING, clock=clock)
+    a = link(world, 1)
+    zombie, successor = SimulatedDriver(world), SimulatedDriver(world)
+    inbox = await connect(zombie, 1, a)
+    await connect(successor, 1, a)
+    await next_of(inbox, Replaced)
+    await zombie.send_text(1, "late", "4917000000001", "x")
+    failed = await next_of(inbox, SendFailed)  # no clock needed: at once
+    assert (failed.outcome, failed.reason) == ("refused", "not_connected")
+    assert world.messages.carried == {}
