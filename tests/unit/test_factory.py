@@ -53,7 +53,6 @@ def test_every_driver_takes_the_send_timeout_and_the_simulated_messaging_setting
     settings: Any, tmp_path: Any
 ) -> None:
     settings.WACONNECT_SEND_TIMEOUT = 7.5
-    settings.WACONNECT_DATA_DIR = tmp_path
     settings.DATA_DIR = tmp_path
     settings.WACONNECT_DRIVER = "simulated"
     settings.WACONNECT_SIM_SERVICE = ""
