@@ -303,6 +303,7 @@ class Messaging:
             text=text,
         )
         self.carried[message_id] = record
+        self.world._notify()
         return record
 
     # -- a peer sends -----------------------------------------------------------------
@@ -334,6 +335,7 @@ class Messaging:
             text=text,
         )
         self.carried[record.message_id] = record
+        self.world._notify()
         self._to_device(device, record, f"{number}@{USER_SERVER}", push_name, "")
         return record.message_id
 
