@@ -7,13 +7,15 @@ Run from the repository root::
 Shape: one process, as ``make run`` starts it (``manage.py runserver``: Daphne, the
 supervisor inside, SQLite, the in-memory channel layer, the simulated WhatsApp,
 nobody scans, first QR valid 60 s), started by ``benchmarks/liveserver.py``. A
-token comes from ``manage.py create_api_token``. For each sample two clients run
-side by side (asyncio, httpx, one connection pool each; the polling one starts
-0.5 s later, so the two creates do not land at the same instant), each creating
-a session of its own:
+token comes from ``manage.py create_api_token``. For each sample three clients run
+side by side (asyncio, httpx, one connection pool each; the qr?wait one starts
+0.25 s and the polling one 0.5 s after the first, so no two creates land at the
+same instant), each creating a session of its own:
 
 - **long poll**: ``POST /api/v1/sessions``, then ``GET /sessions/{id}?after_version=V&wait=25``
   until ``qr_available``, then ``GET /sessions/{id}/qr`` (JSON);
+- **qr?wait**: ``POST /api/v1/sessions``, then one ``GET /sessions/{id}/qr?wait=25``
+  (JSON), which answers as soon as the push shows a code (0.25 s after the first);
 - **polling 1 s**: ``POST /api/v1/sessions``, then ``GET /sessions/{id}`` at once
   and every second until ``qr_available``, then the same ``GET .../qr`` — what the
   clients of WAHA, Evolution API and the like do.
@@ -42,8 +44,10 @@ from benchmarks.liveserver import ADMIN_USERNAME, REPO, LiveServer
 from benchmarks.stats import load_average, summary, table
 
 POLL_INTERVAL = 1.0
-#: The polling client starts this long after the long-poll client in each sample.
+#: The polling client starts this long after the long-poll client in each sample,
+#: the qr?wait client this long (each alone on the server while it is measured).
 STAGGER = 0.5
+QR_WAIT_STAGGER = 0.25
 
 
 async def create(api: httpx.AsyncClient, name: str) -> dict:
@@ -77,6 +81,23 @@ async def long_poll_client(api: httpx.AsyncClient, name: str, marks: dict[str, f
     return (time.perf_counter() - start) * 1000
 
 
+async def qr_wait_client(
+    api: httpx.AsyncClient, name: str, delay: float, marks: dict[str, float]
+) -> float:
+    """Create, then one ``GET /sessions/{id}/qr?wait=25`` that answers with the first code."""
+    await asyncio.sleep(delay)  # not at the same instant as the other clients' creates
+    start = time.perf_counter()
+    session = await create(api, name)
+    marks["create answered"] = (time.perf_counter() - start) * 1000
+    response = await api.get(
+        f"/sessions/{session['id']}/qr",
+        params={"wait": 25},
+        headers={"Accept": "application/json"},
+    )
+    response.raise_for_status()
+    return (time.perf_counter() - start) * 1000
+
+
 async def polling_client(api: httpx.AsyncClient, name: str, delay: float) -> float:
     await asyncio.sleep(delay)  # not at the same instant as the other client's create
     start = time.perf_counter()
@@ -104,24 +125,35 @@ async def run(
     url: str, token: str, samples: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     headers = {"Authorization": f"Bearer {token}"}
-    results: dict[str, list[float]] = {"long poll": [], "polling 1 s": []}
+    results: dict[str, list[float]] = {
+        "long poll on the session, then GET qr": [],
+        "GET qr?wait=25 (one long poll)": [],
+        "polling 1 s": [],
+    }
     steps: dict[str, list[float]] = {}
     tag = secrets.token_hex(3)
     async with (
         httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=40) as a,
         httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=40) as b,
+        httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=40) as c,
     ):
         for i in range(warmup + samples):
             marks: dict[str, float] = {}
-            pushed, polled = await asyncio.gather(
+            qr_marks: dict[str, float] = {}
+            pushed, waited, polled = await asyncio.gather(
                 long_poll_client(a, f"lp-{tag}-{i}", marks),
+                qr_wait_client(c, f"qw-{tag}-{i}", QR_WAIT_STAGGER, qr_marks),
                 polling_client(b, f"po-{tag}-{i}", STAGGER),
             )
             if i >= warmup:
-                results["long poll"].append(pushed)
+                results["long poll on the session, then GET qr"].append(pushed)
+                results["GET qr?wait=25 (one long poll)"].append(waited)
                 results["polling 1 s"].append(polled)
                 for step, ms in marks.items():
                     steps.setdefault(step, []).append(ms)
+                steps.setdefault("qr?wait client: create answered", []).append(
+                    qr_marks["create answered"]
+                )
     return results, steps
 
 
@@ -142,7 +174,7 @@ def main() -> None:
     print(table(rows, label="create → QR in the client (ms)"))
     print("\nthe long-poll client's steps, ms after its create request was sent:")
     print(table([(step, summary(v)) for step, v in steps.items()], label="step"))
-    ratio = rows[1][1]["p50"] / rows[0][1]["p50"]
+    ratio = rows[2][1]["p50"] / rows[0][1]["p50"]
     print(f"polling / long poll at p50: {ratio:,.0f}×")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "steps": steps}, indent=1))

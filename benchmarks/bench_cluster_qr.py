@@ -95,7 +95,7 @@ from benchmarks.liveserver import (
 )
 from benchmarks.stats import fmt, load_average, summary, table
 
-AIM_P99_MS = 150.0
+AIM_P99_MS = 80.0  # issue 14 (was 150)
 FLOOR = "13 ms p50 / 23 ms p99 (a POST, a PostgreSQL row, a Redis push, a WebSocket frame)"
 POLL_INTERVAL_S = 30.0
 
@@ -246,9 +246,11 @@ def retire_supervisors(cluster: Cluster) -> None:
 
 
 def arm(page: Page, base_url: str) -> None:
-    """Open the create page, ready for a click."""
+    """Open the create page, ready for a click: its socket open, as after an admin
+    has typed a name (the create then goes over it, see create.js)."""
     page.goto(f"{base_url}/sessions/new/")
     page.wait_for_selector("#create-submit")
+    page.wait_for_selector("#create-form[data-socket=ready]")
 
 
 def submit(page: Page, name: str) -> None:
@@ -278,6 +280,7 @@ def collect(page: Page, name: str) -> dict[str, Any]:
         "create_to_qr_ms": metrics["firstQrShownAt"] - clicked,
         "first_qr_from": metrics.get("firstQrFrom"),
         "in_place": metrics.get("detailShownAt") is not None,
+        "created_via": metrics.get("createdVia"),
         "click_to_response_ms": since_click("createRespondedAt"),
         "click_to_detail_ms": since_click("detailShownAt"),
         "click_to_socket_message_ms": since_click("firstMessageAt"),
@@ -422,13 +425,14 @@ def report(results: Results, args: argparse.Namespace, load: tuple[str, str]) ->
     ratio_p50, ratio_p99 = poll["p50"] / bell["p50"], poll["p99"] / bell["p99"]
     issued = summary(column(results.polling, "click_to_issued_ms"))
     parts = [
-        ("click → create POST answered", "click_to_response_ms"),
+        ("click → create answered", "click_to_response_ms"),
         ("click → detail markup in the page", "click_to_detail_ms"),
         ("click → first socket message", "click_to_socket_message_ms"),
         ("click → first QR issued (server clock)", "click_to_issued_ms"),
         ("first QR issued → visible", "issued_to_shown_ms"),
     ]
     in_place = sum(1 for s in results.doorbell + results.polling if s["in_place"])
+    via_socket = sum(1 for s in results.doorbell if s.get("created_via") == "socket")
     offset, error = results.clock_offset_ms
     lines = [
         f"create → QR visible in Chromium, web + {args.supervisors} supervisors as separate "
@@ -463,7 +467,8 @@ def report(results: Results, args: argparse.Namespace, load: tuple[str, str]) ->
         f"{args.poll_pages or args.poll_samples} tabs",
         f"detail page shown in place (no reload): {in_place}/"
         f"{len(results.doorbell) + len(results.polling)}; browser − server clock "
-        f"{offset:+.2f} ± {error:.2f} ms",
+        f"{offset:+.2f} ± {error:.2f} ms; doorbell samples created over the page's socket: "
+        f"{via_socket}/{len(results.doorbell)}",
         f"load average before: {load[0]}, after: {load[1]}",
     ]
     if results.problems:

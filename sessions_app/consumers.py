@@ -15,10 +15,12 @@ import time
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.urls import reverse
 
-from sessions_app import doorbell, permissions, revocation, snapshots
+from sessions_app import doorbell, intents, permissions, revocation, snapshots, socket_pages
+from sessions_app.dbthread import socket_db
+from sessions_app.forms import SessionCreateForm, errors_json
 from sessions_app.models import WaSession
 
 logger = logging.getLogger(__name__)
@@ -36,11 +38,12 @@ MAX_MESSAGE_BYTES = 1024
 PUSHES = frozenset({"session.update", "session.row", "session.removed"})
 
 
-def refusal(user: Any) -> int | None:
-    """The close code for a user who may not watch sessions, or None. Synchronous."""
+def refusal(user: Any, perms: tuple[str, ...] = ()) -> int | None:
+    """The close code for a user who may not watch sessions (or lacks one of
+    ``perms``), or None. Synchronous."""
     if user is None or not user.is_authenticated or not user.is_active:
         return CLOSE_UNAUTHENTICATED
-    if not permissions.can_view(user):
+    if not permissions.can_view(user) or (perms and not permissions.can(user, *perms)):
         return CLOSE_FORBIDDEN
     return None
 
@@ -55,6 +58,8 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
     """
 
     group: str = ""
+    #: Permissions needed beyond seeing sessions.
+    perms: tuple[str, ...] = ()
     RECHECK_EVERY = 1.0
 
     async def connect(self) -> None:
@@ -62,7 +67,7 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         self.user_id: int | None = None
         self.checked_at = time.monotonic()
         user = self.scope.get("user")
-        code = await database_sync_to_async(refusal)(user)
+        code = await socket_db(refusal)(user, self.perms)
         if code is not None:
             await self.accept()
             await self.close(code=code)
@@ -73,7 +78,8 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         # Join first, then read: a push racing the read is queued behind this
         # handler, and the page drops anything older than the snapshot's version.
         await self.join(doorbell.user_group(user.pk))
-        await self.join(self.group)
+        if self.group:
+            await self.join(self.group)
         snapshot = await self.initial()
         await self.accept()
         if snapshot is None:
@@ -133,8 +139,14 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
             ):
                 return
             await self.send_json({"type": "pong"})
+        elif isinstance(message, dict):
+            await self.on_message(message)
         else:
             await self.send_json({"type": "error", "error": "unsupported message"})
+
+    async def on_message(self, message: dict[str, Any]) -> None:
+        """A browser message other than a ping; none is supported here."""
+        await self.send_json({"type": "error", "error": "unsupported message"})
 
     async def user_recheck(self, message: dict[str, Any]) -> None:
         """Something may have taken this user's rights away (``revocation``)."""
@@ -156,13 +168,18 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         await self.close_with(code)
         return False
 
-    @database_sync_to_async
+    @socket_db
     def _fresh_refusal(self) -> int | None:
+        return self._check_fresh()[1]
+
+    def _check_fresh(self) -> tuple[Any, int | None]:
+        """The socket's user fresh from the session store and the database, and the
+        close code if they may no longer use this socket. Synchronous."""
         session = self.scope.get("session")
         user = revocation.fresh_user(session.session_key if session else None)
         if user.is_authenticated and user.pk != self.user_id:
-            return CLOSE_UNAUTHENTICATED  # another user logged in under this cookie
-        return refusal(user)
+            return user, CLOSE_UNAUTHENTICATED  # another user logged in under this cookie
+        return user, refusal(user, self.perms)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
@@ -179,7 +196,7 @@ class SessionConsumer(_OperatorConsumer):
         self.group = doorbell.session_group(self.session_id)
         await super().connect()
 
-    @database_sync_to_async
+    @socket_db
     def initial(self) -> dict[str, Any] | None:
         session = WaSession.objects.filter(pk=self.session_id).first()
         if session is None:
@@ -193,12 +210,87 @@ class SessionConsumer(_OperatorConsumer):
         await self.send_json({"type": "removed", "id": message["id"]})
 
 
+class SessionCreateConsumer(SessionConsumer):
+    """``/ws/sessions/new/``: the create page's socket, open before "create" is pressed.
+
+    Needs seeing and adding sessions (as the create page). It first sends
+    ``{"type": "ready"}``. The page then sends ``{"type": "create", "name": N}``:
+    the user is checked again, fresh (as a POST would be), the name goes through the
+    create form (the one validator per rule) and ``intents.create_session``; a
+    refused name answers ``{"type": "invalid", "errors": {field: [message]}}`` and
+    the socket waits for another try. A created session's group is joined, then the
+    row read, and the answer is ``{"type": "created", id, url, ws, html}`` (``html``:
+    the detail page as a GET would render it now, so it shows anything pushed before
+    the join; ``null`` without a CSRF cookie). From then on this is that session's
+    socket: every push follows, as on ``/ws/sessions/<pk>/``. This takes the create
+    POST (Django's middleware chain, a thread hop per step) and the detail socket's
+    handshake off the path from "create" to the QR code.
+    """
+
+    perms = (permissions.ADD,)
+
+    async def connect(self) -> None:
+        self.session_id = None  # type: ignore[assignment]
+        self.group = ""
+        await _OperatorConsumer.connect(self)
+
+    async def initial(self) -> dict[str, Any] | None:
+        return {"type": "ready"}
+
+    async def on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "create" or self.session_id is not None:
+            await super().on_message(message)
+            return
+        name = message.get("name")
+        self.checked_at = time.monotonic()
+        outcome = await self._create(name if isinstance(name, str) else "")
+        if isinstance(outcome, int):
+            await self.close_with(outcome)
+        elif isinstance(outcome, dict):
+            await self.send_json({"type": "invalid", "errors": outcome})
+        else:
+            self.session_id = outcome[0]
+            self.perms = ()  # a watcher of the session from now on: seeing is enough
+            self.group = doorbell.session_group(self.session_id)
+            await self.join(self.group)  # join, then read: nothing pushed is missed
+            await self.send_json(await self._created(outcome[1]))
+
+    @socket_db
+    def _create(self, name: str) -> int | dict[str, list[str]] | tuple[int, Any]:
+        """A close code, the form's errors, or (the new session's id, the fresh user)."""
+        user, code = self._check_fresh()
+        if code is not None:
+            return code
+        form = SessionCreateForm(data={"name": name})
+        if not form.is_valid():
+            return errors_json(form)
+        try:
+            session = intents.create_session(form.cleaned_data["name"], user.get_username())
+        except intents.IntentRefused as refused:  # the name was taken a moment ago
+            return {"name": [refused.message]}
+        return session.pk, user
+
+    @socket_db
+    def _created(self, user: Any) -> dict[str, Any]:
+        pk = self.session_id
+        session = WaSession.objects.filter(pk=pk).first()
+        return {
+            "type": "created",
+            "id": pk,
+            "url": reverse("sessions:detail", args=[pk]),
+            "ws": f"/ws/sessions/{pk}/",
+            "html": None
+            if session is None
+            else socket_pages.detail_html(self.scope, user, session),
+        }
+
+
 class SessionListConsumer(_OperatorConsumer):
     """``/ws/sessions/``: every session's row, then every row change."""
 
     group = doorbell.LIST_GROUP
 
-    @database_sync_to_async
+    @socket_db
     def initial(self) -> dict[str, Any] | None:
         return {"type": "rows", "rows": [snapshots.row(s) for s in WaSession.objects.all()]}
 

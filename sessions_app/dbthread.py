@@ -11,8 +11,9 @@ of sessions change state at once, their writes queue in the first thread, and a
 renewal queued behind them would arrive too late; the supervisor would fence
 itself under load, exactly when a hand-over costs most.
 
-On PostgreSQL these threads' connections end a transaction left idle longer than
-the self-fence margin (:func:`end_idle_transactions`).
+On SQLite these threads keep their connection from call to call (``_OwnThreadCall``);
+on PostgreSQL they borrow one from the pool for each call, and end a transaction
+left idle longer than the self-fence margin (:func:`end_idle_transactions`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import functools
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from asgiref.sync import SyncToAsync
 from channels.db import DatabaseSyncToAsync
+from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
@@ -46,13 +49,53 @@ def _get_executor(name: str) -> ThreadPoolExecutor:
         return _executors[name]
 
 
+def _keep_sqlite_connections() -> None:
+    """Let this thread's SQLite connections outlive the call (``CONN_MAX_AGE`` 0 would
+    close them at the next clean-up); one left broken or in a transaction is still
+    closed by Django's clean-up."""
+    for conn in connections.all(initialized_only=True):
+        if conn.vendor == "sqlite" and conn.connection is not None:
+            conn.close_at = None
+
+
+class _OwnThreadCall(DatabaseSyncToAsync):
+    """A call in one of the supervisor's long-lived threads.
+
+    On SQLite the thread keeps its connection from call to call: opening one is a
+    file open, two PRAGMAs and some forty SQL function registrations by Django, and
+    with ``CONN_MAX_AGE`` 0 every call paid it (a scratch trace of create → QR on a
+    loaded machine: 71 ms p50 with a connection per call, 27 ms with one kept; see
+    docs/benchmarks.md). PostgreSQL connections are still borrowed from the pool
+    and given back after each call, so no pool slot is held for good.
+    """
+
+    def thread_handler(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
+        close_old_connections()
+        try:
+            return SyncToAsync.thread_handler(self, loop, *args, **kwargs)
+        finally:
+            _keep_sqlite_connections()
+            close_old_connections()
+
+
 def _in_thread(name: str, func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        runner = DatabaseSyncToAsync(func, thread_sensitive=False, executor=_get_executor(name))
+        runner = _OwnThreadCall(func, thread_sensitive=False, executor=_get_executor(name))
         return await runner(*args, **kwargs)
 
     return call
+
+
+def socket_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``database_sync_to_async`` for the sockets' consumers, keeping a SQLite connection.
+
+    Consumers run their synchronous calls in asgiref's one long-lived thread for
+    code outside an HTTP request; like the supervisor's, it keeps its SQLite
+    connection instead of opening one per call (the create socket's two calls sit
+    on the path from "create" to the QR code). PostgreSQL: borrowed per call.
+    """
+    return functools.wraps(func)(_OwnThreadCall(func, thread_sensitive=True))
 
 
 def supervisor_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:

@@ -8,11 +8,12 @@ function here swallows a layer failure after logging it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 
 from ops import metrics
@@ -87,8 +88,43 @@ async def wake_supervisors(reason: str) -> None:
         logger.warning("could not wake the supervisors; the reconcile will catch up", exc_info=True)
 
 
+#: Rings under way from synchronous code (a reference, so none is collected early).
+_ringing: set[asyncio.Task[None]] = set()
+
+
+def _serving_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop this thread does synchronous work for (a request's or a
+    consumer's thread under ASGI, as asgiref records it for ``async_to_sync``), or None."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or not loop.is_running() or loop.is_closed():
+        return None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return loop
+    return None  # this thread runs a loop of its own
+
+
 def ring_supervisors_sync(session_id: int, reason: str) -> None:
-    async_to_sync(ring_supervisors)(session_id, reason)
+    """:func:`ring_supervisors` from synchronous code.
+
+    In a thread working for a running event loop (a page's or an API request's, a
+    socket's) the ring is handed to that loop without waiting for it: waiting held
+    the request until the loop got round to it, often behind the very claim the ring
+    started (a scratch trace: the create answered ~5 ms after its own ring was
+    heard). Elsewhere (a management command, a test) it is sent before returning.
+    """
+    loop = _serving_loop()
+    if loop is None:
+        async_to_sync(ring_supervisors)(session_id, reason)
+        return
+
+    def start() -> None:
+        task = loop.create_task(ring_supervisors(session_id, reason))
+        _ringing.add(task)
+        task.add_done_callback(_ringing.discard)
+
+    loop.call_soon_threadsafe(start)
 
 
 async def publish(snapshot: dict[str, Any], row: dict[str, Any] | None) -> None:

@@ -24,6 +24,15 @@ class SessionCreateForm(forms.ModelForm):
         }
 
 
+def errors_json(form: forms.BaseForm) -> dict[str, list[str]]:
+    """A bound form's errors as ``{field: [message, ...]}`` (``__all__`` for the form's
+    own), the shape the create page's script shows next to the fields."""
+    return {
+        field: [error["message"] for error in errors]
+        for field, errors in form.errors.get_json_data().items()
+    }
+
+
 class PhoneNumberField(forms.CharField):
     """A phone number; spaces, dashes, dots, slashes and brackets are dropped."""
 

@@ -22,7 +22,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from sessions_app import leases, snapshots
+from sessions_app import leases, policy, snapshots
 from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.leases import EventRecord, Lease
 from sessions_app.models import PhoneAction, WaSession
@@ -98,12 +98,28 @@ def hand_over(owner: str, session_ids: list[int], why: str) -> list[Published]:
     return [(snapshots.snapshot(s, with_events=False), snapshots.row(s)) for s in sessions]
 
 
+#: A simulated phone gesture and its payload (a peer's message: sender and text,
+#: never logged; empty for the others).
+Gesture = tuple[str, dict[str, Any]]
+
+
 @supervisor_db
-def take_gestures(lease: Lease) -> list[tuple[str, dict[str, Any]]]:
-    """Take the simulated phone's pending gestures, with their payloads (a peer's
-    message: its sender and text, never logged), fenced like every owner's write
-    (a runner that lost its lease takes none of its successor's); stale ones are
-    dropped unapplied."""
+def load_taking_gestures(lease: Lease) -> tuple[WaSession | None, list[Gesture]]:
+    """:func:`sessions_app.leases.load` and :func:`take_gestures` in one call of the
+    thread: a runner's first step (simulated driver) is on the way from "create" to
+    the QR code, and each call is a thread hop."""
+    return leases.load(lease.session_id), _take_gestures(lease)
+
+
+@supervisor_db
+def take_gestures(lease: Lease) -> list[Gesture]:
+    """Take the simulated phone's pending gestures, with their payloads, fenced like
+    every owner's write (a runner that lost its lease takes none of its
+    successor's); stale ones are dropped unapplied."""
+    return _take_gestures(lease)
+
+
+def _take_gestures(lease: Lease) -> list[Gesture]:
     actions = list(
         PhoneAction.objects.filter(
             session_id=lease.session_id,
@@ -125,6 +141,24 @@ def owned_changes(owner: str) -> tuple[dict[int, tuple[Any, ...]], set[int]]:
         "session_id", flat=True
     )
     return {row[0]: tuple(row[1:]) for row in rows}, set(gestured)
+
+
+@supervisor_db
+def census_and_claim(
+    owner: str, ttl: float, my_cap: int, running: int, batch: int
+) -> tuple[leases.Census, int, list[Lease] | None]:
+    """The census, this supervisor's fair share of the work, and a first claim of up to
+    ``batch`` sessions within it, in one call of the thread (two on the way from
+    "create" to the QR code before). ``running``: the sessions it runs now. ``None``
+    instead of a claim when there is no room or it holds enough to shed some (the
+    caller sheds first, then claims as before).
+    """
+    census = leases.census(owner)
+    share = policy.fair_share(census.wanted, my_cap, census.other_caps)
+    room = min(share - running, batch)
+    if room <= 0 or policy.shed_count(running, share):
+        return census, share, None
+    return census, share, leases.claim(owner, ttl, room)
 
 
 # The lease SQL as it is, in the thread it belongs to (see sessions_app.leases).

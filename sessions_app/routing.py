@@ -8,6 +8,7 @@ from sessions_app import consumers, converters  # noqa: F401 (registers <session
 
 websocket_urlpatterns = [
     path("ws/sessions/", consumers.SessionListConsumer.as_asgi()),
+    path("ws/sessions/new/", consumers.SessionCreateConsumer.as_asgi()),
     path("ws/sessions/<session_id:pk>/", consumers.SessionConsumer.as_asgi()),
     re_path(r"", consumers.NotFoundConsumer.as_asgi()),
 ]

@@ -74,6 +74,9 @@ class SessionRunner(LifecycleMixin):
         self.fresh = True  # just claimed: the DB state is the previous owner's
         self.started = supervisor.clock()  # after the claim committed
         self.seen: tuple[Any, ...] = ()  # watched columns at the last step
+        #: The row as this runner last read it plus what it wrote since (None once a
+        #: write could not be applied to it): a QR rotation is written from it.
+        self.row: WaSession | None = None
         self.exit_reason = "done"
         self._stopping: asyncio.Future[None] | None = None  # the driver stop under way
         self._canceller: asyncio.Task[None] | None = None
@@ -200,15 +203,20 @@ class SessionRunner(LifecycleMixin):
     async def _step(self, *, gestures: bool = False) -> None:
         """Read the session, decide with the pure policy, act."""
         while True:
-            session = await owner_db.load(self.session_id)
+            taken: list[str] = []
+            if gestures and self.sup.driver.simulated:
+                session, taken = await owner_db.load_taking_gestures(self.lease)  # one hop
+            else:
+                session = await owner_db.load(self.session_id)
             if session is None:
                 self._end("deleted")
             if (session.lease_owner, session.lease_epoch) != (self.lease.owner, self.lease.epoch):
                 raise LeaseLost
             self.seen = owner_db.watched(session)
+            self.row = session
             if gestures and self.sup.driver.simulated:
                 gestures = False
-                await self._apply_gestures()
+                await self._apply_gestures(taken)
             view, wake = self._view(session)
             action = plan(view)
             if action is Action.WAIT:
@@ -294,6 +302,12 @@ class SessionRunner(LifecycleMixin):
         published = await owner_db.write(self.lease, fields, event, row)
         if published is None:
             raise LeaseLost
+        # owner_db.write applied ``fields`` to ``row`` (and its version) unless one is
+        # an SQL expression; otherwise the kept row no longer matches the database.
+        applied = row is not None and not any(
+            hasattr(value, "resolve_expression") for value in fields.values()
+        )
+        self.row = row if applied else None
         await doorbell.publish(*published)
 
     # -- driver events -----------------------------------------------------------------
@@ -311,10 +325,15 @@ class SessionRunner(LifecycleMixin):
         """
         await self._on_lifecycle_event(event)
 
-    async def _apply_gestures(self) -> None:
-        gestures = await owner_db.take_gestures(self.lease)
+    async def _apply_gestures(self, gestures: list[owner_db.Gesture]) -> None:
+        """Play the simulated phone's gestures, taken from the database (fenced),
+        each with its payload (a peer's message)."""
+        driver: Any = self.sup.driver  # the simulated one (gesture() is not in Driver)
         for gesture, payload in gestures:
-            applied = await self.sup.driver.gesture(self.session_id, gesture, payload or None)  # type: ignore[attr-defined]
+            if payload:  # a peer's message: its sender and text
+                applied = await driver.gesture(self.session_id, gesture, payload)
+            else:
+                applied = await driver.gesture(self.session_id, gesture)
             if not applied:
                 why = f"simulated phone: '{gesture}' had nothing to act on"
                 await self._write({}, EventRecord(SessionEvent.Kind.INFO, why))

@@ -49,6 +49,7 @@ class LifecycleMixin:
     continuing_round: bool
     round_qr_count: int
     fresh: bool
+    row: WaSession | None
     exit_reason: str
     _stopping: asyncio.Future[None] | None
 
@@ -249,8 +250,15 @@ class LifecycleMixin:
 
     async def _on_lifecycle_event(self, event: DriverEvent) -> None:
         """A lifecycle event of the current connection: map it, check it against the
-        state machine, close the connection if it ended, write the row."""
-        session = await owner_db.load(self.session_id)
+        state machine, close the connection if it ended, write the row.
+
+        A new QR code is written from the row the runner keeps (``self.row``: read
+        at the step before, plus its own writes; it is the only writer of observed
+        columns, and an intent changed since rings, so the step right after this one
+        reads it): one database call from WhatsApp's code to the browser, not two.
+        """
+        kept = self.row if isinstance(event, QrCode) else None
+        session = kept if kept is not None else await owner_db.load(self.session_id)
         if session is None:
             self._end("deleted")
         state = State(session.state)

@@ -31,7 +31,7 @@ from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.doorbell_listener import DoorbellListenerMixin
 from sessions_app.drivers.base import Driver
 from sessions_app.lease_keeping import LeaseKeepingMixin
-from sessions_app.policy import Backoff, ConnectCeiling, fair_share, pick_to_shed, shed_count
+from sessions_app.policy import Backoff, ConnectCeiling, pick_to_shed, shed_count
 from sessions_app.runner import SessionRunner
 
 logger = logging.getLogger(__name__)
@@ -223,21 +223,32 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                     await self.layer.group_add(doorbell.SUPERVISORS_GROUP, self._channel)
         if self.fenced:
             return 0
-        census = await owner_db.census(self.owner)
+        # The census and a first claim in one hop (both are on the way from "create"
+        # to the QR code); further batches, after any shedding, one by one.
+        running = len(self.runners)
+        census, share, got = await owner_db.census_and_claim(
+            self.owner,
+            self.config.lease_ttl,
+            self.config.max_sessions,
+            running,
+            self.config.claim_batch,
+        )
         self._next_expiry = (
             self.config.reconcile_interval
             if census.next_expiry is None
             else census.next_expiry + EXPIRY_SLACK
         )
-        share = fair_share(census.wanted, self.config.max_sessions, census.other_caps)
-        await self._shed(share)
+        if got is None:
+            await self._shed(share)
+        batch = min(share - running, self.config.claim_batch)  # what that claim asked for
         claimed = 0
         while True:
-            room = share - len(self.runners)
-            batch = min(room, self.config.claim_batch)
-            if batch <= 0:
-                break
-            got = await owner_db.claim(self.owner, self.config.lease_ttl, batch)
+            if got is None:
+                room = share - len(self.runners)
+                batch = min(room, self.config.claim_batch)
+                if batch <= 0:
+                    break
+                got = await owner_db.claim(self.owner, self.config.lease_ttl, batch)
             if self.fenced:
                 # Answered after we fenced ourselves: no renewal covers these leases.
                 # Connect none; the next renewal that works gives them back.
@@ -254,6 +265,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             claimed += len(got)
             if len(got) < batch:
                 break
+            got = None
         return claimed
 
     async def _stop_runners(self, runners: list[SessionRunner]) -> list[SessionRunner]:

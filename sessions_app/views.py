@@ -19,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.generic import CreateView, DetailView, ListView
 
 from sessions_app import conf, intents, permissions, snapshots
-from sessions_app.forms import PairPhoneForm, PeerMessageForm, SessionCreateForm
+from sessions_app.forms import PairPhoneForm, PeerMessageForm, SessionCreateForm, errors_json
 from sessions_app.models import PhoneAction, WaSession
 from sessions_app.states import Desired
 
@@ -96,22 +96,18 @@ class SessionCreateView(OperatorRequiredMixin, CreateView):
                     "url": url,
                     "ws": f"/ws/sessions/{pk}/",
                     # The detail page as a GET would render it now: saves the page a request.
-                    "html": _detail_html(self.request, self.object),
+                    "html": detail_html(self.request, self.object),
                 }
             )
         return redirect("sessions:detail", pk=self.object.pk)
 
     def form_invalid(self, form: SessionCreateForm) -> HttpResponse:
         if self._wants_json():
-            errors = {
-                field: [e["message"] for e in errs]
-                for field, errs in form.errors.get_json_data().items()
-            }
-            return JsonResponse({"ok": False, "errors": errors}, status=400)
+            return JsonResponse({"ok": False, "errors": errors_json(form)}, status=400)
         return super().form_invalid(form)
 
 
-def _detail_html(request: HttpRequest, session: WaSession) -> str:
+def detail_html(request: HttpRequest, session: WaSession) -> str:
     """The detail page for ``session``, rendered like SessionDetailView does."""
     view = SessionDetailView(request=request, kwargs={"pk": session.pk}, args=())
     view.object = session

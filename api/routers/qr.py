@@ -2,7 +2,8 @@
 
 Chosen by the ``Accept`` header (``image/svg+xml``, ``image/png``,
 ``application/json``; JSON when the client accepts anything). 409 ``no_qr`` when
-the session shows no code. The code is a credential for linking a device: every
+the session shows no code (with ``?wait=S``: none came within S seconds). The
+code is a credential for linking a device: every
 answer carries ``Cache-Control: no-store`` and nothing here logs it.
 """
 
@@ -12,13 +13,14 @@ import io
 import json
 
 import segno
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
-from ninja import Router
+from ninja import Query, Router
 
 from api import scopes
 from api.errors import ApiError
 from api.routers.session_schemas import QrOut
-from api.routers.sessions import get_session, principal
+from api.routers.sessions import get_session, principal, wait_for_snapshot
 from sessions_app.states import State
 
 router = Router(tags=["sessions"])
@@ -59,9 +61,28 @@ def _render(code: str, kind: str) -> bytes:
         }
     },
 )
-def qr(request: HttpRequest, session_id: int) -> HttpResponse:
-    """The code to scan now; poll-free clients learn of a new one from the long poll."""
+async def qr(
+    request: HttpRequest,
+    session_id: int,
+    wait: float = Query(
+        0,
+        ge=0,
+        le=30,
+        description="Seconds to wait for a code while none is shown (capped at 30): "
+        "create, then one request that answers with the first code.",
+    ),
+) -> HttpResponse:
+    """The code to scan now; with ``wait``, as soon as there is one (fed by the push,
+    like the session's long poll); poll-free clients learn of a new one from the
+    session's long poll."""
     principal(request).require(scopes.SESSIONS_READ, scopes.VIEW)
+    if wait > 0:
+        await wait_for_snapshot(request, session_id, wait, lambda snap: bool(snap["qr_svg"]))
+    return await _answer(request, session_id)
+
+
+@sync_to_async
+def _answer(request: HttpRequest, session_id: int) -> HttpResponse:
     session = get_session(request, session_id)
     if session.state != State.QR_REQUIRED or not session.qr_code:
         raise ApiError(409, "no_qr", "The session shows no QR code now.")

@@ -158,16 +158,39 @@ async def read_session(
     wait = min(wait, conf.api_max_wait())
     if after_version is None or wait <= 0:
         return session_out(await _read_visible(request, session_id))
+    snapshot = await wait_for_snapshot(
+        request, session_id, wait, lambda snap: snap["version"] > after_version
+    )
+    return session_out(snapshot)
+
+
+async def wait_for_snapshot(
+    request: HttpRequest,
+    session_id: int,
+    wait: float,
+    done: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
+    """The session's snapshot as soon as ``done(snapshot)`` holds, or the latest one
+    once ``wait`` seconds (at most ``WACONNECT_API_MAX_WAIT``) have passed; 404 if it
+    is removed meanwhile (or the token may not see it).
+
+    Fed by the channel-layer push the pages get, not by reading the database in a
+    loop: joins the session's group *before* it reads the row, so a change between
+    the two is not missed, then takes pushed snapshots (newer versions only) until
+    one is done. Without a channel layer: the row as it is now.
+    """
+    wait = min(wait, conf.api_max_wait())
     layer = get_channel_layer()
-    if layer is None:  # no layer configured: no push to wait for
-        return session_out(await _read_visible(request, session_id))
+    if layer is None or wait <= 0:  # no layer configured: no push to wait for
+        return await _read_visible(request, session_id)
     group = doorbell.session_group(session_id)
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
+    latest: dict[str, Any] | None = None
     try:
         latest = await _read_visible(request, session_id)
-        if latest["version"] > after_version:
-            return session_out(latest)
+        if done(latest):
+            return latest
         # Hand this request's database connection back before waiting: the wait
         # needs none, and held for up to 30 s it would empty the process's pool
         # (WACONNECT_DB_POOL_MAX) with a handful of waiting clients.
@@ -182,10 +205,11 @@ async def read_session(
                 snapshot = message["snapshot"]
                 if snapshot["version"] > latest["version"]:
                     latest = snapshot
-                if latest["version"] > after_version:
-                    return session_out(latest)
+                if done(latest):
+                    return latest
     except TimeoutError:
-        return session_out(latest)
+        assert latest is not None
+        return latest
     finally:
         await layer.group_discard(group, channel)
 

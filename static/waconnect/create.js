@@ -4,7 +4,13 @@
  * waconnect.createClickedAt), so the QR timing can be measured
  * (benchmarks/bench_qr_latency.py).
  *
- * With this script the form is posted with fetch (Accept: application/json). The
+ * With this script the page opens /ws/sessions/new/ at once (before "create" is
+ * pressed) and creates over it: {"type": "create", name} is answered {"type":
+ * "created", id, url, ws, html} or {"type": "invalid", errors}, and the same socket
+ * then carries the new session's snapshots (sessions_app.consumers.
+ * SessionCreateConsumer): no POST and no new socket handshake between the click
+ * and the QR code. While that socket is not ready (still opening, refused,
+ * dropped), the form is posted with fetch (Accept: application/json). The
  * view answers {ok, id, url, ws, html} or {ok: false, errors} (400). On success
  * the page opens the new session's socket at once (waconnect.sessionPage, the
  * same code as the detail page), puts the detail page's <main> (html, rendered
@@ -15,8 +21,11 @@
  * unexpected comes back, the form posts the ordinary way (redirect, or the page
  * with its errors).
  *
+ * The form carries data-socket="ready" while the socket can take a create.
+ *
  * window.waconnectMetrics gets, on this path (wall-clock ms):
- *   createRespondedAt  the create POST's answer arrived
+ *   createdVia         "socket" or "post": how the session was created
+ *   createRespondedAt  the create's answer ("created", or the POST's) arrived
  *   detailShownAt      the detail page's markup replaced the form (then mounted)
  */
 (function () {
@@ -118,8 +127,9 @@
     return true;
   }
 
-  function becomeDetailPage(data) {
-    const page = waconnect.sessionPage(data.ws); // the socket first: it is the longest pole
+  function becomeDetailPage(data, socket) {
+    // The socket first: it is the longest pole (or the create socket, adopted).
+    const page = waconnect.sessionPage(data.ws, socket);
     const html =
       typeof data.html === "string"
         ? Promise.resolve(data.html) // the view sent the detail page along
@@ -142,16 +152,77 @@
       });
   }
 
-  // -- the submit ---------------------------------------------------------------------------
+  // -- the create socket: open before the click ------------------------------------------------
 
   const button = document.getElementById("create-submit");
   let pending = false;
+  let socketReady = false; // the server said "ready" on the socket now open
+  let socketPending = false; // a create sent over the socket awaits its answer
+  let socket = null;
+
+  function socketAnswered() {
+    socketPending = false;
+    pending = false;
+  }
+
+  function onSocketMessage(msg) {
+    if (msg.type === "ready") {
+      socketReady = true;
+      form.dataset.socket = "ready";
+    } else if (msg.type === "created" && socketPending) {
+      if (metrics) {
+        metrics.createRespondedAt = waconnect.now();
+        metrics.createdVia = "socket";
+      }
+      socketAnswered();
+      socketReady = false;
+      becomeDetailPage(msg, socket);
+    } else if (msg.type === "invalid" && socketPending) {
+      socketAnswered();
+      if (button) button.disabled = false;
+      showErrors(msg.errors);
+    }
+  }
+
+  function onSocketStatus(online) {
+    if (online) return;
+    socketReady = false;
+    delete form.dataset.socket;
+    if (socketPending) {
+      // Dropped before the answer: the session may or may not exist now.
+      socketAnswered();
+      if (button) button.disabled = false;
+      if (waconnect.toast) {
+        waconnect.toast("The connection dropped: see the sessions list before creating again.", "error");
+      }
+    }
+  }
+
+  if (enhanced && typeof waconnect.liveSocket === "function") {
+    socket = waconnect.liveSocket(form.dataset.ws || "/ws/sessions/new/", {
+      onMessage: onSocketMessage,
+      onStatus: onSocketStatus,
+      onFatal: function () {
+        socketReady = false; // no right to create over it: the form posts
+        delete form.dataset.socket;
+      },
+    });
+  }
+
+  // -- the submit ---------------------------------------------------------------------------
 
   form.addEventListener("submit", function (event) {
     recordClick();
     if (!enhanced) return;
     event.preventDefault();
     if (pending) return;
+    if (socketReady && socket.send({ type: "create", name: form.elements.namedItem("name").value })) {
+      pending = true;
+      socketPending = true;
+      if (button) button.disabled = true;
+      clearErrors();
+      return;
+    }
     pending = true;
     if (button) button.disabled = true;
     let done = false; // true once the page moves on (detail shown, or navigating)
@@ -168,9 +239,13 @@
           return;
         }
         return response.json().then(function (data) {
-          if (metrics) metrics.createRespondedAt = waconnect.now();
+          if (metrics) {
+            metrics.createRespondedAt = waconnect.now();
+            metrics.createdVia = "post";
+          }
           if (data.ok && data.url && data.ws) {
             done = true;
+            if (socket) socket.stop(); // the session's own socket replaces it
             becomeDetailPage(data);
           } else {
             showErrors(data.errors || { __all__: [data.error || "HTTP " + response.status] });

@@ -6,6 +6,7 @@
  * (or no longer) logged in to the login page (close code 4401) and gives up on
  * 4403 (no staff status or permission to see sessions) and 4404 (session gone).
  * Other closes (4413: a message too big) reconnect. See sessions_app/consumers.py.
+ * It can send (JSON) and be handed to other handlers and a new path (retarget).
  * waconnect.enhanceActionForms(root) posts the action forms with fetch.
  */
 (function () {
@@ -42,7 +43,7 @@
    */
   waconnect.liveSocket = function (path, handlers) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = scheme + "//" + location.host + path;
+    let url = scheme + "//" + location.host + path;
     let ws = null;
     let delay = BACKOFF_FIRST;
     let retryTimer = null;
@@ -138,6 +139,22 @@
         clearInterval(pingTimer);
         if (ws) ws.close(1000);
         ws = null;
+      },
+      /** Send msg as JSON now; false when the socket is not open. */
+      send: function (msg) {
+        if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+        ws.send(JSON.stringify(msg));
+        return true;
+      },
+      /**
+       * Hand the open socket to other handlers (the create page's socket becomes
+       * the new session's: sessions_app.consumers.SessionCreateConsumer); after a
+       * drop it reconnects to newPath. The new handlers learn the current status.
+       */
+      retarget: function (newPath, newHandlers) {
+        url = scheme + "//" + location.host + newPath;
+        handlers = newHandlers;
+        if (online !== null && handlers.onStatus) handlers.onStatus(online);
       },
     };
   };

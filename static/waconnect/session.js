@@ -1,7 +1,8 @@
 /* waconnect: the session detail page, kept live over /ws/sessions/<pk>/.
  *
- * waconnect.sessionPage(wsPath) opens the session's socket at once and returns
- * {mount, stop}; messages that arrive before mount() wait in a queue. mount()
+ * waconnect.sessionPage(wsPath, adopt) opens the session's socket at once (or
+ * adopts `adopt`, an open waconnect.liveSocket already subscribed to the session)
+ * and returns {mount, stop}; messages that arrive before mount() wait in a queue. mount()
  * takes over the detail markup (#detail, #session-snapshot, ...) that is in the
  * document at that moment and renders every snapshot into it.
  *
@@ -29,7 +30,7 @@
   metrics.firstQrFrom = null;
   metrics.firstMessageAt = null;
 
-  waconnect.sessionPage = function (wsPath) {
+  waconnect.sessionPage = function (wsPath, adopt) {
     // -- the socket, opened at once; its callbacks wait for the DOM -------------------------
 
     let ready = false;
@@ -40,7 +41,7 @@
         else early.push([handler, arguments]);
       };
     }
-    const socket = waconnect.liveSocket(wsPath, {
+    const handlers = {
       onMessage: whenReady(function (msg, receivedAt) {
         onMessage(msg, receivedAt);
       }),
@@ -50,7 +51,11 @@
       onFatal: whenReady(function (code) {
         onFatal(code);
       }),
-    });
+    };
+    // An open socket already carrying this session (the create page's) is adopted.
+    let socket = adopt;
+    if (socket) socket.retarget(wsPath, handlers);
+    else socket = waconnect.liveSocket(wsPath, handlers);
 
     // -- page state (set at DOMContentLoaded) -----------------------------------------------
 

@@ -183,3 +183,73 @@ async def test_the_group_is_left_after_the_answer(
 
 def group_name_is(pk: int) -> bool:
     return doorbell.session_group(pk) == f"waconnect.session.{pk}"
+
+
+# -- GET /sessions/{id}/qr?wait=S: the QR code itself, as soon as there is one ----------
+
+
+async def test_the_qr_wait_answers_with_the_first_code_pushed(
+    polled: tuple[WaSession, Poller], waiting: asyncio.Event
+) -> None:
+    """Create, then one request: no long poll on the session, no QR fetch after it."""
+    session, client = polled
+    poll = asyncio.create_task(client.get(f"/api/v1/sessions/{session.pk}/qr?wait=25"))
+    await waiting.wait()
+    await doorbell.publish(await change(session, state="connecting", version=4), None)
+    snapshot = await change(session, state="qr_required", qr_code="https://wa.me/x#1", version=5)
+    await doorbell.publish(snapshot, None)
+    response = await poll
+    assert response.status_code == 200
+    assert response.json()["code"] == "https://wa.me/x#1"
+    assert response["Cache-Control"] == "no-store"
+
+
+async def test_the_qr_wait_answers_at_once_when_a_code_is_shown(
+    polled: tuple[WaSession, Poller], waiting: asyncio.Event
+) -> None:
+    session, client = polled
+    await change(session, state="qr_required", qr_code="https://wa.me/x#now", version=4)
+    response = await client.get(f"/api/v1/sessions/{session.pk}/qr?wait=25")
+    assert response.json()["code"] == "https://wa.me/x#now"
+    assert not waiting.is_set()
+
+
+async def test_the_qr_wait_runs_out_with_409(
+    polled: tuple[WaSession, Poller], settings: Any
+) -> None:
+    session, client = polled
+    settings.WACONNECT_API_MAX_WAIT = 0.2  # wait=25 is capped by the setting
+    response = await client.get(f"/api/v1/sessions/{session.pk}/qr?wait=25")
+    assert (response.status_code, response.json()["code"]) == (409, "no_qr")
+
+
+async def test_the_qr_wait_ends_with_404_when_the_session_is_deleted(
+    polled: tuple[WaSession, Poller], waiting: asyncio.Event
+) -> None:
+    session, client = polled
+    poll = asyncio.create_task(client.get(f"/api/v1/sessions/{session.pk}/qr?wait=25"))
+    await waiting.wait()
+    await doorbell.publish_removed(session.pk)
+    response = await poll
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+async def test_the_qr_wait_needs_the_read_scope_and_a_visible_session(
+    api_user: Any, waiting: asyncio.Event
+) -> None:
+    @sync_to_async
+    def tokens() -> tuple[WaSession, str, str]:
+        session = WaSession.objects.create(name="hidden", state="connecting")
+        other = WaSession.objects.create(name="other")
+        _, write_only = create_token(user=api_user, name="w", scopes=["sessions:write"])
+        _, limited = create_token(
+            user=api_user, name="l", scopes=["sessions:read"], sessions=[other]
+        )
+        return session, write_only, limited
+
+    session, write_only, limited = await tokens()
+    no_scope = await Poller(write_only).get(f"/api/v1/sessions/{session.pk}/qr?wait=25")
+    hidden = await Poller(limited).get(f"/api/v1/sessions/{session.pk}/qr?wait=25")
+    assert no_scope.status_code == 403
+    assert hidden.status_code == 404
+    assert not waiting.is_set()

@@ -315,6 +315,48 @@ def test_create_turns_into_the_detail_page_without_a_page_load(logged_in_page: P
     expect(page.locator("#session-name")).to_have_text(name)
 
 
+def test_create_goes_over_the_socket_opened_before_the_click(logged_in_page: Page) -> None:
+    """The create page's socket is open before "create": the session is created over
+    it and its QR code arrives on it (no POST, no second socket); the detail page it
+    brings works (its forms post with valid CSRF tokens)."""
+    page = logged_in_page
+    page.goto("/sessions/new/")
+    page.wait_for_selector("#create-form[data-socket=ready]")
+    posts: list[str] = []
+    sockets: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    name = unique_name()
+    page.fill("#id_name", name)
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    page.wait_for_selector("#qr svg")
+
+    assert page.evaluate("() => window.waconnectMetrics.createdVia") == "socket"
+    assert posts == [], "the create went by POST"
+    assert sockets == [], "the page opened another socket"
+    expect(page.locator("#session-name")).to_have_text(name)
+    expect(page.locator("#socket-status")).to_have_attribute("data-online", "true")
+    page.click("button[data-action=stop]")
+    expect(page.locator("#state")).to_have_attribute("data-state", "stopped")
+    expect(page.locator("#events")).to_contain_text("asked to stop")
+
+
+def test_a_refused_name_over_the_socket_is_shown_at_the_field(logged_in_page: Page) -> None:
+    page = logged_in_page
+    page.goto("/sessions/new/")
+    page.wait_for_selector("#create-form[data-socket=ready]")
+    page.fill("#id_name", "-bad name")
+    page.click("#create-submit")
+    expect(page.locator(".field.has-error .field-error")).to_contain_text("letters, digits")
+    name = unique_name()
+    page.fill("#id_name", name)
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    expect(page.locator("#session-name")).to_have_text(name)
+    assert page.evaluate("() => window.waconnectMetrics.createdVia") == "socket"
+
+
 def test_back_from_the_in_place_detail_page_shows_the_form(logged_in_page: Page) -> None:
     """Back right after creating (no reload in between) returns to a working create form."""
     page = logged_in_page

@@ -136,3 +136,22 @@ def test_a_runner_that_lost_its_lease_takes_none_of_the_gestures() -> None:
     assert async_to_sync(take_gestures)(stale) == []
     assert PhoneAction.objects.filter(session=session).exists()
     assert async_to_sync(take_gestures)(leases.Lease(session.pk, "b", 2)) == [("scan", {})]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_census_and_claim_claims_within_the_fair_share_in_one_call(
+    sessions: list[WaSession],
+) -> None:
+    """The ring's first claim goes out with the census (owner_db.census_and_claim)."""
+    from sessions_app import owner_db
+
+    leases.announce("b", 10, 1000, 0)  # one other live supervisor: a share of 3 of 5
+    census, share, got = async_to_sync(owner_db.census_and_claim)("a", 10, 1000, 0, 2)
+    assert (census.wanted, share) == (5, 3)
+    assert got is not None and len(got) == 2, "the batch limits the first claim"
+
+    _, share, more = async_to_sync(owner_db.census_and_claim)("a", 10, 1000, 3, 10)
+    assert share == 3 and more is None, "no room left within the share: no claim"
+
+    _, _, shedding = async_to_sync(owner_db.census_and_claim)("a", 10, 1000, 9, 10)
+    assert shedding is None, "holding more than the share: shed first, claim after"

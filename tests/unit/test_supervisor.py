@@ -466,17 +466,23 @@ async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
         changed = await paired("changed", sup)
         await sup.reconcile(periodic=True)  # queued behind the runners' last reads
         loads: list[int] = []
-        load = owner_db.load
+        load, load_taking_gestures = owner_db.load, owner_db.load_taking_gestures
 
         async def counted(session_id: int) -> WaSession | None:
             loads.append(session_id)
             return await load(session_id)
 
+        async def counted_with_gestures(lease: leases.Lease) -> tuple[WaSession | None, list[str]]:
+            loads.append(lease.session_id)
+            return await load_taking_gestures(lease)
+
         monkeypatch.setattr(owner_db, "load", counted)
+        monkeypatch.setattr(owner_db, "load_taking_gestures", counted_with_gestures)
         # An intent written without its ring (as if Redis had dropped it).
         await sync_to_async(WaSession.objects.filter(pk=changed.pk).update)(desired_state="stopped")
         await sup.reconcile(periodic=True)
         await until(changed.pk, settled("stopped"))
+        assert changed.pk in loads
         assert quiet.pk not in loads, "an unchanged session was read again"
         assert world.live[quiet.pk] == 1
 
@@ -511,3 +517,59 @@ async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
         assert stopped == [runner], "the repeated one stopped it"
         assert world.live[session.pk] == 0, "its connection was closed"
         monkeypatch.undo()
+
+
+async def test_a_qr_rotation_reads_the_row_once(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WhatsApp's new code is written from the row the runner keeps: the only read
+    is the step after it (two reads per rotation before)."""
+    async with running(world):
+        session = await create("rotating", "ada")
+        first = await until(session.pk, state_is("qr_required"))
+        loads: list[int] = []
+        load = owner_db.load
+
+        async def counted(session_id: int) -> WaSession | None:
+            loads.append(session_id)
+            return await load(session_id)
+
+        monkeypatch.setattr(owner_db, "load", counted)
+        second = await until(
+            session.pk, lambda s: s["qr_issued_at"] not in (None, first["qr_issued_at"])
+        )
+        third = await until(
+            session.pk, lambda s: s["qr_issued_at"] not in (None, second["qr_issued_at"])
+        )
+        reads = len(loads)
+        monkeypatch.undo()
+
+        assert third["version"] == second["version"] + 1
+        assert reads <= 2, f"{reads} reads for one rotation (and the step after the last one)"
+        row = await get(pk=session.pk)
+        assert row.version >= third["version"]
+
+
+async def test_after_a_write_the_kept_row_missed_the_next_code_has_the_right_version(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write not applied to the kept row (here: a phone gesture that had nothing to
+    act on, an info event) makes the next QR code read the row again: its snapshot's
+    version is past the info's, so no watcher takes it for one already seen."""
+    async with running(world) as sup:
+        session = await create("gestured", "ada")
+        first = await until(session.pk, state_is("qr_required"))
+
+        async def nothing_to_act_on(session_id: int, gesture: str) -> bool:
+            return False
+
+        monkeypatch.setattr(sup.driver, "gesture", nothing_to_act_on)
+        await gesture(await get(pk=session.pk), "disconnect", "test")
+        info = await until(session.pk, lambda s: s["version"] > first["version"])
+        nxt = await until(
+            session.pk, lambda s: s["qr_issued_at"] not in (None, first["qr_issued_at"])
+        )
+
+        assert nxt["version"] > info["version"], "the code was written from a stale row"
+        events = [message for _, _, message in await events_of(session.pk)]
+        assert any("had nothing to act on" in message for message in events)

@@ -75,6 +75,7 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
     renewal covers its lease, which could expire under a live connection. The lease
     is kept as an orphan, given back at the next renewal that works."""
     claim = owner_db.claim
+    census_and_claim = owner_db.census_and_claim
     entered, answer, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def never(owner: str, ttl: float) -> list[leases.Lease]:
@@ -88,9 +89,20 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
         answered.set()
         return got
 
+    async def late_first(
+        owner: str, ttl: float, cap: int, held: int, batch: int
+    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
+        """A ring's claim goes out with the census, in one call."""
+        entered.set()
+        await answer.wait()
+        got = await census_and_claim(owner, ttl, cap, held, batch)
+        answered.set()
+        return got
+
     async with running(world) as sup:
         monkeypatch.setattr(owner_db, "renew", never)
         monkeypatch.setattr(owner_db, "claim", late)
+        monkeypatch.setattr(owner_db, "census_and_claim", late_first)
         session = await create("late", "ada")
         await entered.wait()
         await observe(lambda: sup.fenced, FAST.lease_ttl, "it never fenced itself")

@@ -1,0 +1,48 @@
+"""The supervisor's database threads on SQLite (this file runs in the SQLite tier only):
+one connection kept per thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+
+from sessions_app.dbthread import lease_db, socket_db, supervisor_db
+from sessions_app.models import WaSession
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
+
+
+def _raw_connection() -> Any:
+    WaSession.objects.exists()
+    return connection.connection
+
+
+async def test_each_thread_keeps_its_sqlite_connection_from_call_to_call() -> None:
+    """Opening a SQLite connection per call was most of a database call's cost."""
+    first = await supervisor_db(_raw_connection)()
+    second = await supervisor_db(_raw_connection)()
+    lease = await lease_db(_raw_connection)()
+
+    assert first is second
+    assert lease is not first
+
+
+async def test_the_sockets_thread_keeps_its_sqlite_connection_too() -> None:
+    first = await socket_db(_raw_connection)()
+    second = await socket_db(_raw_connection)()
+
+    assert first is second
+
+
+def _leave_a_transaction_open() -> Any:
+    transaction.set_autocommit(False)
+    return _raw_connection()
+
+
+async def test_a_connection_left_in_a_transaction_is_not_kept() -> None:
+    left = await supervisor_db(_leave_a_transaction_open)()
+    after = await supervisor_db(_raw_connection)()
+
+    assert after is not left
