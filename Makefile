@@ -55,7 +55,8 @@ test: venv chromium services lint
 	  tests/unit/test_webhooks_outbox.py tests/unit/test_webhooks_delivery.py \
 	  tests/unit/test_webhooks_dispatch.py tests/unit/test_webhooks_messages.py \
 	  tests/unit/test_webhooks_flow.py \
-	  tests/api/test_webhooks_api.py
+	  tests/api/test_webhooks_api.py \
+	  tests/unit/test_peer_message.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -98,8 +98,13 @@ def hand_over(owner: str, session_ids: list[int], why: str) -> list[Published]:
     return [(snapshots.snapshot(s, with_events=False), snapshots.row(s)) for s in sessions]
 
 
+#: A simulated phone gesture and its payload (a peer's message: sender and text,
+#: never logged; empty for the others).
+Gesture = tuple[str, dict[str, Any]]
+
+
 @supervisor_db
-def load_taking_gestures(lease: Lease) -> tuple[WaSession | None, list[str]]:
+def load_taking_gestures(lease: Lease) -> tuple[WaSession | None, list[Gesture]]:
     """:func:`sessions_app.leases.load` and :func:`take_gestures` in one call of the
     thread: a runner's first step (simulated driver) is on the way from "create" to
     the QR code, and each call is a thread hop."""
@@ -107,14 +112,14 @@ def load_taking_gestures(lease: Lease) -> tuple[WaSession | None, list[str]]:
 
 
 @supervisor_db
-def take_gestures(lease: Lease) -> list[str]:
-    """Take the simulated phone's pending gestures, fenced like every owner's write
-    (a runner that lost its lease takes none of its successor's); stale ones are
-    dropped unapplied."""
+def take_gestures(lease: Lease) -> list[Gesture]:
+    """Take the simulated phone's pending gestures, with their payloads, fenced like
+    every owner's write (a runner that lost its lease takes none of its
+    successor's); stale ones are dropped unapplied."""
     return _take_gestures(lease)
 
 
-def _take_gestures(lease: Lease) -> list[str]:
+def _take_gestures(lease: Lease) -> list[Gesture]:
     actions = list(
         PhoneAction.objects.filter(
             session_id=lease.session_id,
@@ -124,7 +129,7 @@ def _take_gestures(lease: Lease) -> list[str]:
     )
     PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
     fresh_since = timezone.now() - GESTURE_MAX_AGE
-    return [a.gesture for a in actions if a.created_at >= fresh_since]
+    return [(a.gesture, a.payload) for a in actions if a.created_at >= fresh_since]
 
 
 @supervisor_db

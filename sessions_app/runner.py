@@ -338,10 +338,15 @@ class SessionRunner(LifecycleMixin):
         """
         await self._on_lifecycle_event(event)
 
-    async def _apply_gestures(self, gestures: list[str]) -> None:
-        """Play the simulated phone's gestures, taken from the database (fenced)."""
-        for gesture in gestures:
-            applied = await self.sup.driver.gesture(self.session_id, gesture)  # type: ignore[attr-defined]
+    async def _apply_gestures(self, gestures: list[owner_db.Gesture]) -> None:
+        """Play the simulated phone's gestures, taken from the database (fenced),
+        each with its payload (a peer's message)."""
+        driver: Any = self.sup.driver  # the simulated one (gesture() is not in Driver)
+        for gesture, payload in gestures:
+            if payload:  # a peer's message: its sender and text
+                applied = await driver.gesture(self.session_id, gesture, payload)
+            else:
+                applied = await driver.gesture(self.session_id, gesture)
             if not applied:
                 why = f"simulated phone: '{gesture}' had nothing to act on"
                 await self._write({}, EventRecord(SessionEvent.Kind.INFO, why))
