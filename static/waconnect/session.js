@@ -343,7 +343,14 @@
       }
       window.addEventListener("popstate", leaveIfMoved);
       window.addEventListener("pageshow", leaveIfMoved);
-      waconnect.enhanceActionForms(root);
+      waconnect.enhanceActionForms(root, {
+        onResult: function (action) {
+          // The simulated phone's peer message went out: ready for the next one.
+          if (action !== "simulate-message") return;
+          const text = root.querySelector("#peer-message-form textarea");
+          if (text) text.value = "";
+        },
+      });
 
       ready = true;
       for (const [handler, args] of early.splice(0)) handler.apply(null, args);
