@@ -78,6 +78,7 @@ _expire = supervisor_db(outbound.expire_overdue)
 _next_deadline = supervisor_db(outbound.next_deadline)
 _last_send_at = supervisor_db(outbound.last_send_at)
 _store = supervisor_db(inbound.store)
+_fence_holds = supervisor_db(outbound.fence_holds)
 
 
 def handles(event: DriverEvent) -> bool:
@@ -170,9 +171,21 @@ class MessagePump:
             logger.warning("an incoming message without an id was dropped", extra=self._extra())
             return
         row = await _store(self.lease, event, timezone.now())
+        if row is not None or await _fence_holds(self.lease):  # stored, now or before
+            self._ack(event)
         if row is not None:
             metrics.messages_received.inc()
             await live.publish([row])
+
+    def _ack(self, event: MessageReceived) -> None:
+        """Tell a driver that acks incoming messages only once they are stored
+        (``ack_received``, the simulated service's) that this one is. Never for a
+        message the fence refused: WhatsApp delivers it again to the next owner.
+        A driver without it (neonize: whatsmeow acks when its handler returns)
+        has acked already."""
+        ack = getattr(self.driver, "ack_received", None)
+        if ack is not None:
+            ack(self.session_id, event.message_id)
 
     async def _receipt(self, event: Receipt) -> None:
         rows = await _apply_receipt(
