@@ -41,7 +41,7 @@ from django.utils import timezone
 from messaging import intents as messaging_intents
 from messaging import outbound
 from messaging.models import Message
-from messaging.states import TRANSITIONS, Direction, Status
+from messaging.states import TRANSITIONS, WENT_OUT, Direction, Status
 from sessions_app.drivers.sends import number_of
 from sessions_app.drivers.simulated_messages import Carried
 from sessions_app.drivers.simulated_service import ServiceControl
@@ -150,7 +150,7 @@ class MessageTraffic:
         database_url: str,
         rng: random.Random,
         running: set[int],
-        out_rate: float = 6.0,
+        out_rate: float = 8.0,
         in_rate: float = 3.0,
     ) -> None:
         self.address = address
@@ -170,7 +170,8 @@ class MessageTraffic:
         self.numbers = await linked_numbers(sessions)
         self._control = ServiceControl(self.address)
         await self._control.__aenter__()
-        await self._control.delays(ack_delay=0.0, delivered_delay=0.3, read_delay=0.7)
+        # WhatsApp takes a while to acknowledge: sends are under way when faults strike.
+        await self._control.delays(ack_delay=0.4, delivered_delay=0.3, read_delay=0.7)
         await self._control.fault("not_on_whatsapp", ABSENT)
         self.sampler.start()
         self._tasks = [
@@ -240,7 +241,7 @@ class MessageTraffic:
     async def drained(self, timeout: float) -> None:
         """Wait until no outbound message is queued or sending and every message
         carried to a session is stored (the supervisors' progress: observed, not
-        awaited; bounded by ``timeout``)."""
+        awaited); after ``timeout`` seconds, go on: :meth:`check` reports what is left."""
         assert self._control is not None
         until = time.monotonic() + timeout
         while True:
@@ -249,33 +250,35 @@ class MessageTraffic:
             if not pending and not unstored:
                 return
             if time.monotonic() > until:
-                raise AssertionError(
-                    f"not drained in {timeout}s: {len(pending)} outbound still queued/sending"
-                    f" {pending[:5]}, {len(unstored)} carried to a session and not stored"
-                    f" {unstored[:5]}"
-                )
+                print(f"not drained in {timeout}s: {len(pending)} outbound, {len(unstored)} in")
+                return
             await asyncio.sleep(0.5)
 
     async def check(self) -> None:
-        """The assertions of the module docstring."""
+        """The assertions of the module docstring, all reported together."""
         assert self._control is not None
         await asyncio.to_thread(self.sampler.stop)
         carried = {c.message_id: c for c in await self._control.carried()}
         rows = await outbound_rows()
         inbound = await stored_inbound()
+        problems: dict[str, list[str]] = {}
 
-        twice = [c for c in carried.values() if c.accepted != 1]
-        assert not twice, f"carried more than once: {[(c.message_id, c.accepted) for c in twice]}"
+        def problem(kind: str, items: list[str]) -> None:
+            if items:
+                problems[kind] = items
 
-        lost = sorted(set(self.sent) - set(rows))
-        assert not lost, f"accepted messages with no row: {lost[:5]}"
+        problem(
+            "carried more than once",
+            [f"{c.message_id} ×{c.accepted}" for c in carried.values() if c.accepted != 1],
+        )
+        problem("accepted, no row", sorted(set(self.sent) - set(rows)))
         by_status = collections.Counter(row["status"] for row in rows.values())
         print(f"outbound endings: {dict(by_status)}")
         wrong = []
         unknown_per_tenure: collections.Counter[tuple[int, int]] = collections.Counter()
         for ref, row in rows.items():
             status, went = row["status"], ref in carried
-            if status in (Status.SENT, Status.DELIVERED, Status.READ) and not went:
+            if status in WENT_OUT and not went:
                 wrong.append(f"{ref} {status} but never carried")
             elif status in (Status.FAILED, Status.EXPIRED) and (went or not row["reason"]):
                 wrong.append(f"{ref} {status} ({row['reason']!r}), carried: {went}")
@@ -286,30 +289,33 @@ class MessageTraffic:
                     unknown_per_tenure[(row["session_id"], row["send_epoch"])] += 1
             elif status not in ENDINGS:
                 wrong.append(f"{ref} ends {status}")
-        assert not wrong, f"outbound messages that ended wrong: {wrong[:10]}"
-        several = {k: n for k, n in unknown_per_tenure.items() if n > 1}
-        assert not several, f"more than one unknown per session and lease epoch: {several}"
-        assert by_status[Status.READ] > len(rows) // 2, "most messages should have been read"
+        problem("outbound ended wrong", wrong)
+        problem(
+            "more than one unknown per session and lease epoch",
+            [f"{k}: {n}" for k, n in unknown_per_tenure.items() if n > 1],
+        )
+        went_out = sum(by_status[s] for s in WENT_OUT)
+        problem("traffic", [] if went_out > len(rows) // 2 else [f"only {went_out} went out"])
 
-        unstored = missing_inbound(list(carried.values()), inbound)
-        assert not unstored, f"delivered to a session, not stored: {unstored[:5]}"
-        twice_stored = [key for key, n in inbound.items() if n != 1]
-        assert not twice_stored, f"stored more than once: {twice_stored[:5]}"
-        phantom = [key for key in inbound if key[1] not in carried]
-        assert not phantom, f"stored but never carried: {phantom[:5]}"
+        problem(
+            "delivered to a session, not stored", missing_inbound(list(carried.values()), inbound)
+        )
+        problem("stored more than once", [str(k) for k, n in inbound.items() if n != 1])
+        problem("stored, never carried", [str(k) for k in inbound if k[1] not in carried])
         delivered = sum(1 for c in carried.values() for d in c.deliveries if d.session_id)
         print(
-            f"inbound: {len(inbound)} stored once each, {delivered} deliveries to connections"
+            f"inbound: {len(inbound)} stored, {delivered} deliveries to connections"
             f" ({delivered - len(inbound)} redeliveries)"
         )
 
-        backwards = self.sampler.backwards()
-        assert not backwards, f"statuses moved backwards: {backwards[:10]}"
+        problem("status moved backwards", self.sampler.backwards())
         changes = sum(len(h) for h in self.sampler.seen.values())
         print(
             f"sampler: {self.sampler.samples} samples, {changes} states seen,"
             f" {self.sampler.errors} errors; unknown: {sum(unknown_per_tenure.values())}"
         )
+        report = {kind: f"{len(items)}: {items[:5]}" for kind, items in problems.items()}
+        assert not problems, f"messages under chaos: {report}"
 
 
 def missing_inbound(carried: list[Carried], inbound: dict[tuple[int, str], int]) -> list[str]:
