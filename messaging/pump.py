@@ -44,10 +44,10 @@ from django.utils import timezone
 
 from messaging import inbound, live, outbound
 from messaging.conf import MessagingConfig
+from messaging.dbthreads import message_db
 from messaging.models import Message
 from messaging.states import Status, pacing_delay
 from ops import metrics
-from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.base import (
     Driver,
     DriverError,
@@ -68,17 +68,18 @@ NOT_CONNECTED_PAUSE = 2.0
 #: Seconds before the pump tries again after a pass failed (a database error).
 RETRY_AFTER_ERROR = 1.0
 
-_take_next = supervisor_db(outbound.take_next)
-_mark_stale = supervisor_db(outbound.mark_stale_sending)
-_mark_sent = supervisor_db(outbound.mark_sent)
-_mark_failed = supervisor_db(outbound.mark_failed)
-_mark_unknown = supervisor_db(outbound.mark_unknown)
-_apply_receipt = supervisor_db(outbound.apply_receipt)
-_expire = supervisor_db(outbound.expire_overdue)
-_next_deadline = supervisor_db(outbound.next_deadline)
-_last_send_at = supervisor_db(outbound.last_send_at)
-_store = supervisor_db(inbound.store)
-_fence_holds = supervisor_db(outbound.fence_holds)
+_take_next = message_db(outbound.take_next)
+_mark_stale = message_db(outbound.mark_stale_sending)
+_mark_sent = message_db(outbound.mark_sent)
+_mark_failed = message_db(outbound.mark_failed)
+_mark_unknown = message_db(outbound.mark_unknown)
+_apply_receipt = message_db(outbound.apply_receipt)
+_expire = message_db(outbound.expire_overdue)
+_next_deadline = message_db(outbound.next_deadline)
+_last_send_at = message_db(outbound.last_send_at)
+_store = message_db(inbound.store)
+_sessions_with_queued = message_db(outbound.sessions_with_queued)
+_fence_holds = message_db(outbound.fence_holds)
 
 
 def handles(event: DriverEvent) -> bool:
@@ -380,6 +381,17 @@ async def publish_expired(rows: list[Message]) -> None:
     if rows:
         metrics.messages_sent.labels("expired").inc(len(rows))
         await live.publish(rows)
+
+
+async def periodic(owner: str, pumps: dict[int, MessagePump]) -> None:
+    """The supervisor's periodic pass: expire overdue messages of every session, and
+    wake the pumps of ``owner``'s sessions that have messages queued (a lost ring
+    leaves a message queued until then, never longer)."""
+    await sweep_expired()
+    for session_id in await _sessions_with_queued(owner, timezone.now()):
+        pump = pumps.get(session_id)
+        if pump is not None:
+            pump.kick()
 
 
 async def sweep_expired(limit: int = 500, now: dt.datetime | None = None) -> int:
