@@ -122,3 +122,40 @@ def test_the_command_refuses_what_does_not_fit(
 def test_a_message_needs_its_payload(session: WaSession) -> None:
     with pytest.raises(ValueError, match="peer_message"):
         intents.phone_gesture(session, "message", "ada")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
+async def test_the_owner_hands_the_payload_to_the_simulated_phone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The runner takes the gesture under its lease and passes its payload on: the
+    simulated WhatsApp carries the peer's message (held: the session's device is
+    linked but this connection is not logged in), and nothing says it had nothing
+    to act on."""
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
+    from tests.unit.helpers import state_is, until
+    from tests.unit.test_supervisor import running
+
+    caplog.set_level(logging.DEBUG)
+    world = SimulatedWhatsApp(SimulatedTiming(first_qr_ttl=30, pair_delay=0))
+    session = await sync_to_async(intents.create_session)("peer-target", "test")
+    async with running(world):
+        await until(session.pk, state_is("qr_required"))
+        world.devices["4915100000042@s.whatsapp.net"] = session.pk  # its phone, linked before
+        await sync_to_async(intents.peer_message)(session, "+4917612345678", SECRET, "test", "Ada")
+
+        def carried() -> list[Any]:
+            return [c for c in world.messages.carried.values() if c.to_session == session.pk]
+
+        assert await world.until(lambda: bool(carried()), timeout=10)
+    [record] = carried()
+    assert (record.sender, record.text, record.status) == ("4917612345678", SECRET, "held")
+    messages = await sync_to_async(list)(
+        SessionEvent.objects.filter(session_id=session.pk).values_list("message", flat=True)
+    )
+    assert not [m for m in messages if "nothing to act on" in m]
+    assert not await sync_to_async(PhoneAction.objects.exists)()
+    assert SECRET not in caplog.text
