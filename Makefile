@@ -51,7 +51,7 @@ test: venv chromium services lint
 	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
 	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py \
 	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_intents.py \
-	  tests/unit/test_messaging_runner.py tests/unit/test_peer_message.py
+	  tests/unit/test_messaging_runner.py tests/unit/test_peer_message.py tests/unit/test_messaging_ack.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
@@ -68,3 +68,5 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_metrics_scrape.py
 	$(BIN)/python benchmarks/bench_db_call.py
 	$(BIN)/python benchmarks/bench_api_qr.py
+	$(BIN)/python benchmarks/bench_message_inbound.py
+	$(BIN)/python benchmarks/bench_message_api_cluster.py
