@@ -56,7 +56,8 @@ test: venv chromium services lint
 	  tests/unit/test_webhooks_dispatch.py tests/unit/test_webhooks_messages.py \
 	  tests/unit/test_webhooks_flow.py \
 	  tests/api/test_webhooks_api.py \
-	  tests/unit/test_peer_message.py
+	  tests/unit/test_peer_message.py \
+	  tests/unit/test_messaging_ack.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
@@ -74,3 +75,5 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_db_call.py
 	$(BIN)/python benchmarks/bench_api_qr.py
 	$(BIN)/python benchmarks/bench_messages.py
+	$(BIN)/python benchmarks/bench_message_inbound.py
+	$(BIN)/python benchmarks/bench_message_api_cluster.py

@@ -79,6 +79,7 @@ _next_deadline = message_db(outbound.next_deadline)
 _last_send_at = message_db(outbound.last_send_at)
 _store = message_db(inbound.store)
 _sessions_with_queued = message_db(outbound.sessions_with_queued)
+_fence_holds = message_db(outbound.fence_holds)
 
 
 def handles(event: DriverEvent) -> bool:
@@ -177,9 +178,21 @@ class MessagePump:
             logger.warning("an incoming message without an id was dropped", extra=self._extra())
             return
         row = await _store(self.lease, event, timezone.now())
+        if row is not None or await _fence_holds(self.lease):  # stored, now or before
+            self._ack(event)
         if row is not None:
             metrics.messages_received.inc()
             await live.publish([row])
+
+    def _ack(self, event: MessageReceived) -> None:
+        """Tell a driver that acks incoming messages only once they are stored
+        (``ack_received``, the simulated service's) that this one is. Never for a
+        message the fence refused: WhatsApp delivers it again to the next owner.
+        A driver without it (neonize: whatsmeow acks when its handler returns)
+        has acked already."""
+        ack = getattr(self.driver, "ack_received", None)
+        if ack is not None:
+            ack(self.session_id, event.message_id)
 
     async def _receipt(self, event: Receipt) -> None:
         rows = await _apply_receipt(

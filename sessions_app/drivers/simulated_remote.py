@@ -24,7 +24,6 @@ from sessions_app.drivers.base import (
     DriverError,
     EventSink,
     LoggedOut,
-    MessageReceived,
     QrTimeout,
     Replaced,
     SendFailed,
@@ -127,9 +126,7 @@ class RemoteSimulatedDriver:
                 if isinstance(event, Replaced | LoggedOut | QrTimeout):
                     link.ended = True
                 assert link.sink is not None
-                link.sink(event)
-                if isinstance(event, MessageReceived):  # handed over: WhatsApp may forget it
-                    link.writer.write(wire.encode("ack", message_id=event.message_id))
+                link.sink(event)  # a MessageReceived is acked once stored: ack_received
         except ValueError as exc:
             if not link.stopping:
                 link.on_event(ConnectError(sid, f"simulated WhatsApp: {exc}"))
@@ -181,6 +178,20 @@ class RemoteSimulatedDriver:
         loop = asyncio.get_running_loop()
         link.pending.add(ref, lambda fire: loop.call_later(self.send_timeout, fire), timed_out)
         link.writer.write(wire.encode("send", ref=ref, to=to, text=text))
+
+    def ack_received(self, session_id: int, message_id: str) -> None:
+        """The owner has stored incoming ``message_id``: WhatsApp may forget it.
+
+        Until then the service keeps it, and delivers it again at the device's next
+        connection if this one ends first (the owner died, was cut off from its
+        database, or lost the lease before it stored it), so nothing handed to a
+        supervisor that could not store it is lost. Acking a message twice, or on
+        a later connection of the device, is harmless; without a connection it is
+        a no-op (the message comes again).
+        """
+        link = self._links.get(session_id)
+        if link is not None and not link.stopping and not link.writer.is_closing():
+            link.writer.write(wire.encode("ack", message_id=message_id))
 
     async def _close(self, session_id: int, goodbye: str) -> None:
         link = self._links.pop(session_id, None)

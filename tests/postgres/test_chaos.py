@@ -24,6 +24,13 @@ writes was accepted, nor any of the partitioned one's after the partition healed
 the partitioned one dropped its connections before its leases expired and took
 its share again; and each session's event log is a complete chain of state
 changes that ends in the state the row holds.
+
+Messages flow throughout (:mod:`tests.postgres.chaos_messages`): sessions message
+each other through the web side's intent, peers' phones message sessions, and at
+the end nothing was carried twice by the simulated WhatsApp, every accepted
+message ended sent/delivered/read, failed with a reason, expired or (only one
+that was under way when its lease ended) unknown, every message delivered to a
+session is stored exactly once, and no status was seen moving backwards.
 """
 
 from __future__ import annotations
@@ -47,11 +54,12 @@ from benchmarks.cluster import APPLICATION_NAME, Cluster, SupervisorProcess
 from sessions_app import intents
 from sessions_app.drivers.simulated_service import ServiceControl
 from sessions_app.models import SessionEvent, WaSession
+from tests.postgres.chaos_messages import MessageTraffic
 
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.timeout(420),
+    pytest.mark.timeout(540),
 ]
 
 SESSIONS = 300
@@ -68,18 +76,22 @@ SETTINGS = {
     "WACONNECT_SIM_FIRST_QR_TTL": "30",
     "WACONNECT_SIM_PAIR_DELAY": "0",
     "WACONNECT_SIM_KEEPALIVE": "1",
+    "WACONNECT_SEND_INTERVAL": "0.5",
 }
 #: A frozen supervisor's connections end this long after its last ping: before its
 #: leases can expire (TTL − renew interval − self-fence margin), like a worker deadline.
 CLIENT_TIMEOUT = 3.0
 
 
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    db = settings.DATABASES["default"]
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
     with Cluster(
-        database_url=url,
+        database_url=database_url(),
         redis_url=os.environ["REDIS_URL"],
         log_dir=tmp_path,
         settings=SETTINGS,
@@ -99,6 +111,16 @@ async def control(cluster: Cluster) -> AsyncIterator[ServiceControl]:
     async with ServiceControl(cluster.address) as line:
         yield line
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+async def traffic(cluster: Cluster, control: ServiceControl) -> AsyncIterator[MessageTraffic]:
+    seed = int(os.environ.get("CHAOS_SEED", time.time()))
+    running = MessageTraffic(cluster.address, database_url(), random.Random(seed + 1), set())
+    try:
+        yield running
+    finally:
+        await running.aclose()
 
 
 @sync_to_async
@@ -250,7 +272,7 @@ def broken_event_chains() -> list[str]:
 
 
 async def test_no_double_connection_under_chaos(
-    cluster: Cluster, control: ServiceControl, redis_layer: None
+    cluster: Cluster, control: ServiceControl, traffic: MessageTraffic, redis_layer: None
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED", time.time()))
     print(f"CHAOS_SEED={seed}")
@@ -261,6 +283,8 @@ async def test_no_double_connection_under_chaos(
     missing = await control.wait_connected(chaos.running, timeout=120)
     assert not missing, f"{len(missing)} sessions never linked"
     print(f"{time.strftime('%H:%M:%S')} all linked")
+    traffic.running = chaos.running  # senders: the sessions that should run, live
+    await traffic.start(chaos.running)
 
     # 1. SIGKILL, with intents flipping at the same time; then a replacement joins.
     victim = chaos.rng.choice(cluster.alive)
@@ -363,6 +387,18 @@ async def test_no_double_connection_under_chaos(
     assert await stale_writes_accepted(cut_owner, cut_held) == [], "a partitioned write landed"
     late = island.output().count("staying fenced")
     print(f"partitioned: {late} renewals answered after healing, too late to count")
+
+    # Messages: start every stopped session (what WhatsApp held for them arrives,
+    # their queues go out), let the queues drain, then count.
+    await traffic.stop_sending()
+    everyone = chaos.running | chaos.stopped
+    started_at = time.monotonic()
+    await chaos.flip_these(sorted(chaos.stopped))
+    missing = await control.wait_connected(everyone, RECOVERY)
+    assert not missing, f"{len(missing)} sessions not connected at the end"
+    await traffic.drained(timeout=60)
+    print(f"{time.strftime('%H:%M:%S')} messages drained in {time.monotonic() - started_at:.1f}s")
+    await traffic.check()
 
     for supervisor in cluster.alive:  # hand everything over: no writer is left
         assert supervisor.terminate() == 0
