@@ -16,8 +16,8 @@ METRICS_READ = "metrics:read"
 SCOPES: dict[str, str] = {
     SESSIONS_READ: "List sessions, read their state, QR code and event log",
     SESSIONS_WRITE: "Create, start, stop, re-pair, log out and delete sessions",
-    MESSAGES_READ: "Read messages (reserved for the messages API)",
-    MESSAGES_SEND: "Send messages (reserved for the messages API)",
+    MESSAGES_READ: "Read a session's messages, in and out, and their status",
+    MESSAGES_SEND: "Send messages from a session",
     WEBHOOKS_MANAGE: "Manage webhook endpoints (reserved for the webhooks API)",
     METRICS_READ: "Read the web tier's /metrics (with the view permission: it counts sessions)",
 }
@@ -28,6 +28,11 @@ ADD = "sessions_app.add_wasession"
 CHANGE = "sessions_app.change_wasession"
 DELETE = "sessions_app.delete_wasession"
 PERMISSIONS = (VIEW, ADD, CHANGE, DELETE)
+
+#: What a message request needs of the user besides its scope: reading a session's
+#: messages is seeing the session (``view``, which ``change`` implies); sending is
+#: acting for it (``change``, like Start or Log out). Documented in the README.
+MESSAGE_PERMISSIONS: dict[str, str] = {MESSAGES_READ: VIEW, MESSAGES_SEND: CHANGE}
 
 #: The Django permission a scope needs outside the session endpoints (which name
 #: theirs per action): ``/metrics`` tells how many sessions are in which state.
