@@ -18,7 +18,7 @@ from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.generic import CreateView, DetailView, ListView
 
-from sessions_app import conf, intents, permissions, snapshots
+from sessions_app import conf, intents, messages_panel, permissions, snapshots
 from sessions_app.forms import PairPhoneForm, SessionCreateForm
 from sessions_app.models import PhoneAction, WaSession
 from sessions_app.states import Desired
@@ -128,6 +128,8 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
         context["snapshot"] = snapshots.snapshot(self.object)
         context["gestures"] = PhoneAction.Gesture.choices if conf.is_simulated() else []
         context["pair_phone_form"] = PairPhoneForm()
+        # Not "messages": that is django.contrib.messages' flash list in base.html.
+        context["message_panel"] = messages_panel.context(self.object, self.request.user)
         return context
 
 
