@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from messaging.models import Message
 from messaging.recipients import MAX_TEXT
@@ -88,6 +88,24 @@ class MessageIn(Schema):
         description="Or: seconds from now until the deadline. Not both.",
         examples=[600],
     )
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return None if value is None else as_utc(value, naive_ok=False)
+
+
+def as_utc(value: dt.datetime, *, naive_ok: bool) -> dt.datetime:
+    """``value`` in UTC (naive: read as UTC when ``naive_ok``); ValueError (a 422) for
+    a naive one otherwise, or one whose offset takes it past year 1 or 9999."""
+    if value.tzinfo is None:
+        if not naive_ok:
+            raise ValueError("give a time zone, e.g. 2026-11-30T15:00:00Z")
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
 
 
 class MessageOut(Schema):

@@ -35,7 +35,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Query, Router, Schema
 from ninja.responses import Status
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from api import idempotency, scopes
 from api.auth import Principal
@@ -46,6 +46,7 @@ from api.routers.message_schemas import (
     MessageIn,
     MessageOut,
     StatusName,
+    as_utc,
     message_out,
 )
 from messaging import intents as message_intents
@@ -276,10 +277,15 @@ class MessageFilters(Schema):
     direction: DirectionName | None = Field(None, description="`in` or `out` only.")
     status: StatusName | None = Field(None, description="Only messages with this status.")
     since: dt.datetime | None = Field(
-        None, description="Only messages written at or after this time (ISO 8601)."
+        None, description="Only messages written at or after this time (ISO 8601; UTC if naive)."
     )
     cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+    @field_validator("since")
+    @classmethod
+    def _since_in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return None if value is None else as_utc(value, naive_ok=True)
 
 
 @router.get(
@@ -299,9 +305,6 @@ def list_messages(
     if filters.status:
         queryset = queryset.filter(status=filters.status)
     if filters.since is not None:
-        since = filters.since
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=dt.UTC)
-        queryset = queryset.filter(created_at__gte=since)
+        queryset = queryset.filter(created_at__gte=filters.since)
     rows, links = paginate(queryset, cursor=filters.cursor, limit=filters.limit, newest_first=True)
     return {"data": [message_out(m) for m in rows], **links}

@@ -110,7 +110,8 @@ def live_api() -> Iterator[tuple[str, str]]:
     with LiveServer(timing={"first_qr_ttl": 30}, extra_env=env, log_level="WARNING") as server:
         result = subprocess.run(
             [sys.executable, "manage.py", "create_api_token", "--user", ADMIN_USERNAME,
-             "--name", "live", "--scope", "sessions:read", "--scope", "sessions:write"],
+             "--name", "live", "--scope", "sessions:read", "--scope", "sessions:write",
+             "--scope", "messages:read", "--scope", "messages:send"],
             cwd=REPO, env=server.env(), capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         yield server.url, result.stdout.strip()

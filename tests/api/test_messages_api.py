@@ -95,6 +95,9 @@ def test_a_ttl_or_a_deadline_sets_when_it_expires(api: ApiClient, session: WaSes
         {"to": "4915112345678", "text": "x", "deadline": "tomorrow"},
         {"to": "4915112345678", "text": "x", "ttl": 60, "deadline": "2099-01-01T00:00:00Z"},
         {"to": "4915112345678", "text": "x", "deadline": "2001-01-01T00:00:00Z"},
+        {"to": "4915112345678", "text": "x", "deadline": "2099-01-01T00:00:00"},  # naive
+        {"to": "4915112345678", "text": "x", "deadline": "9999-12-31T23:59:59-23:59"},
+        {"to": "4915112345678", "text": "   "},
         {"to": "not a number", "text": "x"},
         [],
     ],
@@ -225,7 +228,15 @@ def test_list_filters_by_direction_status_and_time(api: ApiClient, session: WaSe
 
 @pytest.mark.parametrize(
     "query",
-    ["direction=sideways", "status=lost", "since=yesterday", "limit=0", "limit=101", "cursor=x"],
+    [
+        "direction=sideways",
+        "status=lost",
+        "since=yesterday",
+        "since=0001-01-01T00:00:00%2B14:00",  # before year 1 in UTC
+        "limit=0",
+        "limit=101",
+        "cursor=x",
+    ],
 )
 def test_bad_list_filters_are_422(api: ApiClient, session: WaSession, query: str) -> None:
     response = api.get(f"/sessions/{session.pk}/messages?{query}")
