@@ -27,9 +27,7 @@ from sessions_app.states import Desired
 
 logger = logging.getLogger(__name__)
 
-#: The doorbell's ``reason`` for a queued message: the owner's runner sends, nothing
-#: else about the session needs a look.
-RING_REASON = "message queued"
+RING_REASON = live.RING_REASON
 
 
 def enqueue(

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_UPDATE = "message.update"
 
+#: The doorbell's ``reason`` for a queued message (:func:`sessions_app.doorbell.ring_supervisors`):
+#: the owner's runner only wakes its message pump, nothing else about the session changed.
+RING_REASON = "message queued"
+
 _TIMES = (
     "deadline",
     "created_at",

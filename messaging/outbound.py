@@ -291,6 +291,8 @@ def apply_receipt(
     assignments: dict[str, Any] = {
         "status": str(Status(trigger.value)),
         "wa_id": ("CASE WHEN wa_id = '' THEN ref ELSE wa_id END", []),
+        "failure_reason": "",  # an unknown one is known now
+        "failure_detail": "",
     }
     if trigger is Trigger.READ:
         assignments["read_at"] = _dt(timestamp)

@@ -135,6 +135,13 @@ def neonize_store() -> str:
     return str(settings.DATA_DIR / "whatsmeow.sqlite3")
 
 
+def send_timeout() -> float:
+    """Seconds a driver waits for WhatsApp's ack of a sent message before its outcome
+    is unknown (whatsmeow's own limit is 75 s; the supervisor sends one message at
+    a time per session, so a hung send holds the session's queue this long)."""
+    return float(_get("SEND_TIMEOUT", 20.0))
+
+
 def worker_config() -> Any:
     from sessions_app.drivers.neonize_driver import WorkerConfig
 
@@ -146,6 +153,7 @@ def worker_config() -> Any:
         ask_grace=float(_get("WORKER_ASK_GRACE", 1.0)),
         term_grace=float(_get("WORKER_TERM_GRACE", 1.0)),
         log_level=str(_get("WORKER_LOG_LEVEL", "WARNING")),
+        send_timeout=send_timeout(),
     )
 
 

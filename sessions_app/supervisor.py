@@ -27,6 +27,10 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
+from messaging import pump
+from messaging.conf import messaging_config
+from messaging.live import RING_REASON
+from messaging.pump import MessagePump
 from ops import metrics
 from sessions_app import doorbell, leases, snapshots
 from sessions_app.conf import SupervisorConfig, supervisor_config
@@ -212,6 +216,7 @@ class SessionRunner:
         self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
+        self.messages = MessagePump(lease, supervisor.driver, messaging_config())
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"waconnect-session-{self.session_id}"
         )
@@ -269,7 +274,13 @@ class SessionRunner:
                     attempt, event = payload
                     if attempt != self.attempt or not self.connection_open:
                         continue  # from a connection we already closed
+                    if pump.handles(event):  # the messages layer's; no step needed
+                        await self.messages.on_event(event)
+                        continue
                     await self._on_event(event)
+                elif payload == RING_REASON:  # a queued message: only the pump acts
+                    self.messages.kick()
+                    continue
                 gestures = kind == "poke" and payload.startswith(("phone", "periodic"))
                 await self._step(gestures=gestures)
         except _Exit:
@@ -295,6 +306,7 @@ class SessionRunner:
         try:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
+            await self.messages.aclose()  # no send starts after this
             await self._close_connection()
             if self.exit_reason == "crashed":
                 await self._release_with_handover_state()
@@ -342,6 +354,9 @@ class SessionRunner:
             action = plan(view)
             if action is Action.WAIT:
                 self._arm_retry_timer(wake)
+                self.messages.settled(
+                    self.connection_open and session.state in (State.CONNECTED, State.DEGRADED)
+                )
                 return
             if action is Action.RELEASE:
                 self.exit_reason = "released"
@@ -528,6 +543,7 @@ class SessionRunner:
             self.attempt += 1
             self.continuing_round = False
             self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+            await self.messages.connection_closed()
         if self._stopping is None:
             return
         try:
@@ -942,9 +958,14 @@ class Supervisor:
         await doorbell.wake_supervisors("a supervisor joined")
 
     async def reconcile(self, *, periodic: bool = True) -> int:
-        """Claim what needs an owner; on the periodic pass, re-check owned sessions too."""
+        """Claim what needs an owner; on the periodic pass, re-check owned sessions too
+        and expire overdue queued messages of every session (owned or not)."""
         if periodic:
             await self._poke_changed()
+            try:
+                await pump.sweep_expired()
+            except DatabaseError:
+                logger.warning("could not expire overdue messages", exc_info=True)
             if self.layer is not None and self._channel is not None:
                 # Group membership expires (a day by default): renew it.
                 with contextlib.suppress(Exception):

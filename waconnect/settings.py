@@ -338,11 +338,10 @@ WACONNECT_API_RATE = env("WACONNECT_API_RATE", default="600/m")
 WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
 
 # Messages (messaging/conf.py): seconds between two sends of a session (WhatsApp
-# bans bursts; 0 turns pacing off), how long a queued message waits for its
-# session, how long the owner waits for the driver's answer to one send.
+# bans bursts; 0 turns pacing off), and how long a queued message waits for its
+# session before it expires (a request may give its own deadline).
 WACONNECT_SEND_INTERVAL = env.float("WACONNECT_SEND_INTERVAL", default=1.0)
 WACONNECT_MESSAGE_TTL = env.float("WACONNECT_MESSAGE_TTL", default=3600.0)
-WACONNECT_SEND_TIMEOUT = env.float("WACONNECT_SEND_TIMEOUT", default=90.0)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 # "plain" for people, "json" (one object per line) for log shippers.

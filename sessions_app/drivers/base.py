@@ -234,6 +234,23 @@ class Driver(Protocol):
 
     async def request_pairing_code(self, session_id: int, phone: str) -> None: ...
 
+    async def send_text(self, session_id: int, ref: str, to: str, text: str) -> None:
+        """Send ``text`` to ``to`` (digits of a phone number with country code, or a
+        JID) on the session's logged-in connection.
+
+        Returns once the send is under way; the outcome arrives through the
+        connection's ``on_event`` as ``MessageSent`` or ``SendFailed`` naming
+        ``ref``, exactly once (unless the connection is stopped first: after
+        ``stop`` nothing is reported, so a send still pending then is of unknown
+        outcome). ``ref`` is the client message id: a driver that can choose
+        WhatsApp's message id uses it (the simulated one does; neonize 0.5.2
+        cannot). An open connection that is not logged in answers
+        ``SendFailed(refused, not_connected)``; with no connection open at all
+        there is no ``on_event`` to answer through, and the driver raises
+        :class:`DriverError`.
+        """
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -11,7 +11,9 @@ def build_driver() -> Driver:
     if name == "simulated" and conf.simulated_service():
         from sessions_app.drivers.simulated_remote import RemoteSimulatedDriver
 
-        return RemoteSimulatedDriver(conf.simulated_service(), conf.simulated_keepalive())
+        return RemoteSimulatedDriver(
+            conf.simulated_service(), conf.simulated_keepalive(), conf.send_timeout()
+        )
     if name == "simulated":
         from sessions_app.drivers.simulated import (
             SimulatedDriver,
@@ -22,7 +24,8 @@ def build_driver() -> Driver:
         # Devices persist in the data directory, as WhatsApp and the device store keep
         # them: a restarted `make run` resumes its sessions without a new QR code.
         timing = SimulatedTiming(**conf.simulated_timing())
-        return SimulatedDriver(SimulatedWhatsApp(timing, state_file=conf.simulated_state_file()))
+        world = SimulatedWhatsApp(timing, state_file=conf.simulated_state_file())
+        return SimulatedDriver(world, send_timeout=conf.send_timeout())
     if name == "neonize":
         from sessions_app.drivers.neonize_driver import NeonizeDriver
 

@@ -26,7 +26,15 @@ from typing import Any, ClassVar
 
 from ops import metrics
 from sessions_app.drivers import device_store, wire
-from sessions_app.drivers.base import ConnectError, ConnectSpec, DriverError, EventSink
+from sessions_app.drivers.base import (
+    ConnectError,
+    ConnectSpec,
+    DriverError,
+    EventSink,
+    MessageSent,
+    SendFailed,
+)
+from sessions_app.drivers.sends import SEND_TIMEOUT
 
 logger = logging.getLogger(__name__)
 worker_log = logging.getLogger("sessions_app.worker")
@@ -53,6 +61,7 @@ class WorkerConfig:
     ask_grace: float = 1.0  # after "stop", before SIGTERM
     term_grace: float = 1.0  # after SIGTERM, before SIGKILL
     log_level: str = "WARNING"
+    send_timeout: float = SEND_TIMEOUT  # a send without WhatsApp's ack by then: unknown
     module: str = "sessions_app.drivers.neonize_worker"  # tests swap in a misbehaving one
 
 
@@ -75,6 +84,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._failed = False
         self._killing: asyncio.Future[None] | None = None
+        #: Sends handed to the worker and not answered yet (their refs).
+        self.pending: set[str] = set()
 
     async def spawn(self) -> None:
         parent, child = socket.socketpair()
@@ -91,6 +102,8 @@ class Worker:
                 str(self.config.heartbeat),
                 "--deadline",
                 str(self.config.deadline),
+                "--send-timeout",
+                str(self.config.send_timeout),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -142,6 +155,10 @@ class Worker:
         metrics.worker_crashes.inc()
         logger.warning("worker %s failed: %s", self.pid, message, extra=self._extra())
         if self.on_event is not None and self.session_id is not None:
+            for ref in sorted(self.pending):  # asked, never answered: it may have gone out
+                detail = "the connection's worker ended before WhatsApp answered"
+                self.on_event(SendFailed(self.session_id, ref, "unknown", "error", detail))
+            self.pending.clear()
             self.on_event(ConnectError(self.session_id, message))
         self._killing = asyncio.ensure_future(self.terminate(ask=False))
 
@@ -178,6 +195,10 @@ class Worker:
         if self.session_id is None or self.on_event is None or self.stopping:
             return
         event = wire.to_driver_event(self.session_id, message)
+        if isinstance(event, MessageSent | SendFailed):
+            if event.ref not in self.pending:
+                return  # not ours to report (a ref answered already)
+            self.pending.discard(event.ref)
         if event is not None:
             self.on_event(event)
 
@@ -364,6 +385,28 @@ class NeonizeDriver:
         if worker is None:
             raise DriverError("no connection is open to link by phone number")
         await worker.send("pair_phone", phone=phone)
+
+    async def send_text(self, session_id: int, ref: str, to: str, text: str) -> None:
+        """See :class:`~sessions_app.drivers.base.Driver`: the worker sends on its own
+        thread and answers with ``sent`` or ``send_failed`` (its deadline is
+        ``WorkerConfig.send_timeout``); a worker that dies first answers
+        ``SendFailed(unknown)`` for what it was asked."""
+        worker = self.workers.get(session_id)
+        if worker is None:
+            raise DriverError("no connection is open to send on")
+        if worker.exited.is_set() or worker.stopping or worker.on_event is None:
+            if worker.on_event is not None and not worker.stopping:
+                detail = "the connection's worker is gone"
+                worker.on_event(SendFailed(session_id, ref, "refused", "not_connected", detail))
+            return
+        worker.pending.add(ref)
+        try:
+            await worker.send("send", ref=ref, to=to, text=text)
+        except (DriverError, ConnectionError):
+            if ref in worker.pending and not worker.stopping:
+                worker.pending.discard(ref)
+                detail = "the connection's worker is gone"
+                worker.on_event(SendFailed(session_id, ref, "refused", "not_connected", detail))
 
     async def forget(self, jid: str) -> None:
         """Remove a device from the store (the session was deleted)."""

@@ -1,4 +1,5 @@
-"""One WhatsApp connection in its own process: the only module that imports neonize.
+"""One WhatsApp connection in its own process: the only module that imports neonize
+(with :mod:`~sessions_app.drivers.neonize_messages`, its messages part).
 
 Run as ``python -m sessions_app.drivers.neonize_worker --fd N``: the supervisor
 passes one end of a socket pair as fd N and reads this process's stdout/stderr as
@@ -12,6 +13,12 @@ silence longer than ``--deadline`` seconds (the supervisor pings it).
 
 It imports neither Django nor the supervisor: only the standard library, the wire
 protocol, the device store helpers and neonize.
+
+Messages: ``MessageEv`` and ``ReceiptEv`` handlers are registered before
+``connect()`` (neonize keeps one handler per event type); sends run one at a time
+on their own thread, each with a deadline (``--send-timeout``), and a send before
+``Connected`` (or after the connection dropped) is refused as ``not_connected``.
+Message texts never reach a log line.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sessions_app.drivers import device_store, wire
+from sessions_app.drivers.neonize_messages import Outbox, message_message, receipt_message
+from sessions_app.drivers.sends import SEND_TIMEOUT
 from sessions_app.drivers.whatsmeow_watch import KeepAliveWatch, WhatsmeowLogWatch
 
 logger = logging.getLogger("waconnect.worker")
@@ -58,6 +67,15 @@ SUBSCRIBED_EVENTS = (
     "TemporaryBanEv",
     "ConnectFailureEv",
     "StreamErrorEv",
+)
+
+#: The events after which the connection is no longer logged in (no sends).
+NOT_LOGGED_IN_EVENTS = (
+    "Disconnected",
+    "LoggedOut",
+    "TemporaryBan",
+    "ConnectFailure",
+    "StreamError",
 )
 
 Message = tuple[str, dict[str, Any]]
@@ -160,12 +178,22 @@ class Channel:
 class Session:
     """One neonize client: handlers first, then ``connect()`` once, in a thread."""
 
-    def __init__(self, channel: Channel, session_id: int, store: str, jid: str) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        session_id: int,
+        store: str,
+        jid: str,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         self.channel = channel
         self.session_id = session_id
         self.store = store
         self.jid = jid
         self.client: Any = None
+        #: Set by Connected, cleared when the connection drops: sends need it.
+        self.logged_in = threading.Event()
+        self.outbox = Outbox(lambda: self.client, self.logged_in.is_set, channel.send, send_timeout)
         self.qr_count = 0
         self.first_qr = threading.Event()
         self.log_watch = WhatsmeowLogWatch(self.on_log_message)
@@ -192,6 +220,8 @@ class Session:
             client = NewClient(self.store, uuid=f"waconnect-{self.session_id}", new_device=True)
         for name in SUBSCRIBED_EVENTS:
             client.event(getattr(events, name))(self.on_event)  # returns None: not a decorator
+        client.event(events.MessageEv)(self.on_message)
+        client.event(events.ReceiptEv)(self.on_receipt)
         self.log_watch.install()
         client.qr(self.on_qr)
         # neonize prints whatsmeow's QR-channel status; we need it (the round's end).
@@ -199,12 +229,34 @@ class Session:
         self.client = client
 
     def on_event(self, client: Any, event: Any) -> None:
-        if type(event).__name__ == "KeepAliveTimeout":
+        name = type(event).__name__
+        if name == "Connected":
+            self.logged_in.set()
+        elif name in NOT_LOGGED_IN_EVENTS:
+            self.logged_in.clear()
+        if name == "KeepAliveTimeout":
             self.keepalive.timed_out()
         else:
             self.keepalive.cancel()
         push_name = getattr(getattr(client, "me", None), "PushName", "") or ""
         message = event_message(event, push_name)
+        if message is not None:
+            self.channel.send(message[0], **message[1])
+
+    def on_message(self, client: Any, event: Any) -> None:
+        self._forward(message_message, event)
+
+    def on_receipt(self, client: Any, event: Any) -> None:
+        self._forward(receipt_message, event)
+
+    def _forward(self, mapping: Any, event: Any) -> None:
+        """Map and send an inbound event; a mapping error is logged by its type only
+        (its text could quote the message)."""
+        try:
+            message = mapping(event)
+        except Exception as exc:
+            logger.error("could not map a %s: %s", type(event).__name__, type(exc).__name__)
+            return
         if message is not None:
             self.channel.send(message[0], **message[1])
 
@@ -316,7 +368,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("neonize.utils.log").setLevel(logging.INFO)
 
 
-def serve(channel: Channel, heartbeat: float, deadline: float) -> None:
+def serve(
+    channel: Channel, heartbeat: float, deadline: float, send_timeout: float = SEND_TIMEOUT
+) -> None:
     started = time.monotonic()
     import neonize  # noqa: F401  (the expensive part: done before "ready")
 
@@ -349,8 +403,21 @@ def serve(channel: Channel, heartbeat: float, deadline: float) -> None:
         if kind == "ping":
             continue
         if kind == "start" and session is None:
-            session = Session(channel, command["session"], command["store"], command["jid"])
+            session = Session(
+                channel, command["session"], command["store"], command["jid"], send_timeout
+            )
             threading.Thread(target=session.run, name="connect", daemon=True).start()
+        elif kind == "send":
+            if session is None:
+                channel.send(
+                    "send_failed",
+                    ref=command["ref"],
+                    outcome="refused",
+                    reason="not_connected",
+                    detail="no session started in this worker",
+                )
+            else:
+                session.outbox.submit(command["ref"], command["to"], command["text"])
         elif kind == "pair_phone" and session is not None:
             session.pair_phone(command["phone"])
         elif kind == "logout" and session is not None:
@@ -369,12 +436,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="WARNING", help="level for neonize/whatsmeow logs")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
     parser.add_argument("--deadline", type=float, default=10.0, help="exit after this much silence")
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=SEND_TIMEOUT,
+        help="seconds a send waits for WhatsApp's ack before its outcome is unknown",
+    )
     args = parser.parse_args(argv)
     die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     configure_logging(args.log_level)
     channel = Channel(socket.socket(fileno=args.fd))
-    serve(channel, args.heartbeat, args.deadline)
+    serve(channel, args.heartbeat, args.deadline, args.send_timeout)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ one live connection per device (a second one kicks the first with "stream
 replaced") and records every overlap, with both connections' owners, and every
 connection count, so tests can assert that nobody ever connected a session twice.
 
+It also carries messages as WhatsApp does (numbers that exist or not, an
+offline queue, receipts after settable delays, settable faults, a record of
+every message by id): see :mod:`sessions_app.drivers.simulated_messages`.
+
 The world runs in the supervisor's process (:class:`SimulatedDriver`, unit tests
 and ``make run``) or behind a loopback socket shared by many processes
 (:mod:`sessions_app.drivers.simulated_service`).
@@ -22,9 +26,9 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sessions_app.drivers.base import (
     Connected,
@@ -34,17 +38,24 @@ from sessions_app.drivers.base import (
     DriverEvent,
     EventSink,
     LoggedOut,
+    MessageSent,
     PairingCode,
     PairSuccess,
     QrCode,
     QrTimeout,
     Replaced,
+    SendFailed,
 )
+from sessions_app.drivers.sends import SEND_TIMEOUT, InvalidRecipient, PendingSends
 from sessions_app.drivers.simulated_devices import load_devices, save_devices
+from sessions_app.drivers.simulated_messages import Clock, LoopClock, Messaging
+from sessions_app.drivers.simulated_waits import WorldWaits
 
 logger = logging.getLogger(__name__)
 
-GESTURES = ("scan", "logout", "disconnect", "replace")
+#: What the simulated phone can do; "message" (a peer messages the session) takes
+#: a payload ``{"from": digits, "text": str, "push_name": str}``.
+GESTURES = ("scan", "logout", "disconnect", "replace", "message")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +70,15 @@ class SimulatedTiming:
     #: Seconds after the first QR code when the phone scans by itself; negative:
     #: never (a person, a test or ``simulate_phone`` scans). For load and chaos runs.
     auto_scan: float = -1.0
+    #: Messaging: seconds from a send to WhatsApp's acknowledgement; from a
+    #: message reaching its recipient to the "delivered" receipt; from that to the
+    #: "read" receipt (negative: never read).
+    ack_delay: float = 0.0
+    delivered_delay: float = 0.2
+    read_delay: float = 1.0
+    #: Numbers of peers' phones that exist on WhatsApp; "*": every well-formed
+    #: number (give one a ``not_on_whatsapp`` fault to make it absent).
+    peers: tuple[str, ...] = ("*",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +113,7 @@ class _Connection:
         self.on_event(event)
 
 
-class SimulatedWhatsApp:
+class SimulatedWhatsApp(WorldWaits):
     """WhatsApp's side of the simulation, shared by every driver in the process.
 
     Linked devices outlive connections, as on WhatsApp: only a logout (from the
@@ -103,10 +123,15 @@ class SimulatedWhatsApp:
     """
 
     def __init__(
-        self, timing: SimulatedTiming | None = None, state_file: Path | None = None
+        self,
+        timing: SimulatedTiming | None = None,
+        state_file: Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.timing = timing or SimulatedTiming()
         self.state_file = state_file
+        self.clock: Clock = clock or LoopClock()
+        self.messages = Messaging(self, self.clock, tuple(self.timing.peers))
         #: jid -> session id that paired it
         self.devices: dict[str, int] = load_devices(state_file) if state_file else {}
         self.live: collections.Counter[int] = collections.Counter()
@@ -122,69 +147,6 @@ class SimulatedWhatsApp:
         self._connections: dict[int, list[_Connection]] = collections.defaultdict(list)
         self._tokens = itertools.count(1)
         self._changed: asyncio.Condition | None = None
-
-    async def until_live(self, session_id: int, count: int) -> None:
-        """Wait until ``session_id`` has exactly ``count`` live connections."""
-        await self._until(lambda: self.live[session_id] == count)
-
-    def connected_sessions(self, exclude_owner: str = "") -> set[int]:
-        """Sessions with a live connection that WhatsApp considers logged in
-        (opened by anyone but ``exclude_owner``, when given)."""
-        return {
-            sid
-            for sid, conns in self._connections.items()
-            if any(c.connected and not (exclude_owner and c.owner == exclude_owner) for c in conns)
-        }
-
-    async def until_connected(
-        self, session_ids: Iterable[int], timeout: float, exclude_owner: str = ""
-    ) -> set[int]:
-        """Wait until every session in ``session_ids`` is connected; return the missing."""
-        wanted = set(session_ids)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._until(lambda: wanted <= self.connected_sessions(exclude_owner))
-        return wanted - self.connected_sessions(exclude_owner)
-
-    async def until_idle(self, session_ids: Iterable[int], timeout: float) -> set[int]:
-        """Wait until no session in ``session_ids`` has a live connection; return the rest."""
-        wanted = set(session_ids)
-
-        def busy() -> set[int]:
-            return {sid for sid in wanted if self.live[sid]}
-
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._until(lambda: not busy())
-        return busy()
-
-    def live_of(self, owner: str) -> int:
-        """How many live connections ``owner`` holds."""
-        return sum(c.owner == owner for conns in self._connections.values() for c in conns)
-
-    async def until_owner_idle(self, owner: str, timeout: float) -> int:
-        """Wait until ``owner`` holds no live connection; return how many it still holds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._until(lambda: not self.live_of(owner))
-        return self.live_of(owner)
-
-    async def _until(self, predicate: Callable[[], bool]) -> None:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
-            await self._changed.wait_for(predicate)
-
-    def _notify(self) -> None:
-        if self._changed is None:
-            return
-        changed = self._changed
-
-        async def notify() -> None:
-            async with changed:
-                changed.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
 
     # -- the connection side, used by SimulatedDriver -------------------------------
 
@@ -297,7 +259,25 @@ class SimulatedWhatsApp:
         conn.connected = True
         self.connected_at[conn.session_id] = time.time()
         conn.emit(Connected(conn.session_id))
+        self.messages.flush(conn)  # what WhatsApp held while the device was away
         self._notify()
+
+    def connected_device(self, jid: str) -> _Connection | None:
+        """The logged-in connection of device ``jid``, if one is live."""
+        sid = self.devices.get(jid)
+        for conn in reversed(self._connections.get(sid, []) if sid is not None else []):
+            if conn.jid == jid and conn.connected:
+                return conn
+        return None
+
+    def emit_live(self, conn: _Connection, event: DriverEvent) -> None:
+        """Report ``event`` on ``conn`` unless the connection has ended meanwhile."""
+        if conn in self._connections.get(conn.session_id, ()):
+            conn.emit(event)
+
+    def send_text(self, conn: _Connection, ref: str, to: str, text: str) -> None:
+        """A send on ``conn``: see :meth:`Messaging.send_text`."""
+        self.messages.send_text(conn, ref, to, text)
 
     @staticmethod
     def _qr_payload() -> str:
@@ -311,12 +291,14 @@ class SimulatedWhatsApp:
         """Unlink one device (the client logged out, or the phone removed it)."""
         if self.devices.pop(jid, None) is not None:
             self._save()
+        self.messages.drop_device(jid)
 
     def unlink(self, session_id: int) -> bool:
         """Unlink every device ``session_id`` paired; False when it had none."""
         jids = [jid for jid, sid in self.devices.items() if sid == session_id]
         for jid in jids:
             del self.devices[jid]
+            self.messages.drop_device(jid)
         if jids:
             self._save()
         return bool(jids)
@@ -327,12 +309,16 @@ class SimulatedWhatsApp:
 
     # -- the phone side: gestures a person makes --------------------------------------
 
-    def gesture(self, session_id: int, gesture: str) -> bool:
+    def gesture(self, session_id: int, gesture: str, payload: dict[str, Any] | None = None) -> bool:
         """Apply a phone gesture; False when it makes no sense right now.
 
         A logout needs no open connection: the phone unlinks the device anyway, and
-        the client's next connection is refused as logged out.
+        the client's next connection is refused as logged out. Nor does a peer's
+        message: WhatsApp holds it until the device connects (False only when the
+        session has no linked device, hence no number, or the payload is unusable).
         """
+        if gesture == "message":
+            return self._peer_message(session_id, payload or {})
         conn = self.connection(session_id)
         if conn is None:
             if gesture == "logout":
@@ -360,6 +346,21 @@ class SimulatedWhatsApp:
             return True
         raise ValueError(f"unknown gesture {gesture!r}; expected one of {GESTURES}")
 
+    def _peer_message(self, session_id: int, payload: dict[str, Any]) -> bool:
+        try:
+            message_id = self.messages.peer_message(
+                session_id,
+                str(payload.get("from", "")),
+                str(payload.get("text", "")),
+                str(payload.get("push_name", "")),
+            )
+        except (InvalidRecipient, ValueError) as exc:
+            logger.warning(
+                "simulated phone: a peer's message refused: %s", exc, extra={"session": session_id}
+            )
+            return False
+        return message_id is not None
+
     def pairing_code(self, session_id: int) -> bool:
         conn = self.connection(session_id)
         if conn is None or not conn.awaiting_scan:
@@ -378,10 +379,15 @@ class SimulatedDriver:
     name: ClassVar[str] = "simulated"
     simulated: ClassVar[bool] = True
 
-    def __init__(self, world: SimulatedWhatsApp | None = None) -> None:
+    def __init__(
+        self, world: SimulatedWhatsApp | None = None, send_timeout: float = SEND_TIMEOUT
+    ) -> None:
         self.world = world or SimulatedWhatsApp()
+        self.send_timeout = send_timeout
         self.calls: list[tuple[str, int]] = []
         self._open: dict[int, _Connection] = {}
+        self._pending: dict[int, PendingSends] = {}
+        self._sinks: dict[int, EventSink] = {}  # on_event, past answered_once
 
     def reset(self) -> None:
         self.calls.clear()
@@ -390,11 +396,17 @@ class SimulatedDriver:
         self.calls.append(("start", spec.session_id))
         if spec.session_id in self._open:
             raise ConnectionError(f"session {spec.session_id} already has a connection")
-        self._open[spec.session_id] = self.world.open(spec, on_event)
+        pending = self._pending[spec.session_id] = PendingSends()
+        self._sinks[spec.session_id] = on_event
+        self._open[spec.session_id] = self.world.open(spec, answered_once(pending, on_event))
 
     async def stop(self, session_id: int) -> None:
         self.calls.append(("stop", session_id))
         conn = self._open.pop(session_id, None)
+        pending = self._pending.pop(session_id, None)
+        self._sinks.pop(session_id, None)
+        if pending is not None:
+            pending.clear()
         if conn is not None:
             await self.world.close(conn)
 
@@ -409,13 +421,48 @@ class SimulatedDriver:
         if session_id not in self._open or not self.world.pairing_code(session_id):
             raise DriverError("no QR round is open to link by phone number")
 
-    async def gesture(self, session_id: int, gesture: str) -> bool:
+    async def send_text(self, session_id: int, ref: str, to: str, text: str) -> None:
+        """See :class:`~sessions_app.drivers.base.Driver`; past ``send_timeout``
+        seconds (on the world's clock) without WhatsApp's answer the outcome is
+        ``SendFailed(unknown, timeout)``."""
+        self.calls.append(("send", session_id))
+        conn = self._open.get(session_id)
+        if conn is None:
+            raise DriverError("no connection is open to send on")
+
+        def timed_out() -> None:
+            detail = f"no answer from WhatsApp within {self.send_timeout:g} s"
+            event = SendFailed(session_id, ref, outcome="unknown", reason="timeout", detail=detail)
+            if self._open.get(session_id) is conn:  # not stopped meanwhile
+                self._sinks[session_id](event)
+
+        clock = self.world.clock
+        self._pending[session_id].add(
+            ref, lambda fire: clock.call_later(self.send_timeout, fire), timed_out
+        )
+        self.world.send_text(conn, ref, to, text)
+
+    async def gesture(
+        self, session_id: int, gesture: str, payload: dict[str, Any] | None = None
+    ) -> bool:
         """A simulated phone gesture on this driver's connection of ``session_id``."""
         self.calls.append((f"gesture:{gesture}", session_id))
-        if session_id not in self._open and gesture != "logout":
+        if session_id not in self._open and gesture not in ("logout", "message"):
             return False  # a logout unlinks the device even with no connection open
-        return self.world.gesture(session_id, gesture)
+        return self.world.gesture(session_id, gesture, payload)
 
     async def aclose(self) -> None:
         for session_id in list(self._open):
             await self.stop(session_id)
+
+
+def answered_once(pending: PendingSends, on_event: EventSink) -> EventSink:
+    """``on_event``, through which each send's answer passes once: an answer that
+    comes after its deadline already reported the send is dropped."""
+
+    def sink(event: DriverEvent) -> None:
+        if isinstance(event, MessageSent | SendFailed) and not pending.settle(event.ref):
+            return
+        on_event(event)
+
+    return sink

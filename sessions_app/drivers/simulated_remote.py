@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import deque
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sessions_app.drivers import wire
 from sessions_app.drivers.base import (
@@ -26,7 +26,10 @@ from sessions_app.drivers.base import (
     LoggedOut,
     QrTimeout,
     Replaced,
+    SendFailed,
 )
+from sessions_app.drivers.sends import SEND_TIMEOUT, PendingSends
+from sessions_app.drivers.simulated import answered_once
 from sessions_app.drivers.simulated_service import (
     SERVICE_MESSAGES,
     ServiceControl,
@@ -54,6 +57,9 @@ class _Link:
     ended: bool = False  # the service ended the connection with a reason
     stopped: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     replies: deque[asyncio.Future[bool]] = dataclasses.field(default_factory=deque)
+    pending: PendingSends = dataclasses.field(default_factory=PendingSends)
+    #: ``on_event`` with each send answered once (late answers dropped)
+    sink: EventSink | None = None
 
 
 class RemoteSimulatedDriver:
@@ -62,10 +68,13 @@ class RemoteSimulatedDriver:
     name: ClassVar[str] = "simulated"
     simulated: ClassVar[bool] = True
 
-    def __init__(self, address: str, keepalive: float = KEEPALIVE) -> None:
+    def __init__(
+        self, address: str, keepalive: float = KEEPALIVE, send_timeout: float = SEND_TIMEOUT
+    ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.keepalive = keepalive
+        self.send_timeout = send_timeout
         self._links: dict[int, _Link] = {}
         self._pinger: asyncio.Task[None] | None = None
 
@@ -76,6 +85,7 @@ class RemoteSimulatedDriver:
             self.host, self.port, limit=2 * wire.MAX_LINE
         )
         link = _Link(spec.session_id, reader, writer, on_event)
+        link.sink = answered_once(link.pending, on_event)
         self._links[spec.session_id] = link
         writer.write(
             wire.encode(
@@ -115,7 +125,8 @@ class RemoteSimulatedDriver:
                     continue
                 if isinstance(event, Replaced | LoggedOut | QrTimeout):
                     link.ended = True
-                link.on_event(event)
+                assert link.sink is not None
+                link.sink(event)
         except ValueError as exc:
             if not link.stopping:
                 link.on_event(ConnectError(sid, f"simulated WhatsApp: {exc}"))
@@ -130,7 +141,7 @@ class RemoteSimulatedDriver:
         if not (link.stopping or link.ended):
             link.on_event(Disconnected(sid, reason="simulated WhatsApp closed the connection"))
 
-    async def _command(self, session_id: int, kind: str, **fields: str) -> bool:
+    async def _command(self, session_id: int, kind: str, **fields: Any) -> bool:
         link = self._links.get(session_id)
         if link is None or link.stopped.is_set():
             return False
@@ -146,11 +157,34 @@ class RemoteSimulatedDriver:
     async def stop(self, session_id: int) -> None:
         await self._close(session_id, "stop")
 
+    async def send_text(self, session_id: int, ref: str, to: str, text: str) -> None:
+        """See :class:`~sessions_app.drivers.base.Driver`: the service answers with a
+        ``sent`` or ``send_failed`` event; none within ``send_timeout`` seconds is
+        ``SendFailed(unknown, timeout)``."""
+        link = self._links.get(session_id)
+        if link is None:
+            raise DriverError("no connection is open to send on")
+        if link.stopped.is_set():  # the service ended it; the runner has not closed it yet
+            link.on_event(
+                SendFailed(session_id, ref, "refused", "not_connected", "the connection ended")
+            )
+            return
+
+        def timed_out() -> None:
+            if self._links.get(session_id) is link and not link.stopping:
+                detail = f"no answer from WhatsApp within {self.send_timeout:g} s"
+                link.on_event(SendFailed(session_id, ref, "unknown", "timeout", detail))
+
+        loop = asyncio.get_running_loop()
+        link.pending.add(ref, lambda fire: loop.call_later(self.send_timeout, fire), timed_out)
+        link.writer.write(wire.encode("send", ref=ref, to=to, text=text))
+
     async def _close(self, session_id: int, goodbye: str) -> None:
         link = self._links.pop(session_id, None)
         if link is None:
             return
         link.stopping = True
+        link.pending.clear()
         with contextlib.suppress(ConnectionError, TimeoutError):
             if not link.stopped.is_set():
                 link.writer.write(wire.encode(goodbye))
@@ -178,12 +212,17 @@ class RemoteSimulatedDriver:
         if not await self._command(session_id, "pair_phone", phone=phone):
             raise DriverError("no QR round is open to link by phone number")
 
-    async def gesture(self, session_id: int, gesture: str) -> bool:
-        """A simulated phone gesture on this session's connection; a logout also
-        without one (the phone unlinks the device whether or not a client is on)."""
-        if gesture == "logout" and session_id not in self._links:
+    async def gesture(
+        self, session_id: int, gesture: str, payload: dict[str, Any] | None = None
+    ) -> bool:
+        """A simulated phone gesture on this session's connection; a logout or a
+        peer's message also without one (the phone unlinks the device whether or
+        not a client is on; WhatsApp holds a message until the device connects)."""
+        if gesture in ("logout", "message") and session_id not in self._links:
             async with ServiceControl(self.address) as control:
-                return await control.phone(session_id, gesture)
+                return await control.phone(session_id, gesture, payload)
+        if payload is not None:
+            return await self._command(session_id, "gesture", gesture=gesture, payload=payload)
         return await self._command(session_id, "gesture", gesture=gesture)
 
     async def aclose(self) -> None:

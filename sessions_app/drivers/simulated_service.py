@@ -10,10 +10,11 @@ records each such overlap with both connections' owners and fencing numbers.
 
 A connection starts with ``hello`` and then carries the driver events of
 :mod:`sessions_app.drivers.wire` down and a few commands up (``stop``, ``logout``,
-``gesture``, ``pair_phone``). A connection that starts with ``control`` is a
-test's or benchmark's: it reads the counters, makes phone gestures and waits for
-sessions to be connected. Started by ``manage.py simulated_whatsapp`` and by the
-test fixtures.
+``gesture``, ``pair_phone``, ``send``). A connection that starts with ``control``
+is a test's or benchmark's: it reads the counters, makes phone gestures, lets a
+peer message a session, sets messaging faults and delays, reads the record of
+every message carried, and waits for sessions to be connected. Started by
+``manage.py simulated_whatsapp`` and by the test fixtures.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from sessions_app.drivers import wire
 from sessions_app.drivers.base import ConnectSpec
 from sessions_app.drivers.simulated import GESTURES, Overlap, SimulatedWhatsApp
+from sessions_app.drivers.simulated_messages import Carried
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +41,17 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "stop": {},
     "logout": {},
     "ping": {},
-    "gesture": {"gesture": str},
+    "gesture": {"gesture": str},  # and "payload" (an object) for "message"
     "pair_phone": {"phone": str},
+    "send": {"ref": str, "to": str, "text": str},
     "control": {},
     "stats": {},
-    "phone": {"session": int, "gesture": str},
+    "phone": {"session": int, "gesture": str},  # and "payload", as "gesture"
+    "peer_message": {"session": int, "sender": str, "text": str, "push_name": str},
+    "carried": {},
+    "fault": {"fault": str, "number": str, "times": int},
+    "peer": {"number": str, "exists": bool},
+    "delays": {"ack_delay": float, "delivered_delay": float, "read_delay": float},
     "forget": {"jid": str},
     "wait_connected": {"sessions": list, "timeout": float, "exclude_owner": str},
     "wait_idle": {"sessions": list, "timeout": float},
@@ -149,8 +157,11 @@ class SimulatedWhatsAppService:
                         self.world.forget(conn.jid)
                     said_bye = True
                     break
+                if kind == "send":  # answered by a "sent" or "send_failed" event
+                    self.world.send_text(conn, message["ref"], message["to"], message["text"])
+                    continue
                 if kind == "gesture":
-                    ok = self._gesture(spec.session_id, message["gesture"])
+                    ok = self._gesture(spec.session_id, message["gesture"], message.get("payload"))
                 elif kind == "pair_phone":
                     ok = self.world.pairing_code(spec.session_id)
                 else:
@@ -176,8 +187,9 @@ class SimulatedWhatsAppService:
             )
             return b""
 
-    def _gesture(self, session_id: int, gesture: str) -> bool:
-        return gesture in GESTURES and self.world.gesture(session_id, gesture)
+    def _gesture(self, session_id: int, gesture: str, payload: Any = None) -> bool:
+        payload = payload if isinstance(payload, dict) else None
+        return gesture in GESTURES and self.world.gesture(session_id, gesture, payload)
 
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -188,9 +200,10 @@ class SimulatedWhatsAppService:
             if kind == "stats":
                 reply = wire.encode("stats", **self.stats())
             elif kind == "phone":
-                reply = wire.encode(
-                    "done", ok=self._gesture(message["session"], message["gesture"])
-                )
+                ok = self._gesture(message["session"], message["gesture"], message.get("payload"))
+                reply = wire.encode("done", ok=ok)
+            elif kind in ("peer_message", "carried", "fault", "peer", "delays"):
+                reply = self._messaging(message)
             elif kind == "forget":
                 self.world.forget(message["jid"])
                 reply = wire.encode("done", ok=True)
@@ -210,6 +223,41 @@ class SimulatedWhatsAppService:
                 raise wire.ProtocolError(f"{kind!r} is not a control command")
             send_raw(writer, reply)
             await writer.drain()
+
+    def _messaging(self, message: dict[str, Any]) -> bytes:
+        """The control commands about messages (texts never logged)."""
+        messages = self.world.messages
+        kind = message["t"]
+        if kind == "peer_message":
+            payload = {
+                "from": message["sender"],
+                "text": message["text"],
+                "push_name": message["push_name"],
+            }
+            return wire.encode(
+                "done", ok=self.world.gesture(message["session"], "message", payload)
+            )
+        if kind == "carried":
+            return wire.encode("carried", messages=[c.as_dict() for c in messages.carried.values()])
+        if kind == "fault":
+            times = message["times"] or None
+            try:
+                messages.set_fault(message["fault"], message["number"] or "*", times)
+            except ValueError as exc:
+                raise wire.ProtocolError(str(exc)) from None
+        elif kind == "peer":
+            if message["exists"]:
+                messages.peers.add(message["number"])
+            else:
+                messages.peers.discard(message["number"])
+        elif kind == "delays":
+            self.world.timing = dataclasses.replace(
+                self.world.timing,
+                ack_delay=message["ack_delay"],
+                delivered_delay=message["delivered_delay"],
+                read_delay=message["read_delay"],
+            )
+        return wire.encode("done", ok=True)
 
     def stats(self) -> dict[str, Any]:
         world = self.world
@@ -297,9 +345,47 @@ class ServiceControl:
     async def stats(self) -> ServiceStats:
         return ServiceStats.from_message(await self._ask("stats"))
 
-    async def phone(self, session_id: int, gesture: str) -> bool:
-        """Make the phone of ``session_id`` scan, log out, drop or replace."""
-        return bool((await self._ask("phone", session=session_id, gesture=gesture))["ok"])
+    async def phone(
+        self, session_id: int, gesture: str, payload: dict[str, Any] | None = None
+    ) -> bool:
+        """Make the phone of ``session_id`` scan, log out, drop or replace (or a
+        peer message it: gesture "message" with its payload)."""
+        fields: dict[str, Any] = {"session": session_id, "gesture": gesture}
+        if payload is not None:
+            fields["payload"] = payload
+        return bool((await self._ask("phone", **fields))["ok"])
+
+    async def peer_message(
+        self, session_id: int, sender: str, text: str, push_name: str = ""
+    ) -> bool:
+        """A peer's phone (number ``sender``) messages the session; False when the
+        session has no linked device (or the sender is not a phone number)."""
+        reply = await self._ask(
+            "peer_message", session=session_id, sender=sender, text=text, push_name=push_name
+        )
+        return bool(reply["ok"])
+
+    async def carried(self) -> list[Carried]:
+        """Every message the service carried, by id (texts left out): ``accepted``
+        > 1 is a duplicate send; ``deliveries`` says where and when it arrived."""
+        reply = await self._ask("carried")
+        return [Carried.from_dict(c) for c in reply["messages"]]
+
+    async def fault(self, fault: str, number: str = "*", times: int | None = None) -> None:
+        """Give sends to ``number`` (``"*"``: any) ``fault`` (not_on_whatsapp,
+        rate_limited, no_ack) for the next ``times`` sends (None: until cleared);
+        ``fault`` "" clears it."""
+        await self._ask("fault", fault=fault, number=number, times=times or 0)
+
+    async def peer(self, number: str, exists: bool = True) -> None:
+        """Make a peer's number exist on WhatsApp, or not (when peers aren't "*")."""
+        await self._ask("peer", number=number, exists=exists)
+
+    async def delays(self, ack_delay: float, delivered_delay: float, read_delay: float) -> None:
+        """Set the messaging delays (see ``SimulatedTiming``); read_delay < 0: never read."""
+        await self._ask(
+            "delays", ack_delay=ack_delay, delivered_delay=delivered_delay, read_delay=read_delay
+        )
 
     async def forget(self, jid: str) -> None:
         await self._ask("forget", jid=jid)

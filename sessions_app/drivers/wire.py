@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from sessions_app.drivers.base import (
+    SEND_FAILURE_REASONS,
     Banned,
     Connected,
     ConnectError,
@@ -21,15 +22,28 @@ from sessions_app.drivers.base import (
     KeepAliveRestored,
     KeepAliveTimeout,
     LoggedOut,
+    MessageReceived,
+    MessageSent,
     PairingCode,
     PairSuccess,
     QrCode,
     QrTimeout,
+    Receipt,
     Replaced,
+    SendFailed,
 )
 
 VERSION = 1
-MAX_LINE = 64 * 1024
+
+#: The longest text a message may carry, in characters (WhatsApp's own limit).
+MAX_TEXT = 65536
+
+#: The longest line, in bytes: a message of MAX_TEXT characters, each escaped by
+#: JSON as up to 12 bytes (a surrogate pair), fits with room for its fields.
+MAX_LINE = 1024 * 1024
+
+#: Receipt statuses a ``receipt`` message may carry (``Receipt.status``).
+RECEIPT_STATUSES = ("delivered", "read", "played")
 
 #: Commands the supervisor sends, with their required fields and types.
 COMMANDS: dict[str, dict[str, type]] = {
@@ -37,6 +51,7 @@ COMMANDS: dict[str, dict[str, type]] = {
     "stop": {},
     "logout": {},
     "pair_phone": {"phone": str},
+    "send": {"ref": str, "to": str, "text": str},
     "ping": {},
 }
 
@@ -58,6 +73,21 @@ EVENTS: dict[str, dict[str, type]] = {
     "qr_timeout": {},
     "error": {"message": str, "retryable": bool},
     "stopped": {},
+    # messages (timestamps: seconds since the epoch, UTC)
+    "sent": {"ref": str, "message_id": str, "timestamp": float},
+    "send_failed": {"ref": str, "outcome": str, "reason": str, "detail": str},
+    "message": {
+        "message_id": str,
+        "chat": str,
+        "sender": str,
+        "sender_phone": str,
+        "from_me": bool,
+        "timestamp": float,
+        "push_name": str,
+        "kind": str,
+        "text": str,
+    },
+    "receipt": {"message_ids": list, "status": str, "timestamp": float, "chat": str},
 }
 
 
@@ -65,7 +95,7 @@ class ProtocolError(ValueError):
     """A line from the other side that is not a valid message."""
 
 
-def encode(kind: str, **fields: Any) -> bytes:
+def encode(kind: str, /, **fields: Any) -> bytes:
     """One message as a JSON line; ``kind`` is the command or event name."""
     return json.dumps({"v": VERSION, "t": kind, **fields}, separators=(",", ":")).encode() + b"\n"
 
@@ -125,7 +155,65 @@ def to_driver_event(session_id: int, message: dict[str, Any]) -> DriverEvent | N
         return QrTimeout(session_id)
     if kind == "error":
         return ConnectError(session_id, message["message"], retryable=message["retryable"])
+    if kind in ("sent", "send_failed", "message", "receipt"):
+        return _message_event(session_id, message)
     return None
+
+
+def _when(seconds: float) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ProtocolError(f"timestamp {seconds!r} out of range") from None
+
+
+def _message_event(session_id: int, message: dict[str, Any]) -> DriverEvent:
+    """The message events (sent, send_failed, message, receipt), their values checked."""
+    kind = message["t"]
+    if kind == "sent":
+        return MessageSent(
+            session_id,
+            ref=message["ref"],
+            message_id=message["message_id"],
+            timestamp=_when(message["timestamp"]),
+        )
+    if kind == "send_failed":
+        if message["outcome"] not in ("refused", "unknown"):
+            raise ProtocolError(f"send_failed: unknown outcome {message['outcome']!r}")
+        if message["reason"] not in SEND_FAILURE_REASONS:
+            raise ProtocolError(f"send_failed: unknown reason {message['reason']!r}")
+        return SendFailed(
+            session_id,
+            ref=message["ref"],
+            outcome=message["outcome"],
+            reason=message["reason"],
+            detail=message["detail"],
+        )
+    if kind == "message":
+        return MessageReceived(
+            session_id,
+            message_id=message["message_id"],
+            chat=message["chat"],
+            sender=message["sender"],
+            sender_phone=message["sender_phone"],
+            from_me=message["from_me"],
+            timestamp=_when(message["timestamp"]),
+            push_name=message["push_name"],
+            kind=message["kind"],
+            text=message["text"],
+        )
+    ids = message["message_ids"]
+    if not all(isinstance(i, str) for i in ids):
+        raise ProtocolError("receipt: message_ids must be strings")
+    if message["status"] not in RECEIPT_STATUSES:
+        raise ProtocolError(f"receipt: unknown status {message['status']!r}")
+    return Receipt(
+        session_id,
+        message_ids=tuple(ids),
+        status=message["status"],
+        timestamp=_when(message["timestamp"]),
+        chat=message["chat"],
+    )
 
 
 def from_driver_event(event: DriverEvent) -> bytes:
@@ -145,6 +233,42 @@ def from_driver_event(event: DriverEvent) -> bytes:
         return encode("banned", expire=max(0.0, left), reason=event.reason)
     if isinstance(event, ConnectError):
         return encode("error", message=event.message, retryable=event.retryable)
+    if isinstance(event, MessageSent):
+        return encode(
+            "sent",
+            ref=event.ref,
+            message_id=event.message_id,
+            timestamp=event.timestamp.timestamp(),
+        )
+    if isinstance(event, SendFailed):
+        return encode(
+            "send_failed",
+            ref=event.ref,
+            outcome=event.outcome,
+            reason=event.reason,
+            detail=event.detail,
+        )
+    if isinstance(event, MessageReceived):
+        return encode(
+            "message",
+            message_id=event.message_id,
+            chat=event.chat,
+            sender=event.sender,
+            sender_phone=event.sender_phone,
+            from_me=event.from_me,
+            timestamp=event.timestamp.timestamp(),
+            push_name=event.push_name,
+            kind=event.kind,
+            text=event.text,
+        )
+    if isinstance(event, Receipt):
+        return encode(
+            "receipt",
+            message_ids=list(event.message_ids),
+            status=event.status,
+            timestamp=event.timestamp.timestamp(),
+            chat=event.chat,
+        )
     simple = {
         Connected: "connected",
         KeepAliveTimeout: "keepalive_timeout",

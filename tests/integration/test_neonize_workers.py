@@ -23,6 +23,14 @@ from asgiref.sync import sync_to_async
 
 from sessions_app import intents
 from sessions_app.conf import SupervisorConfig
+from sessions_app.drivers.base import (
+    Connected,
+    ConnectError,
+    ConnectSpec,
+    DriverError,
+    DriverEvent,
+    SendFailed,
+)
 from sessions_app.drivers.neonize_driver import NeonizeDriver, WorkerConfig
 from sessions_app.models import SessionEvent, WaSession
 from sessions_app.supervisor import Supervisor
@@ -229,3 +237,49 @@ async def test_a_real_worker_resumes_only_a_device_the_store_holds(tmp_path: Pat
     assert gone["phone"] == ""
     assert "web.whatsapp.com" in resumed["last_error"], "it got as far as dialing WhatsApp"
     assert [to for to, _ in await history(stored.pk) if to] == ["connecting", "error"]
+
+
+async def test_a_real_worker_refuses_a_send_while_not_connected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Offline, the real worker never gets past the DNS lookup: a send is refused as
+    not connected (never handed to neonize); with no worker at all it is an error."""
+    caplog.set_level(logging.DEBUG)
+    config = worker_config(
+        tmp_path, module="sessions_app.drivers.neonize_worker", warm=1, deadline=10
+    )
+    driver = NeonizeDriver(config)
+    events: asyncio.Queue[DriverEvent] = asyncio.Queue()
+    try:
+        await driver.start(ConnectSpec(1), events.put_nowait)
+        await driver.send_text(1, "ref-1", "+4915112345678", "a text that stays private")
+        async with asyncio.timeout(30):
+            while not isinstance(event := await events.get(), SendFailed):
+                assert isinstance(event, ConnectError), event  # the DNS failure, maybe first
+        with pytest.raises(DriverError):
+            await driver.send_text(2, "ref-2", "+4915112345678", "no connection for this one")
+    finally:
+        await driver.aclose()
+    assert (event.ref, event.outcome, event.reason) == ("ref-1", "refused", "not_connected")
+    assert "a text that stays private" not in caplog.text
+
+
+async def test_a_send_pending_when_its_worker_dies_is_unknown(tmp_path: Path) -> None:
+    """Asked and never answered: it may have gone out. Reported before the error that
+    ends the connection, so the runner hears it while it still listens."""
+    driver = NeonizeDriver(worker_config(tmp_path))  # the stand-in never answers a send
+    events: asyncio.Queue[DriverEvent] = asyncio.Queue()
+    try:
+        await driver.start(ConnectSpec(1, jid="4915100000001:1@s.whatsapp.net"), events.put_nowait)
+        async with asyncio.timeout(20):
+            assert isinstance(await events.get(), Connected)
+            await driver.send_text(1, "in-flight", "4915112345678", "x")
+            pid = driver.workers[1].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            failed, error = await events.get(), await events.get()
+    finally:
+        await driver.aclose()
+    assert isinstance(failed, SendFailed)
+    assert (failed.ref, failed.outcome, failed.reason) == ("in-flight", "unknown", "error")
+    assert isinstance(error, ConnectError) and "killed by signal 9" in error.message
