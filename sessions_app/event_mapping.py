@@ -2,7 +2,7 @@
 
 No I/O and no writes: it returns column values (and one SQL expression, see
 :func:`round_ended`). The runner
-(:class:`sessions_app.supervisor.SessionRunner`) checks the trigger against the
+(:class:`sessions_app.runner.SessionRunner`) checks the trigger against the
 state machine, closes the connection when asked to, and writes the fields under
 its lease.
 """

@@ -128,11 +128,11 @@ def test_hand_over_records_disconnected_and_releases_in_one_go(
 def test_a_runner_that_lost_its_lease_takes_none_of_the_gestures() -> None:
     """Simulated phone gestures are taken under the lease, like every owner's write."""
     from sessions_app.models import PhoneAction
-    from sessions_app.supervisor import _db_take_gestures
+    from sessions_app.owner_db import take_gestures
 
     session = WaSession.objects.create(name="gestured", lease_owner="b", lease_epoch=2)
     PhoneAction.objects.create(session=session, gesture="scan")
     stale = leases.Lease(session.pk, "a", 1)
-    assert async_to_sync(_db_take_gestures)(stale) == []
+    assert async_to_sync(take_gestures)(stale) == []
     assert PhoneAction.objects.filter(session=session).exists()
-    assert async_to_sync(_db_take_gestures)(leases.Lease(session.pk, "b", 2)) == ["scan"]
+    assert async_to_sync(take_gestures)(leases.Lease(session.pk, "b", 2)) == ["scan"]

@@ -20,7 +20,7 @@ from sessions_app.drivers.base import ConnectError, ConnectSpec, EventSink
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
 from sessions_app.event_mapping import round_ended
 from sessions_app.models import SessionEvent, WaSession
-from sessions_app.supervisor import SessionRunner
+from sessions_app.runner import SessionRunner
 from tests.unit.helpers import has_event, settled, state_is, until
 from tests.unit.test_supervisor import (
     FAST,

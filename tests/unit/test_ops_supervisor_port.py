@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ops.server import MetricsServer, serve_supervisor
-from sessions_app import supervisor as supervisor_module
+from sessions_app import owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
 from sessions_app.supervisor import Supervisor
 from tests.unit.test_supervisor import running
@@ -69,7 +69,7 @@ async def test_not_ready_once_renewal_stalls_past_the_ttl(
     async def unreachable(owner: str, ttl: float) -> list[object]:
         raise OSError("database unreachable")
 
-    monkeypatch.setattr(supervisor_module, "_db_renew", unreachable)
+    monkeypatch.setattr(owner_db, "renew", unreachable)
     deadline = time.monotonic() + sup.config.lease_ttl + 5
     status, body = await get(port, "/readyz")
     while status == 200 and time.monotonic() < deadline:  # watched from outside, as a probe

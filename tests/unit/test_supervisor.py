@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from sessions_app import intents, leases
+from sessions_app import intents, leases, owner_db
 from sessions_app.conf import SupervisorConfig
 from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -335,7 +335,7 @@ async def test_self_fences_before_the_lease_can_expire(
         async def unreachable(*args: object) -> None:
             raise ConnectionError("database unreachable")
 
-        monkeypatch.setattr("sessions_app.supervisor._db_renew", unreachable)
+        monkeypatch.setattr(owner_db, "renew", unreachable)
         expires = (await get(pk=session.pk)).lease_expires_at
         async with asyncio.timeout(FAST.lease_ttl + 1):
             await world.until_live(session.pk, 0)
@@ -436,9 +436,7 @@ async def test_a_renewal_that_raced_a_claim_does_not_drop_the_claimed_session(
 ) -> None:
     # Renewal and claims run on two database threads: a renewal may answer from
     # before a claim committed and be read after the claim's runner started.
-    from sessions_app import supervisor as module
-
-    renew = module._db_renew
+    renew = owner_db.renew
     answered, release = asyncio.Event(), asyncio.Event()
 
     async def renew_from_before_the_claim(owner: str, ttl: float) -> list[leases.Lease]:
@@ -448,7 +446,7 @@ async def test_a_renewal_that_raced_a_claim_does_not_drop_the_claimed_session(
             await release.wait()
         return held
 
-    monkeypatch.setattr(module, "_db_renew", renew_from_before_the_claim)
+    monkeypatch.setattr(owner_db, "renew", renew_from_before_the_claim)
     async with running(world) as sup:
         await answered.wait()
         session = await create("raced", "ada")
@@ -468,15 +466,13 @@ async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
         changed = await paired("changed", sup)
         await sup.reconcile(periodic=True)  # queued behind the runners' last reads
         loads: list[int] = []
-        from sessions_app import supervisor as module
-
-        load = module._db_load
+        load = owner_db.load
 
         async def counted(session_id: int) -> WaSession | None:
             loads.append(session_id)
             return await load(session_id)
 
-        monkeypatch.setattr(module, "_db_load", counted)
+        monkeypatch.setattr(owner_db, "load", counted)
         # An intent written without its ring (as if Redis had dropped it).
         await sync_to_async(WaSession.objects.filter(pk=changed.pk).update)(desired_state="stopped")
         await sup.reconcile(periodic=True)
@@ -490,11 +486,9 @@ async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
 ) -> None:
     # asgiref swallows a cancellation that arrives during a database call (and
     # 3.11 wait_for can too); a hand-over waiting for that runner must not wait forever.
-    from sessions_app import supervisor as module
-
     async with running(world) as sup:
         session = await paired("stubborn", sup)
-        load = module._db_load
+        load = owner_db.load
         swallowed: list[int] = []
         entered = asyncio.Event()
 
@@ -508,7 +502,7 @@ async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
                     raise
             return await load(session_id)
 
-        monkeypatch.setattr(module, "_db_load", swallows_once)
+        monkeypatch.setattr(owner_db, "load", swallows_once)
         runner = sup.runners[session.pk]
         runner.poke("test")
         await entered.wait()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sessions_app import leases
+from sessions_app import leases, owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
 from tests.unit.helpers import state_is, until
 from tests.unit.test_supervisor import FAST, create, paired, running
@@ -40,11 +40,9 @@ async def test_a_renewal_answered_after_the_fence_limit_does_not_end_the_fence(
     """A renewal sent before a partition and answered when it heals says nothing
     about leases now: claiming resumes only after a renewal answered in time,
     instead of claiming, fencing again and dropping what it just claimed."""
-    from sessions_app import supervisor as module
-
     # Renewals far apart: a wrong un-fencing shows as a second self-fence.
     config = dataclasses.replace(FAST, renew_interval=1.5, self_fence_margin=1.0)
-    renew = module._db_renew
+    renew = owner_db.renew
     healed = asyncio.Event()
 
     async def partitioned(owner: str, ttl: float) -> list[leases.Lease]:
@@ -53,7 +51,7 @@ async def test_a_renewal_answered_after_the_fence_limit_does_not_end_the_fence(
 
     async with running(world, config) as sup:
         session = await paired("islander", sup)
-        monkeypatch.setattr(module, "_db_renew", partitioned)
+        monkeypatch.setattr(owner_db, "renew", partitioned)
         async with asyncio.timeout(config.lease_ttl + 1):
             await world.until_live(session.pk, 0)
         assert sup.fenced
@@ -76,9 +74,7 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
     """A claim sent before the fence and answered after it starts no runner: no
     renewal covers its lease, which could expire under a live connection. The lease
     is kept as an orphan, given back at the next renewal that works."""
-    from sessions_app import supervisor as module
-
-    claim = module._db_claim
+    claim = owner_db.claim
     entered, answer, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def never(owner: str, ttl: float) -> list[leases.Lease]:
@@ -93,8 +89,8 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
         return got
 
     async with running(world) as sup:
-        monkeypatch.setattr(module, "_db_renew", never)
-        monkeypatch.setattr(module, "_db_claim", late)
+        monkeypatch.setattr(owner_db, "renew", never)
+        monkeypatch.setattr(owner_db, "claim", late)
         session = await create("late", "ada")
         await entered.wait()
         await observe(lambda: sup.fenced, FAST.lease_ttl, "it never fenced itself")

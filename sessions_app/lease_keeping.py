@@ -1,0 +1,137 @@
+"""Keeping a supervisor's leases: renewal, the self-fence watchdog, orphans given back.
+
+The half of :class:`~sessions_app.supervisor.Supervisor` that keeps what it
+claimed: one statement renews all its leases every ``renew_interval`` (in the
+lease thread, :func:`sessions_app.dbthread.lease_db`, never behind session
+writes) and drops the runners whose lease is gone; a watchdog on the
+supervisor's monotonic clock drops every connection before its leases can
+expire when renewal stalls (self-fencing); leases still ours whose runner ended
+without releasing them are given back at the next renewal that works.
+
+A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``) is the
+supervisor's, read by its claim pass and its health check
+(:func:`ops.health.supervisor_readiness`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ops import metrics
+from sessions_app import doorbell, owner_db
+from sessions_app.conf import SupervisorConfig
+from sessions_app.leases import Lease
+
+if TYPE_CHECKING:
+    from sessions_app.runner import SessionRunner
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseKeepingMixin:
+    """The renewal loop, the self-fence watchdog and the release of orphaned leases."""
+
+    owner: str
+    config: SupervisorConfig
+    clock: Callable[[], float]
+    runners: dict[int, SessionRunner]
+    #: True from a self-fence until a renewal answered in time: no claims, no runners.
+    fenced: bool
+    #: When (monotonic clock) the last renewal that answered was sent.
+    _last_renewal: float
+    #: session id -> epoch of leases perhaps still ours without a runner.
+    _orphans: dict[int, int]
+    _wake: asyncio.Event
+
+    def _extra(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.renew_interval)
+            started = self.clock()
+            try:
+                held = await owner_db.renew(self.owner, self.config.lease_ttl)
+            except Exception:
+                logger.warning("lease renewal failed", exc_info=True, extra=self._extra())
+                continue
+            self._last_renewal = started
+            try:
+                await owner_db.announce(
+                    self.owner, self.config.lease_ttl, self.config.max_sessions, len(held)
+                )
+            except Exception:
+                logger.warning("could not renew our presence", exc_info=True, extra=self._extra())
+            if self.fenced and self._fence_deadline() > self.clock():
+                logger.info("lease renewal works again; claiming resumes", extra=self._extra())
+                self.fenced = False
+            elif self.fenced:
+                # Sent before a partition, answered as it healed: it says nothing
+                # about our leases now. The next renewal decides.
+                logger.info(
+                    "a lease renewal took %.1fs; staying fenced",
+                    self.clock() - started,
+                    extra=self._extra(),
+                )
+            held_ids = {lease.session_id: lease for lease in held}
+            for session_id, runner in list(self.runners.items()):
+                if runner.started >= started:
+                    # Claimed on the other database thread while this renewal was
+                    # under way: the renewal may not have seen it yet.
+                    continue
+                lease = held_ids.get(session_id)
+                if lease is None or lease.epoch != runner.lease.epoch:
+                    logger.warning("lease lost; dropping the connection", extra=runner._extra())
+                    runner.abandon("lease lost")
+            await self._release_orphans(held_ids)
+
+    async def _release_orphans(self, held: dict[int, Lease]) -> None:
+        """Give back leases still ours whose runner ended without releasing them
+        (we self-fenced, or it crashed), so that anyone may claim them."""
+        orphans = [
+            held[sid]
+            for sid, epoch in self._orphans.items()
+            if sid in held and held[sid].epoch == epoch and sid not in self.runners
+        ]
+        self._orphans = {}  # the rest were not ours any more at this renewal
+        if not orphans:
+            return
+        try:
+            released = await owner_db.release_leases(self.owner, orphans)
+        except Exception:
+            logger.warning("could not release leases", exc_info=True, extra=self._extra())
+            self._orphans.update({lease.session_id: lease.epoch for lease in orphans})
+            return
+        if released:
+            self._wake.set()
+            await doorbell.wake_supervisors("leases given back")
+
+    def _fence_deadline(self) -> float:
+        """When, on our monotonic clock, we must have dropped every connection."""
+        return self._last_renewal + self.config.lease_ttl - self.config.self_fence_margin
+
+    async def _fence_watchdog(self) -> None:
+        """Drop every connection before our leases can expire if renewal stalls."""
+        while True:
+            remaining = self._fence_deadline() - self.clock()
+            if remaining > 0 and not self.fenced:
+                await asyncio.sleep(min(remaining, 0.5))
+                continue
+            if not self.fenced:
+                self.fenced = True
+                metrics.self_fences.inc()
+                logger.error(
+                    "could not renew leases for %.1fs; dropping %d connections (self-fencing)",
+                    self.config.lease_ttl - self.config.self_fence_margin,
+                    len(self.runners),
+                    extra=self._extra(),
+                )
+            # Every tick while fenced: a claim sent before the fence may have been
+            # answered since (a partition healing for a moment), and its runner
+            # would run without renewals.
+            for runner in list(self.runners.values()):
+                runner.abandon("self-fenced")
+            await asyncio.sleep(0.5)

@@ -1,0 +1,294 @@
+"""The session lifecycle, as its runner carries it out: the half of
+:class:`~sessions_app.runner.SessionRunner` that opens, serves, logs out,
+deletes and closes the session's one driver connection, moves the row through
+the state machine (:mod:`sessions_app.states`), and maps lifecycle driver events
+(:mod:`sessions_app.event_mapping`) onto it.
+
+A mixin, not a class of its own: it shares the runner's state (its lease, its
+connection's ``attempt`` tag, whether a connection is open) and its inbox, and
+runs only inside the runner's one-step-at-a-time loop. It writes only through
+the runner's fenced :meth:`~sessions_app.runner.SessionRunner._write`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from django.utils import timezone
+
+from sessions_app import doorbell, owner_db
+from sessions_app.drivers.base import ConnectError, ConnectSpec, DriverError, DriverEvent, QrCode
+from sessions_app.event_mapping import map_event, round_ended
+from sessions_app.leases import QR_CLEARED, EventRecord, Lease
+from sessions_app.models import SessionEvent, WaSession
+from sessions_app.owner_db import LeaseLost
+from sessions_app.policy import DROPS_REQUESTS, SETTLED_STATES, Action
+from sessions_app.states import State, Trigger, is_allowed, transition
+
+if TYPE_CHECKING:
+    from messaging.pump import MessagePump
+    from sessions_app.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class LifecycleMixin:
+    """Acting on the policy's actions and on lifecycle driver events.
+
+    Expects of the class it is mixed into (:class:`~sessions_app.runner.SessionRunner`)
+    the attributes below and ``_write``, ``_end`` and ``_extra``.
+    """
+
+    sup: Supervisor
+    lease: Lease
+    session_id: int
+    inbox: asyncio.Queue[tuple[str, Any]]
+    connection_open: bool
+    attempt: int
+    continuing_round: bool
+    round_qr_count: int
+    fresh: bool
+    exit_reason: str
+    _stopping: asyncio.Future[None] | None
+    messages: MessagePump
+
+    def _extra(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _end(self, reason: str) -> NoReturn:
+        raise NotImplementedError
+
+    async def _write(
+        self, fields: dict[str, Any], event: EventRecord | None, row: WaSession | None = None
+    ) -> None:
+        raise NotImplementedError
+
+    # -- the policy's actions ----------------------------------------------------------
+
+    async def _act(self, action: Action, session: WaSession) -> None:
+        if action is Action.PAIR:
+            await self._close_connection()
+            self.round_qr_count = 0
+            self.continuing_round = not session.pair_pending
+            if self.continuing_round:  # interrupted (crash, deploy, failure): same round
+                await self._connect(session, self._spec(), "continuing the QR round")
+            else:  # served when started, so a failure does not skip the next backoff
+                fields = {
+                    "pair_served": session.pair_request,
+                    "qr_round_started_at": timezone.now(),
+                }
+                await self._connect(session, self._spec(), "QR round requested", fields)
+        elif action is Action.RESUME:
+            await self._close_connection()  # a driver that did not reconnect in time
+            await self._connect(session, self._spec(session.jid), "resuming the linked device")
+        elif action is Action.SERVE:
+            await self._serve(session)
+        elif action is Action.EXPIRE_ROUND:
+            await self._close_connection()
+            why = "the interrupted QR round would have ended by now; waiting for the admin"
+            fields = {**QR_CLEARED, **round_ended(session.pair_served)}
+            await self._transition(session, Trigger.QR_TIMEOUT, why, fields)
+        elif action is Action.CLOSE:
+            await self._close_connection()
+            fields = {
+                "pair_served": session.pair_request,
+                "connect_served": session.connect_request,
+                **QR_CLEARED,
+                **round_ended(session.pair_request),
+            }
+            await self._transition(session, Trigger.STOP, "stopped as asked", fields)
+        elif action is Action.LOGOUT:
+            await self._logout(session)
+        elif action is Action.DELETE:
+            await self._delete(session)
+
+    def _spec(self, jid: str = "") -> ConnectSpec:
+        return ConnectSpec(self.session_id, jid=jid, owner=self.lease.owner, epoch=self.lease.epoch)
+
+    async def _serve(self, session: WaSession) -> None:
+        """Answer a request that needs no connection: record it served, and why (a
+        start made with it is left to the next step)."""
+        fields: dict[str, Any] = {"connect_served": session.connect_request}
+        if session.pair_pending and session.jid:
+            fields = {"pair_served": session.pair_request, **round_ended(session.pair_request)}
+            why = "new QR code request dropped: the session is linked; log it out first"
+        elif session.jid:
+            connected = session.state in (State.CONNECTED, State.DEGRADED)
+            why = f"start request served: already {'connected' if connected else 'connecting'}"
+        else:
+            why = "start request served: a QR round is under way; nothing restarted"
+        await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why))
+
+    # -- the connection ----------------------------------------------------------------
+
+    async def _connect(
+        self, session: WaSession, spec: ConnectSpec, why: str, fields: dict[str, Any] | None = None
+    ) -> None:
+        trigger = Trigger.CONNECT
+        if not is_allowed(session.state, Trigger.CONNECT):
+            # A new owner starts from whatever the last one left; an owner of its
+            # own starts over (e.g. a round's connection that was still opening).
+            trigger = Trigger.TAKE_OVER
+            how = "taken over from the previous owner" if self.fresh else "restarted"
+            why = f"{why} ({how})"
+        now = timezone.now()
+        connects = self.sup.ceiling.record(session.recent_connects or [], now.timestamp())
+        fields = {
+            "connect_served": session.connect_request,
+            "banned_until": None,
+            "recent_connects": connects,
+            **QR_CLEARED,
+            **(fields or {}),
+        }
+        await self._transition(session, trigger, why, fields, row=session)
+        self.attempt += 1
+        attempt = self.attempt
+        self.connection_open = True
+        logger.info(
+            "connecting (%s)", "new device" if spec.pairing else "resume", extra=self._extra()
+        )
+        try:
+            await self.sup.driver.start(spec, lambda event: self._deliver(attempt, event))
+        except Exception as exc:
+            logger.warning("driver could not start: %s", exc, extra=self._extra())
+            self._deliver(attempt, ConnectError(self.session_id, f"could not start: {exc}"))
+
+    def _deliver(self, attempt: int, event: DriverEvent) -> None:
+        """The connection's ``on_event``: into the inbox, tagged with its attempt."""
+        self.inbox.put_nowait(("event", (attempt, event)))
+
+    async def _logout(self, session: WaSession) -> None:
+        self.attempt += 1
+        self.connection_open = False
+        self.continuing_round = False
+        await self.messages.connection_closed()
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+            # cancellation of a hand-over, and the runner would never end.
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await self.sup.driver.logout(self.session_id, session.jid)
+        except Exception as exc:
+            logger.warning("logout did not finish cleanly: %r", exc, extra=self._extra())
+        fields = {
+            "jid": "",
+            "push_name": "",
+            "pair_served": session.pair_request,
+            "connect_served": session.connect_request,
+            **QR_CLEARED,
+            **round_ended(session.pair_request),
+        }
+        if session.state == State.LOGGED_OUT:
+            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, "credentials removed"))
+        else:
+            await self._transition(session, Trigger.LOGGED_OUT, "logged out as asked", fields)
+
+    async def _delete(self, session: WaSession) -> NoReturn:
+        await self._close_connection()
+        try:
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await self.sup.driver.logout(self.session_id, session.jid)
+        except Exception as exc:
+            logger.warning("could not unlink before deleting: %r", exc, extra=self._extra())
+        if not await owner_db.delete(self.lease):
+            raise LeaseLost
+        logger.info("deleted session %r", session.name, extra=self._extra())
+        await doorbell.publish_removed(self.session_id)
+        self._end("deleted")
+
+    async def _close_connection(self) -> None:
+        """Stop the driver's connection and wait (bounded) until it is closed.
+
+        The stop runs as its own task: if this runner is cancelled meanwhile (a
+        hand-over), ``_finish`` waits for the same stop again, so the lease is
+        never released while the connection may still be open.
+        """
+        if self.connection_open:
+            self.connection_open = False
+            self.attempt += 1
+            self.continuing_round = False
+            self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+            await self.messages.connection_closed()  # no answer comes after a stop
+        if self._stopping is None:
+            return
+        try:
+            async with asyncio.timeout(self.sup.config.stop_timeout):
+                await asyncio.shield(self._stopping)
+        except Exception as exc:
+            logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
+        self._stopping = None
+
+    # -- the state machine ---------------------------------------------------------------
+
+    async def _transition(
+        self,
+        session: WaSession,
+        trigger: Trigger,
+        why: str,
+        fields: dict[str, Any],
+        row: WaSession | None = None,
+    ) -> None:
+        """Move to the trigger's state with ``fields``; a state that no longer needs
+        the move (e.g. stop when already stopped) gets the fields alone."""
+        current = State(session.state)
+        if not is_allowed(current, trigger):
+            logger.info("%s while %s: no state change", trigger, current, extra=self._extra())
+            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why), row)
+            return
+        target = transition(current, trigger)
+        if target in SETTLED_STATES:  # an old failure no longer applies
+            fields = {"last_error": "", "retry_count": 0, "next_retry_at": None, **fields}
+        if target in DROPS_REQUESTS:  # waits for a start made after this
+            fields = {"connect_served": session.connect_request, **fields}
+        fields = {"state": target, **fields}
+        event = None
+        if target is not current or trigger in (Trigger.CONNECT, Trigger.TAKE_OVER):
+            fields["state_changed_at"] = timezone.now()
+            event = EventRecord(SessionEvent.Kind.STATE, why, current, target)
+            logger.info("%s → %s: %s", current, target, why, extra=self._extra())
+        await self._write(fields, event, row)
+
+    # -- lifecycle driver events ---------------------------------------------------------
+
+    async def _on_lifecycle_event(self, event: DriverEvent) -> None:
+        """A lifecycle event of the current connection: map it, check it against the
+        state machine, close the connection if it ended, write the row."""
+        session = await owner_db.load(self.session_id)
+        if session is None:
+            self._end("deleted")
+        state = State(session.state)
+        mapped = map_event(
+            event,
+            retry_count=session.retry_count,
+            now=timezone.now(),
+            backoff=self.sup.backoff,
+            reconnect_watch=self.sup.config.reconnect_watch,
+        )
+        fields = mapped.fields
+        if mapped.ends_round:
+            fields = {**fields, **round_ended(session.pair_served)}
+        if mapped.trigger is None:
+            info = EventRecord(SessionEvent.Kind.INFO, mapped.why) if mapped.why else None
+            await self._write(fields, info, session)
+            return
+        if not is_allowed(state, mapped.trigger):
+            logger.warning("ignored %s in state %s", mapped.trigger, state, extra=self._extra())
+            await self._write(
+                {}, EventRecord(SessionEvent.Kind.INFO, f"ignored {mapped.trigger} while {state}")
+            )
+            return
+        if mapped.close:
+            await self._close_connection()
+        if isinstance(event, QrCode):
+            self.round_qr_count += 1
+        await self._transition(session, mapped.trigger, mapped.why, fields, row=session)
+        await self._after_event(event, session)
+
+    async def _after_event(self, event: DriverEvent, session: WaSession) -> None:
+        """Follow-ups: a pairing code is asked for once the round's first QR is up."""
+        if isinstance(event, QrCode) and session.pair_phone and self.round_qr_count == 1:
+            try:
+                await self.sup.driver.request_pairing_code(self.session_id, session.pair_phone)
+            except DriverError as exc:
+                await self._write({}, EventRecord(SessionEvent.Kind.ERROR, f"pairing code: {exc}"))
