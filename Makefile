@@ -69,3 +69,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_metrics_scrape.py
 	$(BIN)/python benchmarks/bench_db_call.py
 	$(BIN)/python benchmarks/bench_api_qr.py
+	$(BIN)/python benchmarks/bench_messages.py

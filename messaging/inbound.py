@@ -6,7 +6,7 @@ see again what the old one saw), so :func:`store` is ``INSERT ... SELECT ... WHE
 like every owner's write (see :mod:`messaging.outbound`), that inserts the row
 only if the unique constraint ``message_inbound_once`` has no row for it yet.
 
-Runs in one transaction (a savepoint inside the caller's) and sends
+Runs in one transaction when someone listens (:func:`messaging.signals.changing`) and sends
 :data:`messaging.signals.messages_changed` (``received``) inside it, once per
 message stored: a redelivery sends nothing.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db import connection, models, transaction
+from django.db import connection, models
 
 from messaging import signals
 from messaging.models import Message
@@ -66,7 +66,7 @@ def store(lease: Lease, event: MessageReceived, now: dt.datetime) -> Message | N
         f"INSERT INTO {table} ({columns}) SELECT {', '.join(['%s'] * len(fields))} "
         f"WHERE {fence_sql()} ON CONFLICT DO NOTHING RETURNING *"
     )
-    with transaction.atomic():
+    with signals.changing():
         rows = list(Message.objects.raw(sql, [*values, *fence_params(lease)]))
         if rows:
             signals.messages_changed.send(sender=Message, messages=rows, change=signals.RECEIVED)

@@ -13,8 +13,10 @@ backwards, a late answer for a message a successor marked ``unknown``).
 The allowed changes are :data:`messaging.states.TRANSITIONS`: each statement's
 ``status IN (...)`` is :func:`messaging.states.sources` of its trigger.
 
-Each function runs in one transaction (a savepoint inside the caller's), sends
-:data:`messaging.signals.messages_changed` inside it, and returns the rows it
+Each function is one statement (two for a take that finds stale ``sending``
+rows), run in one transaction whenever someone listens to
+:data:`messaging.signals.messages_changed` or the caller has opened one
+(:func:`messaging.signals.changing`), sends that signal inside it, and returns the rows it
 changed as they now are (for live pushes). Synchronous: the supervisor calls them
 in its database thread. Times are aware datetimes from the caller (``now``), so
 a test can pass its own clock.
@@ -117,7 +119,7 @@ def _update(
         f"AND ({where}) AND {fence_sql()} RETURNING *"
     )
     all_params = [*set_params, lease.session_id, *params, *fence_params(lease)]
-    with transaction.atomic():
+    with signals.changing():
         rows = list(Message.objects.raw(sql, all_params))
         _changed(rows, signals.STATUS)
     return rows
@@ -163,35 +165,44 @@ def take_next(lease: Lease, now: dt.datetime) -> Taken:
     """Take the session's oldest queued message whose deadline has not passed and
     mark it ``sending`` under the lease's epoch, before anyone asks the driver.
 
-    One at a time: nothing is taken while another message of the session is
-    ``sending`` (stale ones, from older epochs, are marked ``unknown`` first, in
-    the same transaction).
+    One statement. One at a time: nothing is taken while another message of the
+    session is ``sending``. When nothing was taken, messages left ``sending`` by
+    an older epoch are marked ``unknown`` (they would block the queue) and the
+    take is tried once more: the pump marks them when it starts, and on
+    PostgreSQL no older owner can write ``sending`` after our claim (the fence
+    locks the session row), so this is a second safety net, off the hot path.
     """
-    with transaction.atomic():
-        stale = mark_stale_sending(lease, now)
-        table = _messages()
-        queued, sending = _lit(Status.QUEUED), _lit(Status.SENDING)
-        where = (
-            f"id = (SELECT m.id FROM {table} m WHERE m.session_id = %s AND m.status = {queued} "
-            f"AND (m.deadline IS NULL OR m.deadline > %s) ORDER BY m.id LIMIT 1) "
-            f"AND NOT EXISTS (SELECT 1 FROM {table} b WHERE b.session_id = %s "
-            f"AND b.status = {sending})"
-        )
-        rows = _update(
-            lease,
-            Trigger.TAKE,
-            {
-                "status": str(Status.SENDING),
-                "send_epoch": lease.epoch,
-                "sending_at": _dt(now),
-                "failure_reason": "",
-                "failure_detail": "",
-            },
-            where,
-            [lease.session_id, _dt(now), lease.session_id],
-            now,
-        )
-    return Taken(rows[0] if rows else None, stale)
+    taken = _take(lease, now)
+    if taken is not None:
+        return Taken(taken, [])
+    stale = mark_stale_sending(lease, now)
+    return Taken(_take(lease, now) if stale else None, stale)
+
+
+def _take(lease: Lease, now: dt.datetime) -> Message | None:
+    table = _messages()
+    queued, sending = _lit(Status.QUEUED), _lit(Status.SENDING)
+    where = (
+        f"id = (SELECT m.id FROM {table} m WHERE m.session_id = %s AND m.status = {queued} "
+        f"AND (m.deadline IS NULL OR m.deadline > %s) ORDER BY m.id LIMIT 1) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} b WHERE b.session_id = %s "
+        f"AND b.status = {sending})"
+    )
+    rows = _update(
+        lease,
+        Trigger.TAKE,
+        {
+            "status": str(Status.SENDING),
+            "send_epoch": lease.epoch,
+            "sending_at": _dt(now),
+            "failure_reason": "",
+            "failure_detail": "",
+        },
+        where,
+        [lease.session_id, _dt(now), lease.session_id],
+        now,
+    )
+    return rows[0] if rows else None
 
 
 # -- what the driver reported ----------------------------------------------------------
@@ -218,6 +229,19 @@ def mark_sent(
         now,
     )
     return rows[0] if rows else None
+
+
+def sent_and_take(
+    lease: Lease, sent: tuple[str, str, dt.datetime] | None, now: dt.datetime
+) -> tuple[Message | None, Taken]:
+    """:func:`mark_sent` for ``sent`` (``(ref, wa_id, wa_timestamp)``, or None) and
+    :func:`take_next`, in one transaction: the owner's hot path, one commit (and
+    one borrowed connection) per message instead of two."""
+    if sent is None:
+        return None, take_next(lease, now)
+    with transaction.atomic():
+        row = mark_sent(lease, *sent, now)
+        return row, take_next(lease, now)
 
 
 def mark_failed(
@@ -336,7 +360,7 @@ def expire_overdue(
         *([session_id] if session_id is not None else []),
         int(limit),
     ]
-    with transaction.atomic():
+    with signals.changing():
         rows = list(Message.objects.raw(sql, params))
         _changed(rows, signals.STATUS)
     return rows
@@ -364,6 +388,20 @@ def last_send_at(session_id: int) -> dt.datetime | None:
         .order_by("-sending_at")
         .values_list("sending_at", flat=True)
         .first()
+    )
+
+
+def sessions_with_queued(owner: str, now: dt.datetime) -> set[int]:
+    """The sessions ``owner`` holds that have a message it could take now (the
+    periodic pass wakes their pumps: a ring may have been lost)."""
+    return set(
+        Message.objects.filter(
+            Q(deadline__isnull=True) | Q(deadline__gt=now),
+            status=Status.QUEUED,
+            session__lease_owner=owner,
+        )
+        .values_list("session_id", flat=True)
+        .distinct()
     )
 
 

@@ -44,10 +44,10 @@ from django.utils import timezone
 
 from messaging import inbound, live, outbound
 from messaging.conf import MessagingConfig
+from messaging.dbthreads import message_db
 from messaging.models import Message
 from messaging.states import Status, pacing_delay
 from ops import metrics
-from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.base import (
     Driver,
     DriverError,
@@ -68,16 +68,17 @@ NOT_CONNECTED_PAUSE = 2.0
 #: Seconds before the pump tries again after a pass failed (a database error).
 RETRY_AFTER_ERROR = 1.0
 
-_take_next = supervisor_db(outbound.take_next)
-_mark_stale = supervisor_db(outbound.mark_stale_sending)
-_mark_sent = supervisor_db(outbound.mark_sent)
-_mark_failed = supervisor_db(outbound.mark_failed)
-_mark_unknown = supervisor_db(outbound.mark_unknown)
-_apply_receipt = supervisor_db(outbound.apply_receipt)
-_expire = supervisor_db(outbound.expire_overdue)
-_next_deadline = supervisor_db(outbound.next_deadline)
-_last_send_at = supervisor_db(outbound.last_send_at)
-_store = supervisor_db(inbound.store)
+_sent_and_take = message_db(outbound.sent_and_take)
+_mark_stale = message_db(outbound.mark_stale_sending)
+_mark_sent = message_db(outbound.mark_sent)
+_mark_failed = message_db(outbound.mark_failed)
+_mark_unknown = message_db(outbound.mark_unknown)
+_apply_receipt = message_db(outbound.apply_receipt)
+_expire = message_db(outbound.expire_overdue)
+_next_deadline = message_db(outbound.next_deadline)
+_last_send_at = message_db(outbound.last_send_at)
+_store = message_db(inbound.store)
+_sessions_with_queued = message_db(outbound.sessions_with_queued)
 
 
 def handles(event: DriverEvent) -> bool:
@@ -89,7 +90,7 @@ def handles(event: DriverEvent) -> bool:
 class _InFlight:
     ref: str
     started: float  # perf_counter at take
-    answered: asyncio.Future[None]
+    answered: asyncio.Future[MessageSent | None]  # the ack, else None (recorded)
     asked: bool = False  # the driver was asked (else it is certainly not sent)
 
 
@@ -134,7 +135,13 @@ class MessagePump:
         elif isinstance(event, Receipt):
             await self._receipt(event)
         elif isinstance(event, MessageSent):
-            await self._sent(event)
+            flight = self.in_flight
+            if flight is not None and flight.ref == event.ref and not flight.answered.done():
+                # The pump records it, with the next take (one commit for both).
+                metrics.message_send.observe(time.perf_counter() - flight.started)
+                flight.answered.set_result(event)
+            else:  # a late ack (the message is unknown by now)
+                await self._sent(event)
         elif isinstance(event, SendFailed):
             await self._failed(event)
 
@@ -142,7 +149,7 @@ class MessagePump:
         """The runner closed the connection: no answer will come for a send under way."""
         self.connected = False
         flight = self.in_flight
-        if flight is not None and flight.asked:
+        if flight is not None and flight.asked and not flight.answered.done():
             row = await _mark_unknown(
                 self.lease,
                 flight.ref,
@@ -186,9 +193,9 @@ class MessagePump:
         row = await _mark_sent(
             self.lease, event.ref, event.message_id, event.timestamp, timezone.now()
         )
-        flight = self.in_flight
-        if row is not None and flight is not None and flight.ref == event.ref:
-            metrics.message_send.observe(time.perf_counter() - flight.started)
+        await self._recorded_sent(event, row)
+
+    async def _recorded_sent(self, event: MessageSent, row: Message | None) -> None:
         self._answered(event.ref, row, "sent")
         if row is not None:
             await live.publish([row])
@@ -250,29 +257,48 @@ class MessagePump:
 
     async def _send_queued(self, last: Any) -> Any:
         """Send queued messages while connected, one at a time, paced; return the time
-        the last send started."""
-        loop = asyncio.get_running_loop()
-        while self.connected and not self._closed:
-            pause = self._paused_until - loop.time()
-            if pause > 0:
-                loop.call_later(pause, self._wake.set)
-                return last
-            delay = pacing_delay(last, timezone.now(), self.config.send_interval)
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue
-            taken = await _take_next(self.lease, timezone.now())
-            self._count_unknown(taken.stale)
-            await live.publish(taken.stale)
-            message = taken.message
-            if message is None:
-                return last
-            last = message.sending_at
-            await live.publish([message])
-            await self._send(message)
-        return last
+        the last send started.
 
-    async def _send(self, message: Message) -> None:
+        WhatsApp's ack of one message is recorded together with the take of the
+        next (:func:`messaging.outbound.sent_and_take`) when the next may go at
+        once; alone, before any wait, otherwise (and always before returning).
+        """
+        loop = asyncio.get_running_loop()
+        acked: MessageSent | None = None
+        try:
+            while self.connected and not self._closed:
+                pause = self._paused_until - loop.time()
+                if pause > 0:
+                    loop.call_later(pause, self._wake.set)
+                    return last
+                delay = pacing_delay(last, timezone.now(), self.config.send_interval)
+                if delay > 0:
+                    if acked is not None:
+                        await self._sent(acked)
+                        acked = None
+                    await asyncio.sleep(delay)
+                    continue
+                sent = None if acked is None else (acked.ref, acked.message_id, acked.timestamp)
+                row, taken = await _sent_and_take(self.lease, sent, timezone.now())
+                if acked is not None:
+                    acked, done = None, acked
+                    await self._recorded_sent(done, row)
+                self._count_unknown(taken.stale)
+                await live.publish(taken.stale)
+                message = taken.message
+                if message is None:
+                    return last
+                last = message.sending_at
+                await live.publish([message])
+                acked = await self._send(message)
+            return last
+        finally:
+            if acked is not None:
+                await self._sent(acked)
+
+    async def _send(self, message: Message) -> MessageSent | None:
+        """Ask the driver and wait for its answer: WhatsApp's ack (for the caller
+        to record), or None (any other outcome, recorded here)."""
         flight = _InFlight(
             message.ref, time.perf_counter(), asyncio.get_running_loop().create_future()
         )
@@ -285,7 +311,7 @@ class MessagePump:
                     self.lease, message.ref, "refused", "not_connected", "", timezone.now()
                 )
                 await live.publish([row] if row is not None else [])
-                return
+                return None
             flight.asked = True
             try:
                 await self.driver.send_text(  # type: ignore[attr-defined]
@@ -300,7 +326,7 @@ class MessagePump:
                 metrics.messages_requeued.inc()
                 self._paused_until = asyncio.get_running_loop().time() + NOT_CONNECTED_PAUSE
                 await live.publish([row] if row is not None else [])
-                return
+                return None
             except Exception as exc:
                 # It may or may not have left: never resend, record unknown.
                 logger.warning("driver send raised: %r", exc, extra=self._extra())
@@ -313,10 +339,10 @@ class MessagePump:
                 )
                 self._answered(message.ref, row, "unknown")
                 await live.publish([row] if row is not None else [])
-                return
+                return None
             try:
                 async with asyncio.timeout(self.config.answer_timeout):
-                    await flight.answered
+                    return await flight.answered
             except TimeoutError:
                 row = await _mark_unknown(
                     self.lease,
@@ -327,6 +353,7 @@ class MessagePump:
                 )
                 self._answered(message.ref, row, "unknown")
                 await live.publish([row] if row is not None else [])
+                return None
         finally:
             self.in_flight = None
 
@@ -367,6 +394,17 @@ async def publish_expired(rows: list[Message]) -> None:
     if rows:
         metrics.messages_sent.labels("expired").inc(len(rows))
         await live.publish(rows)
+
+
+async def periodic(owner: str, pumps: dict[int, MessagePump]) -> None:
+    """The supervisor's periodic pass: expire overdue messages of every session, and
+    wake the pumps of ``owner``'s sessions that have messages queued (a lost ring
+    leaves a message queued until then, never longer)."""
+    await sweep_expired()
+    for session_id in await _sessions_with_queued(owner, timezone.now()):
+        pump = pumps.get(session_id)
+        if pump is not None:
+            pump.kick()
 
 
 async def sweep_expired(limit: int = 500, now: dt.datetime | None = None) -> int:

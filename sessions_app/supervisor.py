@@ -217,13 +217,15 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
 
     async def reconcile(self, *, periodic: bool = True) -> int:
         """Claim what needs an owner; on the periodic pass, re-check owned sessions too
-        and expire overdue queued messages of every session (owned or not)."""
+        and the messages: expire overdue ones of every session (owned or not), wake
+        the pumps of our sessions with messages queued (a lost ring)."""
         if periodic:
             await self._poke_changed()
             try:
-                await pump.sweep_expired()
+                pumps = {sid: runner.messages for sid, runner in self.runners.items()}
+                await pump.periodic(self.owner, pumps)
             except DatabaseError:
-                logger.warning("could not expire overdue messages", exc_info=True)
+                logger.warning("messages: the periodic pass failed", exc_info=True)
             if self.layer is not None and self._channel is not None:
                 # Group membership expires (a day by default): renew it.
                 with contextlib.suppress(Exception):

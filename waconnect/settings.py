@@ -342,6 +342,8 @@ WACONNECT_API_MAX_WAIT = env.float("WACONNECT_API_MAX_WAIT", default=30.0)
 # session before it expires (a request may give its own deadline).
 WACONNECT_SEND_INTERVAL = env.float("WACONNECT_SEND_INTERVAL", default=1.0)
 WACONNECT_MESSAGE_TTL = env.float("WACONNECT_MESSAGE_TTL", default=3600.0)
+# PostgreSQL: database threads (pooled connections) of a supervisor's message pumps.
+WACONNECT_MESSAGE_DB_THREADS = env.int("WACONNECT_MESSAGE_DB_THREADS", default=4)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 # "plain" for people, "json" (one object per line) for log shippers.

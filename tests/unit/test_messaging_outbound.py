@@ -363,3 +363,17 @@ def test_an_incoming_message_without_an_id_is_refused(lease: Lease) -> None:
 def test_reprs_never_show_the_text(lease: Lease) -> None:
     row = inbound.store(lease, received("M4", text="secret words"), NOW)
     assert "secret" not in repr(row) and "secret" not in str(row)
+
+
+def test_an_ack_and_the_next_take_are_one_call(lease: Lease) -> None:
+    first, second = queue(lease, 2)
+    row, taken = outbound.sent_and_take(lease, None, NOW)
+    assert row is None and taken.message is not None and taken.message.pk == first.pk
+    row, taken = outbound.sent_and_take(lease, (first.ref, "W1", NOW), NOW)
+    assert row is not None and (row.status, row.wa_id) == (Status.SENT, "W1")
+    assert taken.message is not None and taken.message.pk == second.pk
+    stale = take_over(lease)
+    row, taken = outbound.sent_and_take(lease, (second.ref, "W2", NOW), NOW)
+    assert row is None and taken.message is None, "a stale lease records nothing"
+    assert fresh(second).status == Status.SENDING
+    assert outbound.fence_holds(stale)

@@ -244,3 +244,30 @@ async def test_a_driver_with_no_connection_open_leaves_the_message_queued(h: Har
     h.pump.settled(connected=False)
     h.pump.settled(connected=True)
     await until_messages(h.lease.session_id, statuses("sent"))
+
+
+async def test_outcomes_and_stored_messages_are_counted(h: Harness) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        outcome: value("waconnect_messages_sent_total", outcome=outcome)
+        for outcome in ("sent", "failed")
+    }
+    received = value("waconnect_messages_received_total")
+    h.sends.behaviour["491700000002@s.whatsapp.net"] = "refused:rate_limited"
+    await queue(h, 2)
+    await enqueue(h.lease.session_id, "491700000002", "too fast")
+    h.pump.settled(connected=True)
+    await until_messages(h.lease.session_id, statuses("sent", "sent", "failed"))
+    event = MessageReceived(
+        h.lease.session_id, "IN-9", PEER_JID, PEER_JID, "", False, timezone.now(), "", "text", "x"
+    )
+    await h.pump.on_event(event)
+    await h.pump.on_event(event)
+    assert value("waconnect_messages_sent_total", outcome="sent") == before["sent"] + 2
+    assert value("waconnect_messages_sent_total", outcome="failed") == before["failed"] + 1
+    assert value("waconnect_messages_received_total") == received + 1
+    assert REGISTRY.get_sample_value("waconnect_message_send_seconds_count") is not None
