@@ -51,7 +51,7 @@ test: venv chromium services lint
 	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
 	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py \
 	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_intents.py \
-	  tests/unit/test_messaging_runner.py \
+	  tests/unit/test_messaging_runner.py tests/unit/test_peer_message.py \
 	  tests/api/test_messages_api.py tests/api/test_messages_wait.py tests/unit/test_messages_panel.py
 
 unit: venv

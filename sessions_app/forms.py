@@ -45,3 +45,36 @@ class PairPhoneForm(forms.Form):
         ],
         error_messages={"required": "Enter the phone number of the WhatsApp account to link."},
     )
+
+
+#: WhatsApp's longest text, in characters (the drivers refuse longer ones).
+MAX_MESSAGE_TEXT = 65536
+
+
+class PeerMessageForm(forms.Form):
+    """A message from a peer's phone to a session (the simulated phone panel)."""
+
+    sender = PhoneNumberField(
+        label="From",
+        max_length=24,
+        validators=[
+            RegexValidator(
+                r"^\+?[1-9]\d{6,14}\Z",
+                "Enter the peer's number with its country code, e.g. +49 176 12345678.",
+            )
+        ],
+        error_messages={"required": "Enter the number the message comes from."},
+    )
+    text = forms.CharField(
+        max_length=MAX_MESSAGE_TEXT,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Enter the message."},
+    )
+    push_name = forms.CharField(label="Name", max_length=64, required=False)
+
+    def clean_text(self) -> str:
+        text: str = self.cleaned_data["text"]
+        if not text.strip():
+            raise forms.ValidationError("Enter the message.")
+        return text

@@ -204,7 +204,26 @@ def phone_gesture(session: WaSession, gesture: str, actor: str) -> None:
     """Ask the simulated phone to scan, log out, drop or replace (simulated driver only)."""
     if gesture not in PhoneAction.Gesture.values:
         raise ValueError(f"unknown gesture {gesture!r}")
+    if gesture == PhoneAction.Gesture.MESSAGE:
+        raise ValueError("a peer's message needs its sender and text: use peer_message")
     with transaction.atomic():
         PhoneAction.objects.create(session=session, gesture=gesture)
         _log(session.pk, actor, f"simulated phone: {gesture}")
         _ring_after_commit(session.pk, f"phone {gesture}")
+
+
+def peer_message(
+    session: WaSession, sender: str, text: str, actor: str, push_name: str = ""
+) -> None:
+    """A peer's phone (``sender``: digits with the country code, "+" allowed) sends
+    ``text`` to the session (simulated driver only). The simulated WhatsApp delivers
+    it when the session is connected, or holds it until it is; a session with no
+    linked device has no number to message, which its event log then says. The
+    text is never logged (the event log names the gesture only)."""
+    payload = {"from": sender, "text": text, "push_name": push_name}
+    with transaction.atomic():
+        PhoneAction.objects.create(
+            session=session, gesture=PhoneAction.Gesture.MESSAGE, payload=payload
+        )
+        _log(session.pk, actor, "simulated phone: a peer sent a message")
+        _ring_after_commit(session.pk, "phone message")

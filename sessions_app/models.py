@@ -232,9 +232,18 @@ class PhoneAction(models.Model):
         LOGOUT = "logout", "Log out from the phone"
         DISCONNECT = "disconnect", "Drop the network connection"
         REPLACE = "replace", "Connect the device somewhere else"
+        MESSAGE = "message", "A peer sends a message"
 
     session = models.ForeignKey(WaSession, on_delete=models.CASCADE, related_name="+")
     gesture = models.CharField(max_length=16, choices=Gesture.choices)
+    payload = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "What the gesture needs: for 'message', the peer's number ('from'), the "
+            "text and the peer's push name. Never logged; deleted once applied."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -99,8 +99,9 @@ def hand_over(owner: str, session_ids: list[int], why: str) -> list[Published]:
 
 
 @supervisor_db
-def take_gestures(lease: Lease) -> list[str]:
-    """Take the simulated phone's pending gestures, fenced like every owner's write
+def take_gestures(lease: Lease) -> list[tuple[str, dict[str, Any]]]:
+    """Take the simulated phone's pending gestures, with their payloads (a peer's
+    message: its sender and text, never logged), fenced like every owner's write
     (a runner that lost its lease takes none of its successor's); stale ones are
     dropped unapplied."""
     actions = list(
@@ -112,7 +113,7 @@ def take_gestures(lease: Lease) -> list[str]:
     )
     PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
     fresh_since = timezone.now() - GESTURE_MAX_AGE
-    return [a.gesture for a in actions if a.created_at >= fresh_since]
+    return [(a.gesture, a.payload) for a in actions if a.created_at >= fresh_since]
 
 
 @supervisor_db

@@ -326,8 +326,8 @@ class SessionRunner(LifecycleMixin):
 
     async def _apply_gestures(self) -> None:
         gestures = await owner_db.take_gestures(self.lease)
-        for gesture in gestures:
-            applied = await self.sup.driver.gesture(self.session_id, gesture)  # type: ignore[attr-defined]
+        for gesture, payload in gestures:
+            applied = await self.sup.driver.gesture(self.session_id, gesture, payload or None)  # type: ignore[attr-defined]
             if not applied:
                 why = f"simulated phone: '{gesture}' had nothing to act on"
                 await self._write({}, EventRecord(SessionEvent.Kind.INFO, why))

@@ -19,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.generic import CreateView, DetailView, ListView
 
 from sessions_app import conf, intents, messages_panel, permissions, snapshots
-from sessions_app.forms import PairPhoneForm, SessionCreateForm
+from sessions_app.forms import PairPhoneForm, PeerMessageForm, SessionCreateForm
 from sessions_app.models import PhoneAction, WaSession
 from sessions_app.states import Desired
 
@@ -126,7 +126,13 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["snapshot"] = snapshots.snapshot(self.object)
-        context["gestures"] = PhoneAction.Gesture.choices if conf.is_simulated() else []
+        simulated = conf.is_simulated()
+        context["gestures"] = (
+            [(v, label) for v, label in PhoneAction.Gesture.choices if v != "message"]
+            if simulated
+            else []
+        )
+        context["peer_message_form"] = PeerMessageForm() if simulated else None
         context["pair_phone_form"] = PairPhoneForm()
         # Not "messages": that is django.contrib.messages' flash list in base.html.
         context["message_panel"] = messages_panel.context(self.object, self.request.user)
@@ -180,6 +186,14 @@ class SessionActionView(OperatorRequiredMixin, View):
             intents.delete(session, actor)
             message = f"Session {session.name!r} deleted."
             target = reverse("sessions:list")
+        elif action == "simulate-message" and conf.is_simulated():
+            form = PeerMessageForm(request.POST)
+            if not form.is_valid():
+                error = " ".join(str(e) for errors in form.errors.values() for e in errors)
+                return _refuse(request, wants_json, target, error, 400)
+            data = form.cleaned_data
+            intents.peer_message(session, data["sender"], data["text"], actor, data["push_name"])
+            message = "Simulated phone: the peer's message is on its way."
         elif action.startswith("simulate-") and conf.is_simulated():
             gesture = action.removeprefix("simulate-")
             if gesture not in PhoneAction.Gesture.values:

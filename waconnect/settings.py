@@ -311,15 +311,35 @@ WACONNECT_WORKER_DEADLINE = env.float("WACONNECT_WORKER_DEADLINE", default=6.0)
 WACONNECT_WORKER_ASK_GRACE = env.float("WACONNECT_WORKER_ASK_GRACE", default=1.0)
 WACONNECT_WORKER_TERM_GRACE = env.float("WACONNECT_WORKER_TERM_GRACE", default=1.0)
 WACONNECT_WORKER_LOG_LEVEL = env("WACONNECT_WORKER_LOG_LEVEL", default="WARNING")
-WACONNECT_SIMULATED_TIMING = {
-    key: env.float(f"WACONNECT_SIM_{key.upper()}")
-    for key in ("connect_delay", "first_qr_ttl", "next_qr_ttl", "pair_delay", "auto_scan")
-    if env.str(f"WACONNECT_SIM_{key.upper()}", default="")
-} | (
-    {"qr_count": env.int("WACONNECT_SIM_QR_COUNT")}
-    if env.str("WACONNECT_SIM_QR_COUNT", default="")
-    else {}
+WACONNECT_SIMULATED_TIMING = (
+    {
+        key: env.float(f"WACONNECT_SIM_{key.upper()}")
+        for key in (
+            "connect_delay",
+            "first_qr_ttl",
+            "next_qr_ttl",
+            "pair_delay",
+            "auto_scan",
+            "ack_delay",
+            "delivered_delay",
+            "read_delay",
+        )
+        if env.str(f"WACONNECT_SIM_{key.upper()}", default="")
+    }
+    | (
+        {"qr_count": env.int("WACONNECT_SIM_QR_COUNT")}
+        if env.str("WACONNECT_SIM_QR_COUNT", default="")
+        else {}
+    )
+    | (
+        # Peers' numbers that exist on the simulated WhatsApp ("*": every number).
+        {"peers": tuple(env.list("WACONNECT_SIM_PEERS"))}
+        if env.str("WACONNECT_SIM_PEERS", default="")
+        else {}
+    )
 )
+# Seconds a send may wait for WhatsApp's ack before its outcome is unknown.
+WACONNECT_SEND_TIMEOUT = env.float("WACONNECT_SEND_TIMEOUT", default=20.0)
 
 # host:port of `manage.py simulated_whatsapp`: supervisors in several processes then
 # share one simulated WhatsApp (tests, demos, benchmarks). Empty: one per process.

@@ -69,6 +69,10 @@ SUBSCRIBED_EVENTS = (
     "StreamErrorEv",
 )
 
+#: The message events the worker subscribes to, and the Session method for each
+#: (both carry fields; neonize keeps one handler per event type).
+MESSAGE_EVENTS = {"MessageEv": "on_message", "ReceiptEv": "on_receipt"}
+
 #: The events after which the connection is no longer logged in (no sends).
 NOT_LOGGED_IN_EVENTS = (
     "Disconnected",
@@ -220,8 +224,8 @@ class Session:
             client = NewClient(self.store, uuid=f"waconnect-{self.session_id}", new_device=True)
         for name in SUBSCRIBED_EVENTS:
             client.event(getattr(events, name))(self.on_event)  # returns None: not a decorator
-        client.event(events.MessageEv)(self.on_message)
-        client.event(events.ReceiptEv)(self.on_receipt)
+        for name, handler in MESSAGE_EVENTS.items():
+            client.event(getattr(events, name))(getattr(self, handler))
         self.log_watch.install()
         client.qr(self.on_qr)
         # neonize prints whatsmeow's QR-channel status; we need it (the round's end).

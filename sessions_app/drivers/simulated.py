@@ -108,6 +108,9 @@ class _Connection:
     token: int = 0
     #: Ends the transport when WhatsApp's side drops the connection (a kick).
     on_drop: Callable[[], None] | None = None
+    #: A delivered message is acked once ``on_event`` returns (in process); the
+    #: service's connections ack when their client says so (``Messaging.ack``).
+    auto_ack: bool = True
 
     def emit(self, event: DriverEvent) -> None:
         self.on_event(event)
@@ -155,6 +158,7 @@ class SimulatedWhatsApp(WorldWaits):
         spec: ConnectSpec,
         on_event: EventSink,
         on_drop: Callable[[], None] | None = None,
+        auto_ack: bool = True,
     ) -> _Connection:
         """A new connection for ``spec``; any live one of the same device is kicked.
 
@@ -171,6 +175,7 @@ class SimulatedWhatsApp(WorldWaits):
             epoch=spec.epoch,
             token=next(self._tokens),
             on_drop=on_drop,
+            auto_ack=auto_ack,
         )
         self.live[sid] += 1
         self.connects[sid] += 1
@@ -270,9 +275,13 @@ class SimulatedWhatsApp(WorldWaits):
                 return conn
         return None
 
+    def is_live(self, conn: _Connection) -> bool:
+        """Whether WhatsApp's side still holds ``conn`` (not kicked, not dropped)."""
+        return conn in self._connections.get(conn.session_id, ())
+
     def emit_live(self, conn: _Connection, event: DriverEvent) -> None:
         """Report ``event`` on ``conn`` unless the connection has ended meanwhile."""
-        if conn in self._connections.get(conn.session_id, ()):
+        if self.is_live(conn):
             conn.emit(event)
 
     def send_text(self, conn: _Connection, ref: str, to: str, text: str) -> None:
@@ -429,6 +438,10 @@ class SimulatedDriver:
         conn = self._open.get(session_id)
         if conn is None:
             raise DriverError("no connection is open to send on")
+        if not self.world.is_live(conn):  # WhatsApp's side ended it; not closed here yet
+            detail = "the connection ended"
+            self._sinks[session_id](SendFailed(session_id, ref, "refused", "not_connected", detail))
+            return
 
         def timed_out() -> None:
             detail = f"no answer from WhatsApp within {self.send_timeout:g} s"

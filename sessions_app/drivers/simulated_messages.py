@@ -12,6 +12,11 @@ It behaves like WhatsApp for what waconnect relies on:
   connected is held and delivered, in order, when it connects (WhatsApp keeps
   messages for an offline device); receipts for a sender that is offline are held
   the same way. Unlinking the device drops what was held for it.
+- **Acks.** A delivered message stays on WhatsApp's side until the client acks it
+  (:meth:`Messaging.ack`; whatsmeow acks once its handler returned, the simulated
+  drivers once ``on_event`` returned); one not acked when its connection ends is
+  delivered again when the device next connects, so a client can receive the same
+  id twice (whatsmeow redelivers after reconnects too).
 - **Receipts.** ``delivered`` ``delivered_delay`` seconds after the message reached
   the recipient (a session's connection, or a peer's phone at once), then
   ``read`` ``read_delay`` seconds later (negative: never), back to the sender.
@@ -166,6 +171,7 @@ class Carried:
 class _Held:
     deliver: Callable[[_Connection], None]
     drop: Callable[[], None]
+    reached: bool = False  # delivered at least once
 
 
 def new_message_id() -> str:
@@ -187,6 +193,8 @@ class Messaging:
         #: message id -> what was carried
         self.carried: dict[str, Carried] = {}
         self._held: dict[str, list[_Held]] = collections.defaultdict(list)
+        #: device -> message id -> delivered, not acked yet (redelivered on connect)
+        self._unacked: dict[str, dict[str, _Held]] = collections.defaultdict(dict)
         self._faults: dict[str, tuple[str, int | None]] = {}
 
     # -- settings ---------------------------------------------------------------------
@@ -263,7 +271,8 @@ class Messaging:
         if device is not None and self.world.devices.get(device) != sid:
             self._to_device(device, record, sender_jid, SESSION_PUSH_NAME, conn.jid)
         else:  # a peer's phone (or a note to self): it has it at once
-            self._delivered(record, Delivery(None, "", 0, now), conn.jid)
+            record.deliveries.append(Delivery(None, "", 0, now))
+            self._delivered(record, now, conn.jid)
 
     def _accept(
         self,
@@ -294,6 +303,7 @@ class Messaging:
             text=text,
         )
         self.carried[message_id] = record
+        self.world._notify()
         return record
 
     # -- a peer sends -----------------------------------------------------------------
@@ -325,6 +335,7 @@ class Messaging:
             text=text,
         )
         self.carried[record.message_id] = record
+        self.world._notify()
         self._to_device(device, record, f"{number}@{USER_SERVER}", push_name, "")
         return record.message_id
 
@@ -337,6 +348,7 @@ class Messaging:
         receipts go back to the device ``back_to`` ("" for a peer)."""
 
         def deliver(conn: _Connection) -> None:
+            self._unacked[device][record.message_id] = item
             conn.emit(
                 MessageReceived(
                     conn.session_id,
@@ -351,14 +363,20 @@ class Messaging:
                     text=record.text,
                 )
             )
+            if conn.auto_ack:  # in process: on_event has returned, the client has it
+                self.ack(device, record.message_id)
             at = self.clock.time()
-            self._delivered(record, Delivery(conn.session_id, conn.owner, conn.epoch, at), back_to)
+            record.deliveries.append(Delivery(conn.session_id, conn.owner, conn.epoch, at))
+            if not item.reached:  # a redelivery (never acked) sends no new receipts
+                item.reached = True
+                self._delivered(record, at, back_to)
 
         def drop() -> None:
             if record.status == "held":
                 record.status = "dropped"
 
-        self._hold_or_give(device, _Held(deliver, drop))
+        item = _Held(deliver, drop)
+        self._hold_or_give(device, item)
 
     def _hold_or_give(self, device: str, item: _Held) -> None:
         conn = self.world.connected_device(device)
@@ -367,12 +385,12 @@ class Messaging:
         else:
             self._held[device].append(item)
 
-    def _delivered(self, record: Carried, delivery: Delivery, back_to: str) -> None:
-        record.deliveries.append(delivery)
+    def _delivered(self, record: Carried, at: float, back_to: str) -> None:
+        """``record`` reached its recipient (once per acceptance): the receipts follow."""
         if record.status in ("held", "dropped"):
             record.status = "delivered"
         if record.delivered_at is None:
-            record.delivered_at = delivery.at
+            record.delivered_at = at
         timing = self.world.timing
         self.clock.call_later(
             timing.delivered_delay, lambda: self._receipt(record, "delivered", back_to)
@@ -405,9 +423,19 @@ class Messaging:
 
         self._hold_or_give(back_to, _Held(deliver, lambda: None))
 
+    def ack(self, jid: str, message_id: str) -> None:
+        """The client of device ``jid`` has message ``message_id``: WhatsApp forgets it."""
+        unacked = self._unacked.get(jid)
+        if unacked is not None:
+            unacked.pop(message_id, None)
+
+    def unacked_count(self, jid: str) -> int:
+        return len(self._unacked.get(jid, ()))
+
     def flush(self, conn: _Connection) -> None:
-        """``conn`` is connected: hand it what was held for its device, in order."""
-        items = self._held.pop(conn.jid, [])
+        """``conn`` is connected: hand it what its device never acked, then what was
+        held for it, in order."""
+        items = list(self._unacked.pop(conn.jid, {}).values()) + self._held.pop(conn.jid, [])
         for index, item in enumerate(items):
             if not conn.connected:  # dropped while being handed its backlog
                 self._held[conn.jid][:0] = items[index:]
@@ -418,6 +446,7 @@ class Messaging:
         """``jid`` was unlinked: what was held for it never reaches it."""
         for item in self._held.pop(jid, []):
             item.drop()
+        self._unacked.pop(jid, None)
 
     def held_count(self, jid: str) -> int:
         return len(self._held.get(jid, ()))

@@ -24,6 +24,7 @@ from sessions_app.drivers.base import (
     DriverError,
     EventSink,
     LoggedOut,
+    MessageReceived,
     QrTimeout,
     Replaced,
     SendFailed,
@@ -127,6 +128,8 @@ class RemoteSimulatedDriver:
                     link.ended = True
                 assert link.sink is not None
                 link.sink(event)
+                if isinstance(event, MessageReceived):  # handed over: WhatsApp may forget it
+                    link.writer.write(wire.encode("ack", message_id=event.message_id))
         except ValueError as exc:
             if not link.stopping:
                 link.on_event(ConnectError(sid, f"simulated WhatsApp: {exc}"))

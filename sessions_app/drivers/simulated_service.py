@@ -44,6 +44,7 @@ CLIENT_MESSAGES: dict[str, dict[str, type]] = {
     "gesture": {"gesture": str},  # and "payload" (an object) for "message"
     "pair_phone": {"phone": str},
     "send": {"ref": str, "to": str, "text": str},
+    "ack": {"message_id": str},  # the client has a delivered message
     "control": {},
     "stats": {},
     "phone": {"session": int, "gesture": str},  # and "payload", as "gesture"
@@ -144,7 +145,7 @@ class SimulatedWhatsAppService:
             if not writer.is_closing():
                 writer.write(wire.from_driver_event(event))
 
-        conn = self.world.open(spec, send, on_drop=writer.close)
+        conn = self.world.open(spec, send, on_drop=writer.close, auto_ack=False)
         said_bye = False
         try:
             while line := await self._next_line(reader, spec):
@@ -157,6 +158,9 @@ class SimulatedWhatsAppService:
                         self.world.forget(conn.jid)
                     said_bye = True
                     break
+                if kind == "ack":
+                    self.world.messages.ack(conn.jid, message["message_id"])
+                    continue
                 if kind == "send":  # answered by a "sent" or "send_failed" event
                     self.world.send_text(conn, message["ref"], message["to"], message["text"])
                     continue
@@ -229,14 +233,13 @@ class SimulatedWhatsAppService:
         messages = self.world.messages
         kind = message["t"]
         if kind == "peer_message":
-            payload = {
-                "from": message["sender"],
-                "text": message["text"],
-                "push_name": message["push_name"],
-            }
-            return wire.encode(
-                "done", ok=self.world.gesture(message["session"], "message", payload)
-            )
+            try:
+                message_id = messages.peer_message(
+                    message["session"], message["sender"], message["text"], message["push_name"]
+                )
+            except ValueError:  # InvalidRecipient, or a text over the limit
+                message_id = None
+            return wire.encode("done", ok=message_id is not None, message_id=message_id or "")
         if kind == "carried":
             return wire.encode("carried", messages=[c.as_dict() for c in messages.carried.values()])
         if kind == "fault":
@@ -357,13 +360,14 @@ class ServiceControl:
 
     async def peer_message(
         self, session_id: int, sender: str, text: str, push_name: str = ""
-    ) -> bool:
-        """A peer's phone (number ``sender``) messages the session; False when the
-        session has no linked device (or the sender is not a phone number)."""
+    ) -> str | None:
+        """A peer's phone (number ``sender``) messages the session: the message's
+        WhatsApp id, or None when the session has no linked device (no number to
+        message) or the sender is not a phone number."""
         reply = await self._ask(
             "peer_message", session=session_id, sender=sender, text=text, push_name=push_name
         )
-        return bool(reply["ok"])
+        return str(reply["message_id"]) if reply["ok"] else None
 
     async def carried(self) -> list[Carried]:
         """Every message the service carried, by id (texts left out): ``accepted``

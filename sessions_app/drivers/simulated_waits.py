@@ -19,6 +19,15 @@ class WorldWaits:
     _connections: dict[int, list[Any]]
     _changed: asyncio.Condition | None
 
+    async def until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds (checked after every change of the world,
+        messages carried included); False if it did not within ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._until(predicate)
+                return True
+        return False
+
     async def until_live(self, session_id: int, count: int) -> None:
         """Wait until ``session_id`` has exactly ``count`` live connections."""
         await self._until(lambda: self.live[session_id] == count)

@@ -351,7 +351,14 @@
       }
       window.addEventListener("popstate", leaveIfMoved);
       window.addEventListener("pageshow", leaveIfMoved);
-      waconnect.enhanceActionForms(root);
+      waconnect.enhanceActionForms(root, {
+        onResult: function (action) {
+          // The simulated phone's peer message went out: ready for the next one.
+          if (action !== "simulate-message") return;
+          const text = root.querySelector("#peer-message-form textarea");
+          if (text) text.value = "";
+        },
+      });
       if (waconnect.messagesPanel) messagesPanel = waconnect.messagesPanel(root);
 
       ready = true;

@@ -47,3 +47,23 @@ def test_the_worker_deadline_must_be_positive(settings: Any) -> None:
     settings.WACONNECT_WORKER_DEADLINE = 0
     with pytest.raises(ImproperlyConfigured, match="WACONNECT_WORKER_DEADLINE"):
         build_driver()
+
+
+def test_every_driver_takes_the_send_timeout_and_the_simulated_messaging_settings(
+    settings: Any, tmp_path: Any
+) -> None:
+    settings.WACONNECT_SEND_TIMEOUT = 7.5
+    settings.DATA_DIR = tmp_path
+    settings.WACONNECT_DRIVER = "simulated"
+    settings.WACONNECT_SIM_SERVICE = ""
+    settings.WACONNECT_SIMULATED_TIMING = {"read_delay": -1.0, "peers": ("4917612345678",)}
+    in_process = build_driver()
+    assert isinstance(in_process, SimulatedDriver) and in_process.send_timeout == 7.5
+    assert in_process.world.timing.read_delay == -1.0
+    assert in_process.world.messages.peers == {"4917612345678"}
+    settings.WACONNECT_SIM_SERVICE = "127.0.0.1:7480"
+    remote = build_driver()
+    assert isinstance(remote, RemoteSimulatedDriver) and remote.send_timeout == 7.5
+    settings.WACONNECT_DRIVER = "neonize"
+    neonize = build_driver()
+    assert isinstance(neonize, NeonizeDriver) and neonize.config.send_timeout == 7.5

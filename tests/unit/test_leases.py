@@ -135,4 +135,4 @@ def test_a_runner_that_lost_its_lease_takes_none_of_the_gestures() -> None:
     stale = leases.Lease(session.pk, "a", 1)
     assert async_to_sync(take_gestures)(stale) == []
     assert PhoneAction.objects.filter(session=session).exists()
-    assert async_to_sync(take_gestures)(leases.Lease(session.pk, "b", 2)) == ["scan"]
+    assert async_to_sync(take_gestures)(leases.Lease(session.pk, "b", 2)) == [("scan", {})]

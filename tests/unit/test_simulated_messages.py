@@ -6,6 +6,7 @@ message carried."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sessions_app.drivers import wire
 from sessions_app.drivers.base import (
     Connected,
     ConnectSpec,
@@ -22,6 +24,7 @@ from sessions_app.drivers.base import (
     MessageSent,
     QrCode,
     Receipt,
+    Replaced,
     SendFailed,
 )
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -359,9 +362,10 @@ async def test_the_service_answers_peer_messages_and_the_record_on_its_control_l
     try:
         inbox = await connect(driver, 2, b)
         async with ServiceControl(address) as control:
-            assert await control.peer_message(2, "4917612345678", "hi there", "Ada")
-            assert not await control.peer_message(9, "4917612345678", "nobody home")
+            message_id = await control.peer_message(2, "4917612345678", "hi there", "Ada")
+            assert await control.peer_message(9, "4917612345678", "nobody home") is None
             got = await next_of(inbox, MessageReceived)
+            assert got.message_id == message_id and got.text == "hi there"
             await control.delays(ack_delay=0, delivered_delay=0, read_delay=-1)
             await driver.send_text(2, "back", "4917612345678", "and back")
             await driver._command(2, "gesture", gesture="-")  # the service has it
@@ -393,3 +397,76 @@ async def test_no_text_reaches_a_log(harness: Harness, caplog: pytest.LogCapture
     await harness.settled(driver, 1)
     assert "accepted 2 times" in caplog.text
     assert SECRET not in caplog.text
+
+
+async def test_a_message_never_acked_is_delivered_again_when_the_device_reconnects() -> None:
+    """As WhatsApp does: a client that vanished before acking (its process killed
+    with the message still in its socket) gets it again from its next connection;
+    one it acked is not repeated."""
+    clock = ManualClock()
+    service = SimulatedWhatsAppService(SimulatedWhatsApp(TIMING, clock=clock))
+    host, port = await service.start()
+    address = f"{host}:{port}"
+    b = link(service.world, 2)
+    try:
+        reader, writer = await asyncio.open_connection(host, port)  # a client that never acks
+        writer.write(wire.encode("hello", session=2, jid=b, owner="doomed", epoch=1))
+        assert wire.decode(await reader.readline(), wire.EVENTS)["t"] == "connected"
+        async with ServiceControl(address) as control:
+            first = await control.peer_message(2, "4917612345678", "once")
+            assert wire.decode(await reader.readline(), wire.EVENTS)["message_id"] == first
+            writer.close()  # killed before it acked
+            assert await control.wait_idle([2], timeout=5) == set()
+
+            driver = RemoteSimulatedDriver(address)
+            inbox = await connect(driver, 2, b)
+            again = await next_of(inbox, MessageReceived)
+            assert (again.message_id, again.text) == (first, "once")
+            await driver._command(2, "gesture", gesture="-")  # its ack has arrived
+            await driver.stop(2)
+            inbox = await connect(driver, 2, b)
+            await driver._command(2, "gesture", gesture="-")
+            assert inbox.queue.empty(), "acked: not delivered a third time"
+            await driver.aclose()
+            [record] = await control.carried()
+    finally:
+        await service.aclose()
+    assert record.accepted == 1
+    assert [(d.owner, d.epoch) for d in record.deliveries] == [("doomed", 1), ("sup", 7)]
+
+
+async def test_in_process_deliveries_are_acked_at_once(harness: Harness) -> None:
+    b = link(harness.world, 2)
+    driver = harness.driver()
+    inbox = await connect(driver, 2, b)
+    assert await driver.gesture(2, "message", {"from": "4917612345678", "text": "x"})
+    await next_of(inbox, MessageReceived)
+    await harness.settled(driver, 2)
+    assert harness.world.messages.unacked_count(b) == 0
+
+
+async def test_a_send_on_a_connection_whatsapp_ended_is_refused_at_once(harness: Harness) -> None:
+    a = link(harness.world, 1)
+    driver = harness.driver()
+    inbox = await connect(driver, 1, a)
+    assert await driver.gesture(1, "replace")  # someone else took the device
+    await next_of(inbox, Replaced)
+    await harness.send(driver, 1, "late", "4917000000001", "x")
+    harness.clock.advance(0)
+    failed = await next_of(inbox, SendFailed)
+    assert (failed.ref, failed.outcome, failed.reason) == ("late", "refused", "not_connected")
+
+
+async def test_a_send_on_a_kicked_connection_is_refused_at_once() -> None:
+    """In process: the runner has not closed a connection a successor kicked yet."""
+    clock = ManualClock()
+    world = SimulatedWhatsApp(TIMING, clock=clock)
+    a = link(world, 1)
+    zombie, successor = SimulatedDriver(world), SimulatedDriver(world)
+    inbox = await connect(zombie, 1, a)
+    await connect(successor, 1, a)
+    await next_of(inbox, Replaced)
+    await zombie.send_text(1, "late", "4917000000001", "x")
+    failed = await next_of(inbox, SendFailed)  # no clock needed: at once
+    assert (failed.outcome, failed.reason) == ("refused", "not_connected")
+    assert world.messages.carried == {}

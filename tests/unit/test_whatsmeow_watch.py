@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from sessions_app.drivers.base import (
     KeepAliveTimeout,
     Replaced,
 )
-from sessions_app.drivers.neonize_worker import SUBSCRIBED_EVENTS, Session
+from sessions_app.drivers.neonize_worker import MESSAGE_EVENTS, SUBSCRIBED_EVENTS, Session
 from sessions_app.drivers.whatsmeow_watch import (
     CLIENT_OUTDATED_LINE,
     KEEPALIVE_RESTORED_AFTER,
@@ -191,8 +192,14 @@ def test_the_worker_subscribes_to_no_event_without_fields(tmp_path: Path) -> Non
     try:
         subscribed = {neonize_events.INT_TO_EVENT[code] for code in session.client.event.list_func}
         assert {cls.__name__ for cls in subscribed} == {
-            getattr(neonize_events, name).__name__ for name in SUBSCRIBED_EVENTS
+            getattr(neonize_events, name).__name__ for name in (*SUBSCRIBED_EVENTS, *MESSAGE_EVENTS)
         }
+        handlers = session.client.event.list_func
+        for name, method in MESSAGE_EVENTS.items():
+            code = neonize_events.EVENT_TO_INT[getattr(neonize_events, name)]
+            handler = handlers[code]
+            handler = handler() if isinstance(handler, weakref.WeakMethod) else handler
+            assert handler.__name__ == method, f"{name} goes to Session.{method}"
         empty = {cls.__name__ for cls in subscribed if not cls.DESCRIPTOR.fields}
         assert empty == set(), f"events that marshal to zero bytes: {empty}"
         for name in ("StreamReplaced", "KeepAliveRestored", "ClientOutdated"):
