@@ -7,6 +7,7 @@ refuses everyone else. Texts are escaped (rendered) and plain data (pushed).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -310,3 +311,14 @@ async def test_other_sessions_messages_do_not_reach_the_socket() -> None:
     await ws.send_json_to({"type": "ping"})
     assert await ws.receive_json_from() == {"type": "pong"}  # and nothing before it
     await ws.disconnect()
+
+
+@pytest.mark.django_db
+def test_the_form_never_logs_a_text(session: WaSession, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = logged_in(make_user("ed", "change_wasession"))
+    secret = "the safe's code is 4711"
+    assert post_message(client, session, text=secret).status_code == 200
+    assert post_message(client, session, text=secret, to="12").status_code == 400
+    assert caplog.records  # the capture works (a queued message, a 400)
+    assert secret not in caplog.text
