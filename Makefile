@@ -57,7 +57,8 @@ test: venv chromium services lint
 	  tests/unit/test_webhooks_flow.py \
 	  tests/api/test_webhooks_api.py \
 	  tests/unit/test_peer_message.py \
-	  tests/unit/test_messaging_ack.py
+	  tests/unit/test_messaging_ack.py \
+	  tests/api/test_messages_api.py tests/api/test_messages_wait.py tests/unit/test_messages_panel.py
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -45,20 +45,29 @@ def _json(payload: dict[str, Any], status: int) -> HttpResponse:
     return response
 
 
-def _replay(record: IdempotencyKey) -> HttpResponse:
-    response = _json(record.response, record.status_code)
-    response["Idempotent-Replayed"] = "true"
-    return response
-
-
 def once(
     request: HttpRequest, body: Any, work: Callable[[], tuple[int, dict[str, Any]]]
 ) -> HttpResponse:
     """Run ``work`` (returning status and JSON body) at most once per idempotency key."""
+    status, payload, replayed = remembered(request, body, work)
+    response = _json(payload, status)
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def remembered(
+    request: HttpRequest, body: Any, work: Callable[[], tuple[int, dict[str, Any]]]
+) -> tuple[int, dict[str, Any], bool]:
+    """:func:`once` before it becomes a response: ``(status, payload, replayed)``.
+
+    For views that answer with more than the first answer: the messages API
+    replays the first *message*, as it is now (its status moved on since).
+    """
     key = request.headers.get(HEADER)
     if key is None:
         status, payload = work()
-        return _json(payload, status)
+        return status, payload, False
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ApiError(
             422,
@@ -81,7 +90,7 @@ def once(
                     "idempotency_key_reused",
                     f"This {HEADER} was used for a different request.",
                 )
-            return _replay(record)
+            return record.status_code, record.response, True
         status, payload = work()
         try:
             with transaction.atomic():
@@ -98,4 +107,4 @@ def once(
                 "idempotency_in_progress",
                 f"Another request with this {HEADER} is being processed; retry.",
             ) from None
-    return _json(payload, status)
+    return status, payload, False

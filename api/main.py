@@ -16,7 +16,7 @@ from ninja import NinjaAPI
 from api import errors
 from api.auth import TokenBearer, TokenRateThrottle
 from api.docs import docs_access
-from api.routers import qr, sessions, webhooks
+from api.routers import messages, qr, sessions, webhooks
 
 #: Error statuses an operation may answer besides its own, documented for every one.
 COMMON_ERRORS = {
@@ -26,6 +26,7 @@ COMMON_ERRORS = {
     "429": "Too many requests for this token (see Retry-After)",
 }
 PATH_ERRORS = {"404": "No such session, endpoint or delivery (or not one this token may see)"}
+MESSAGE_PATH_ERRORS = {"404": "No such message (or not one of a session this token may see)"}
 WRITE_ERRORS = {"409": "Refused in the session's current state (see code)"}
 BODY_ERRORS = {"400": "The body is not JSON"}
 QR_ERRORS = {"406": "None of the offered media types is acceptable", "409": "No QR code now"}
@@ -57,7 +58,9 @@ class WaconnectApi(NinjaAPI):
         for path, operations in schema["paths"].items():
             for method, operation in operations.items():
                 extra = dict(COMMON_ERRORS)
-                if "{" in path:
+                if "{message_id}" in path:
+                    extra |= MESSAGE_PATH_ERRORS
+                elif "{" in path:
                     extra |= PATH_ERRORS
                 if method != "get" or path.endswith("/sessions"):
                     extra |= WRITE_ERRORS
@@ -85,7 +88,7 @@ api = WaconnectApi(
     title="waconnect API",
     version="1",
     description=(
-        "Sessions (WhatsApp linked devices) from code. Authenticate with "
+        "Sessions (WhatsApp linked devices) and their messages from code. Authenticate with "
         "`Authorization: Bearer wac_<prefix>_<secret>`. Errors are "
         "application/problem+json with a stable `code`."
     ),
@@ -99,3 +102,4 @@ errors.install(api)
 api.add_router("/sessions", sessions.router)
 api.add_router("/sessions", qr.router)
 api.add_router("/webhooks", webhooks.router)
+api.add_router("", messages.router)  # /sessions/{id}/messages and /messages/{id}

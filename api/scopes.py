@@ -16,8 +16,8 @@ METRICS_READ = "metrics:read"
 SCOPES: dict[str, str] = {
     SESSIONS_READ: "List sessions, read their state, QR code and event log",
     SESSIONS_WRITE: "Create, start, stop, re-pair, log out and delete sessions",
-    MESSAGES_READ: "Read messages (reserved for the messages API)",
-    MESSAGES_SEND: "Send messages (reserved for the messages API)",
+    MESSAGES_READ: "Read a session's messages, in and out, and their status",
+    MESSAGES_SEND: "Send messages from a session",
     WEBHOOKS_MANAGE: "Manage webhook endpoints and redeliver webhooks (with the webhooks "
     "permissions; not for tokens limited to some sessions)",
     METRICS_READ: "Read the web tier's /metrics (with the view permission: it counts sessions)",
@@ -40,6 +40,10 @@ WEBHOOK_CHANGE = "webhooks.change_endpoint"
 WEBHOOK_DELETE = "webhooks.delete_endpoint"
 WEBHOOK_REDELIVER = "webhooks.change_delivery"
 WEBHOOK_PERMISSIONS = (WEBHOOK_VIEW, WEBHOOK_ADD, WEBHOOK_CHANGE, WEBHOOK_DELETE, WEBHOOK_REDELIVER)
+#: What a message request needs of the user besides its scope: reading a session's
+#: messages is seeing the session (``view``, which ``change`` implies); sending is
+#: acting for it (``change``, like Start or Log out). Documented in the README.
+MESSAGE_PERMISSIONS: dict[str, str] = {MESSAGES_READ: VIEW, MESSAGES_SEND: CHANGE}
 
 #: The Django permission a scope needs outside the session endpoints (which name
 #: theirs per action): ``/metrics`` tells how many sessions are in which state.

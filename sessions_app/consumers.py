@@ -18,7 +18,16 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import reverse
 
-from sessions_app import doorbell, intents, permissions, revocation, snapshots, socket_pages
+from messaging import live
+from sessions_app import (
+    doorbell,
+    intents,
+    messages_panel,
+    permissions,
+    revocation,
+    snapshots,
+    socket_pages,
+)
 from sessions_app.dbthread import socket_db
 from sessions_app.forms import SessionCreateForm, errors_json
 from sessions_app.models import WaSession
@@ -35,7 +44,7 @@ CLOSE_TOO_BIG = 4413  #: a browser message over MAX_MESSAGE_BYTES
 MAX_MESSAGE_BYTES = 1024
 
 #: Channel-layer messages that only forward data to the browser (no database).
-PUSHES = frozenset({"session.update", "session.row", "session.removed"})
+PUSHES = frozenset({"session.update", "session.row", "session.removed", "message.update"})
 
 
 def refusal(user: Any, perms: tuple[str, ...] = ()) -> int | None:
@@ -60,6 +69,7 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
     group: str = ""
     #: Permissions needed beyond seeing sessions.
     perms: tuple[str, ...] = ()
+    also_groups: tuple[str, ...] = ()  #: more groups to forward pushes from
     RECHECK_EVERY = 1.0
 
     async def connect(self) -> None:
@@ -80,6 +90,8 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
         await self.join(doorbell.user_group(user.pk))
         if self.group:
             await self.join(self.group)
+        for group in self.also_groups:
+            await self.join(group)
         snapshot = await self.initial()
         await self.accept()
         if snapshot is None:
@@ -189,11 +201,22 @@ class _OperatorConsumer(AsyncWebsocketConsumer):
 
 
 class SessionConsumer(_OperatorConsumer):
-    """``/ws/sessions/<pk>/``: one session's snapshot, then every change."""
+    """``/ws/sessions/<pk>/``: one session's snapshot, then every change.
+
+    Its messages too (the detail page's Messages panel): it also joins the
+    session's messages group (:func:`messaging.live.messages_group`); the first
+    snapshot carries the last messages (``"messages": [item, ...]``, read in the
+    same database hop), and each ``message.update`` push (``{"type":
+    "message.update", "message": messaging.live.payload(...)}``) is forwarded as
+    ``{"type": "message", "message": item}``; an item is
+    :func:`sessions_app.messages_panel.panel_item`. The page drops an item older
+    (by ``version``) than the one it shows.
+    """
 
     async def connect(self) -> None:
         self.session_id = int(self.scope["url_route"]["kwargs"]["pk"])
         self.group = doorbell.session_group(self.session_id)
+        self.also_groups = (live.messages_group(self.session_id),)
         await super().connect()
 
     @socket_db
@@ -201,7 +224,16 @@ class SessionConsumer(_OperatorConsumer):
         session = WaSession.objects.filter(pk=self.session_id).first()
         if session is None:
             return None
-        return {"type": "snapshot", "snapshot": snapshots.snapshot(session)}
+        return {
+            "type": "snapshot",
+            "snapshot": snapshots.snapshot(session),
+            "messages": messages_panel.recent(self.session_id),
+        }
+
+    async def message_update(self, message: dict[str, Any]) -> None:
+        fields = message.get("message")
+        if isinstance(fields, dict):
+            await self.send_json({"type": "message", "message": messages_panel.panel_item(fields)})
 
     async def session_update(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "snapshot", "snapshot": message["snapshot"]})
@@ -253,6 +285,7 @@ class SessionCreateConsumer(SessionConsumer):
             self.perms = ()  # a watcher of the session from now on: seeing is enough
             self.group = doorbell.session_group(self.session_id)
             await self.join(self.group)  # join, then read: nothing pushed is missed
+            await self.join(live.messages_group(self.session_id))  # the Messages panel's
             await self.send_json(await self._created(outcome[1]))
 
     @socket_db

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from sessions_app import converters, views  # noqa: F401 (registers <session_id:>)
+from sessions_app import converters, messages_panel, views  # noqa: F401 (registers <session_id:>)
 
 app_name = "sessions"
 
@@ -12,5 +12,11 @@ urlpatterns = [
     path("", views.SessionListView.as_view(), name="list"),
     path("new/", views.SessionCreateView.as_view(), name="create"),
     path("<session_id:pk>/", views.SessionDetailView.as_view(), name="detail"),
+    # Before the actions: "messages" would match <slug:action>.
+    path(
+        "<session_id:pk>/messages/",
+        messages_panel.SendMessageView.as_view(),
+        name="send-message",
+    ),
     path("<session_id:pk>/<slug:action>/", views.SessionActionView.as_view(), name="action"),
 ]

@@ -18,7 +18,7 @@ from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.generic import CreateView, DetailView, ListView
 
-from sessions_app import conf, intents, permissions, snapshots
+from sessions_app import conf, intents, messages_panel, permissions, snapshots
 from sessions_app.forms import PairPhoneForm, PeerMessageForm, SessionCreateForm, errors_json
 from sessions_app.models import PhoneAction, WaSession
 from sessions_app.states import Desired
@@ -130,6 +130,8 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
         )
         context["peer_message_form"] = PeerMessageForm() if simulated else None
         context["pair_phone_form"] = PairPhoneForm()
+        # Not "messages": that is django.contrib.messages' flash list in base.html.
+        context["message_panel"] = messages_panel.context(self.object, self.request.user)
         return context
 
 

@@ -14,6 +14,9 @@
  * socket sends, so the QR code shows even without it. Each snapshot updates only
  * what changed; a new QR code is one innerHTML swap of #qr.
  *
+ * The Messages panel (messages.js), when the page has one, gets the messages the
+ * first snapshot of each connection carries and every "message" push.
+ *
  * window.waconnectMetrics (read by benchmarks/bench_qr_latency.py):
  *   firstQrShownAt   wall-clock ms when the first QR code was on screen
  *   firstQrIssuedAt  that code's qr_issued_at (server wall clock, ms)
@@ -65,6 +68,7 @@
     let shownQrKey = null; // qr_issued_at (or the SVG itself) of the code on screen
     let eventsKey = null; // ids of the events in the table
     let lastReceivedAt = null; // when the snapshot being rendered arrived
+    let messagesPanel = null; // messages.js's panel, when the page has one
 
     function $(id) {
       return document.getElementById(id);
@@ -87,7 +91,7 @@
     // -- rendering ----------------------------------------------------------------------
 
     function setButtonsDisabled(disabled) {
-      const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button");
+      const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button, #message-form button");
       for (const button of buttons) button.disabled = disabled;
     }
 
@@ -270,10 +274,14 @@
     function onMessage(msg, receivedAt) {
       if (metrics.firstMessageAt === null) metrics.firstMessageAt = receivedAt;
       if (msg.type === "snapshot" && msg.snapshot) {
+        // The first snapshot of each (re)connect carries the last messages.
+        if (Array.isArray(msg.messages) && messagesPanel) messagesPanel.onMessage(msg);
         if (msg.snapshot.version < current.version) return; // stale push, already superseded
         current = msg.snapshot;
         lastReceivedAt = receivedAt;
         render(current);
+      } else if (msg.type === "message") {
+        if (messagesPanel) messagesPanel.onMessage(msg);
       } else if (msg.type === "removed") {
         socket.stop();
         showGone("This session was deleted.");
@@ -356,6 +364,7 @@
           if (text) text.value = "";
         },
       });
+      if (waconnect.messagesPanel) messagesPanel = waconnect.messagesPanel(root);
 
       ready = true;
       for (const [handler, args] of early.splice(0)) handler.apply(null, args);

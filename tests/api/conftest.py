@@ -99,18 +99,26 @@ def session() -> WaSession:
 
 
 @pytest.fixture(scope="package")
-def live_api() -> Iterator[tuple[str, str]]:
-    """A real server (runserver: Daphne, inline supervisor, simulated WhatsApp) and a
-    token made by ``manage.py create_api_token`` for its admin: ``(base URL, token)``.
+def live_api_server() -> Iterator[LiveServer]:
+    """A real server (runserver: Daphne, inline supervisor, simulated WhatsApp).
 
     Long polls there are capped at 1 s and the rate limit is out of the way, so the
     schema-driven test's many calls stay quick.
     """
     env = {"WACONNECT_API_MAX_WAIT": "1", "WACONNECT_API_RATE": "100000/m"}
     with LiveServer(timing={"first_qr_ttl": 30}, extra_env=env, log_level="WARNING") as server:
-        result = subprocess.run(
-            [sys.executable, "manage.py", "create_api_token", "--user", ADMIN_USERNAME,
-             "--name", "live", "--scope", "sessions:read", "--scope", "sessions:write"],
-            cwd=REPO, env=server.env(), capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        yield server.url, result.stdout.strip()
+        yield server
+
+
+@pytest.fixture(scope="package")
+def live_api(live_api_server: LiveServer) -> tuple[str, str]:
+    """That server and a token with the sessions and messages scopes, made by
+    ``manage.py create_api_token`` for its admin: ``(base URL, token)``."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "create_api_token", "--user", ADMIN_USERNAME,
+         "--name", "live", "--scope", "sessions:read", "--scope", "sessions:write",
+         "--scope", "messages:read", "--scope", "messages:send"],
+        cwd=REPO, env=live_api_server.env(), capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    return live_api_server.url, result.stdout.strip()

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
+from messaging import live
 from sessions_app import doorbell, snapshots
 from sessions_app.consumers import CLOSE_FORBIDDEN
 from sessions_app.models import SessionEvent, WaSession
@@ -93,6 +94,30 @@ async def test_create_over_the_socket_then_its_pushes_on_the_same_socket(ada: Cl
     )
     await doorbell.publish(snap, None)
     assert await ws.receive_json_from() == {"type": "snapshot", "snapshot": snap}
+    await ws.disconnect()
+
+
+async def test_the_new_sessions_message_pushes_reach_the_create_socket(ada: Client) -> None:
+    """The page that came from the create socket shows the Messages panel; its ticks
+    arrive on the same socket (it watches the session's messages group too)."""
+    ws = await open_create_socket(ada)
+    assert await ws.receive_json_from() == {"type": "ready"}
+    await ws.send_json_to({"type": "create", "name": "with-messages"})
+    created = await ws.receive_json_from()
+    fields = {
+        "ref": "r1",
+        "direction": "out",
+        "status": "sent",
+        "to": "4915112345678",
+        "text": "hi",
+        "version": 2,
+    }
+    await get_channel_layer().group_send(
+        live.messages_group(created["id"]), {"type": "message.update", "message": fields}
+    )
+    pushed = await ws.receive_json_from()
+    assert pushed["type"] == "message"
+    assert (pushed["message"]["ref"], pushed["message"]["status"]) == ("r1", "sent")
     await ws.disconnect()
 
 
