@@ -251,7 +251,9 @@ class SimulatedWhatsApp(WorldWaits):
             conn.emit(QrTimeout(conn.session_id))
             return
         conn.awaiting_scan = False
-        jid = f"{secrets.randbelow(10**11):011d}@s.whatsapp.net"
+        # Eleven digits, never a leading 0 (no country code starts with one): the
+        # number other sessions and the API address this device by.
+        jid = f"{10**10 + secrets.randbelow(9 * 10**10)}@s.whatsapp.net"
         self.devices[jid] = conn.session_id
         self._save()
         conn.jid = jid

@@ -183,3 +183,17 @@ def test_a_state_file_it_did_not_write_is_refused(tmp_path: Path) -> None:
         state.write_text(text)
         with pytest.raises(DeviceFileError, match=r"simulated-whatsapp\.json"):
             SimulatedWhatsApp(TIMING, state_file=state)
+
+
+async def test_a_linked_devices_number_is_a_phone_number_others_can_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A number never starts with 0 (country codes do not): one in ten did, and other
+    sessions' messages to it were refused as not a phone number (flaky tests)."""
+    from messaging.recipients import recipient_jid
+    from sessions_app.drivers import simulated
+
+    monkeypatch.setattr(simulated.secrets, "randbelow", lambda bound: 0)
+    jid = await pair(SimulatedDriver(SimulatedWhatsApp(timing=TIMING)), 3)
+    number = jid.split("@")[0]
+    assert recipient_jid(number) == jid
