@@ -38,7 +38,6 @@ from ninja.responses import Status
 from pydantic import Field, field_validator
 
 from api import idempotency, scopes
-from api.auth import Principal
 from api.errors import ApiError, not_found
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, paginate
 from api.routers.message_schemas import (
@@ -49,12 +48,12 @@ from api.routers.message_schemas import (
     as_utc,
     message_out,
 )
+from api.routers.sessions import get_session, principal
 from messaging import intents as message_intents
 from messaging import live
 from messaging.models import Message
 from messaging.states import Status as MessageStatus
 from sessions_app import conf
-from sessions_app.models import WaSession
 
 router = Router(tags=["messages"])
 
@@ -85,20 +84,6 @@ IDEMPOTENCY_PARAMETER = {
 }
 
 
-def principal(request: HttpRequest) -> Principal:
-    return request.auth  # type: ignore[attr-defined,no-any-return]
-
-
-def visible_session(request: HttpRequest, session_id: int) -> WaSession:
-    """The session, if it exists and the token may see it; else 404."""
-    if not principal(request).may_see(session_id):
-        raise not_found()
-    session = WaSession.objects.filter(pk=session_id).first()
-    if session is None:
-        raise not_found()
-    return session
-
-
 def visible_message(request: HttpRequest, message_id: str) -> Message:
     """The message, if it exists and the token may see its session; else 404."""
     message = Message.objects.filter(ref=message_id).first()
@@ -122,7 +107,7 @@ def _refuse(field: str, message: str) -> ApiError:
 def _queue(request: HttpRequest, session_id: int, body: MessageIn) -> tuple[dict[str, Any], bool]:
     """Queue the message (once per idempotency key); its answer and whether replayed."""
     who = principal(request)
-    session = visible_session(request, session_id)
+    session = get_session(request, session_id)
     if body.deadline is not None and body.ttl is not None:
         raise _refuse("deadline", "Give a deadline or a ttl, not both.")
 
@@ -298,7 +283,7 @@ def list_messages(
 ) -> dict[str, Any]:
     """The session's messages in and out, newest first, filtered."""
     principal(request).require(scopes.MESSAGES_READ, READ_PERMISSION)
-    session = visible_session(request, session_id)
+    session = get_session(request, session_id)
     queryset = Message.objects.filter(session=session)
     if filters.direction:
         queryset = queryset.filter(direction=filters.direction)
