@@ -124,20 +124,31 @@ def start(session: WaSession, actor: str) -> None:
     """Run the session: resume its device, or ask for a QR round if it has none.
 
     Refused (``already_running``) when the row shows it running: connected,
-    connecting, or in a QR round, whose code a new round would invalidate.
+    connecting, or in a QR round, whose code a new round would invalidate. The
+    caller's copy may predate a pairing: a device linked since it was read is
+    started as the linked device it now is, not refused as "linked".
     """
-    if session.jid:
-        _update(
-            session,
-            actor,
-            "asked to start",
-            RUNNING_NOW,
-            lambda: _already_running(session.pk),
-            desired_state=Desired.RUNNING,
-            connect_request=F("connect_request") + 1,
-        )
-    else:
-        _new_round(session, actor, "asked to start; a new QR code", RUNNING_NOW | LINKED, phone="")
+    if not session.jid:
+        try:
+            _new_round(
+                session, actor, "asked to start; a new QR code", RUNNING_NOW | LINKED, phone=""
+            )
+            return
+        except IntentRefused as refused:
+            if refused.code != "linked":
+                raise
+            session = WaSession.objects.get(pk=session.pk)  # linked meanwhile
+            if not session.jid:  # and unlinked again: the refusal stands
+                raise
+    _update(
+        session,
+        actor,
+        "asked to start",
+        RUNNING_NOW,
+        lambda: _already_running(session.pk),
+        desired_state=Desired.RUNNING,
+        connect_request=F("connect_request") + 1,
+    )
 
 
 def stop(session: WaSession, actor: str) -> None:

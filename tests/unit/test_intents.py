@@ -114,3 +114,13 @@ def test_no_action_undoes_a_deletion_under_way(action: Callable[..., None]) -> N
         action(stale, "bob")
     assert refused.value.code == "deleting"
     assert WaSession.objects.get(pk=session.pk).desired_state == Desired.DELETED
+
+
+def test_start_with_a_copy_read_before_the_pairing_starts_the_linked_device() -> None:
+    """The webhooks chaos test read a session, the phone linked it, then Start was
+    refused as "linked ... log it out first": the caller's copy was stale."""
+    session = WaSession.objects.create(name="stale-copy", desired_state=Desired.STOPPED)
+    WaSession.objects.filter(pk=session.pk).update(jid="4915112345678@s.whatsapp.net")
+    intents.start(session, "admin")  # session.jid is still "" in this copy
+    row = WaSession.objects.get(pk=session.pk)
+    assert (row.desired_state, row.connect_request) == (Desired.RUNNING, 1)
