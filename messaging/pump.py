@@ -160,14 +160,18 @@ class MessagePump:
             )
             self._answered(flight.ref, row, "unknown")
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Stop the pump (before the runner closes the connection: no send starts
-        after this). A send under way stays ``sending`` under this epoch: the next
-        owner marks it ``unknown``."""
+    def close(self) -> None:
+        """Stop the pump: no send starts after this call (the runner calls it before it
+        closes the connection). A send under way stays ``sending`` under this epoch
+        unless the connection's close marks it ``unknown``; else the next owner does."""
         self._closed = True
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self.task.cancel()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """:meth:`close`, then wait up to ``timeout`` s for the pump's last writes."""
+        self.close()
         # asyncio.wait: neither raises the pump's cancellation nor swallows ours.
         await asyncio.wait({self.task}, timeout=timeout)
 

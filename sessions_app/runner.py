@@ -184,8 +184,11 @@ class SessionRunner(LifecycleMixin):
         try:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
-            await self.messages.aclose()  # before the connection: no send starts after
+            self.messages.close()  # before the connection: no send starts after
+            # Closed at once, not after the pump's last writes: they may hang (a
+            # partition) while the lease runs out.
             await self._close_connection()
+            await self.messages.aclose()
             if self.exit_reason == "crashed":
                 await self._release_with_handover_state()
         except Exception:

@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from messaging import intents
+from messaging import intents, outbound, pump
 from messaging.models import Message
 from sessions_app.drivers.base import MessageReceived, Receipt
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -210,3 +210,50 @@ async def test_a_message_redelivered_after_a_reconnect_is_stored_once(
         other = world.messages.peer_message(session.pk, "+491700000003", "second", "Peer")
         done = await until_messages(session.pk, statuses("received", "received"))
     assert [m["wa_id"] for m in done] == [message_id, other]
+
+
+class StopRecorder(SimulatedDriver):
+    """The simulated driver, telling when the runner asked it to close a connection."""
+
+    def __init__(self, world: SimulatedWhatsApp) -> None:
+        super().__init__(world)
+        self.stopped = asyncio.Event()
+
+    async def stop(self, session_id: int) -> None:
+        self.stopped.set()
+        await super().stop(session_id)
+
+
+async def test_a_hand_over_closes_the_connection_while_the_pumps_database_hangs(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partitioned owner's pump cannot record its last ack (its statements hang):
+    the runner still closes the connection at once, not after the pump's bound, so
+    it is closed before the lease can run out (a chaos run in CI: "partitioned: 1
+    connections still open after 8.0s")."""
+    hung, gate = asyncio.Event(), asyncio.Event()
+    real_sent_and_take = pump._sent_and_take
+
+    async def hang(*args: Any) -> None:
+        hung.set()
+        await gate.wait()
+
+    async def sent_and_take(lease: Any, sent: Any, now: dt.datetime) -> Any:
+        if sent is None:
+            return await real_sent_and_take(lease, sent, now)
+        await hang()  # recording the first ack: the database stopped answering
+        return None, outbound.Taken(None, [])
+
+    monkeypatch.setattr(pump, "_sent_and_take", sent_and_take)
+    monkeypatch.setattr(pump, "_mark_sent", hang)
+    driver = StopRecorder(world)
+    async with running_driver(driver) as supervisor:
+        session = await paired("sender", supervisor)
+        await enqueue(session, PEER, "first")
+        await hung.wait()
+        supervisor.runners[session.pk].hand_over()
+        try:
+            async with asyncio.timeout(2.0):  # the pump's own bound is 5 s
+                await driver.stopped.wait()
+        finally:
+            gate.set()
