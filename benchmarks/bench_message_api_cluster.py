@@ -66,12 +66,17 @@ PEER = "491700000003"
 AIM_P99_MS = 50.0
 
 
-def make_token(env: dict[str, str]) -> str:
+def token_args() -> list[str]:
+    """``manage.py`` arguments that print a token for the benchmarks' API client."""
     scopes = ("sessions:read", "sessions:write", "messages:send", "messages:read")
     args = ["create_api_token", "--user", ADMIN_USERNAME, "--name", "bench-messages"]
     for scope in scopes:
         args += ["--scope", scope]
-    return manage(env, *args).strip().splitlines()[-1]
+    return args
+
+
+def make_token(env: dict[str, str]) -> str:
+    return manage(env, *token_args()).strip().splitlines()[-1]
 
 
 async def measure(base_url: str, token: str, address: str, args: argparse.Namespace) -> dict:
