@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Removal pushes under way (referenced: a shielded task must not be collected).
+_removals: set[asyncio.Future[None]] = set()
+
 
 class LifecycleMixin:
     """Acting on the policy's actions and on lifecycle driver events.
@@ -195,7 +198,13 @@ class LifecycleMixin:
         if not await owner_db.delete(self.lease):
             raise LeaseLost
         logger.info("deleted session %r", session.name, extra=self._extra())
-        await doorbell.publish_removed(self.session_id)
+        # In a task of its own: the renewal that no longer finds the row abandons
+        # this runner ("lease lost"), and that must not cancel the push every
+        # watcher of the session waits for.
+        push = asyncio.ensure_future(doorbell.publish_removed(self.session_id))
+        _removals.add(push)
+        push.add_done_callback(_removals.discard)
+        await asyncio.shield(push)
         self._end("deleted")
 
     async def _close_connection(self) -> None:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from sessions_app import intents, leases, owner_db
+from sessions_app import doorbell, intents, leases, owner_db
 from sessions_app.conf import SupervisorConfig
 from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -292,6 +293,36 @@ async def test_delete_unlinks_the_device_then_removes_the_row(
     assert world.live[session.pk] == 0
     assert session.jid not in world.devices
     assert not await sync_to_async(SessionEvent.objects.filter(session_id=session.pk).exists)()
+
+
+async def test_a_lease_lost_just_after_the_delete_still_pushes_the_removal(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal no longer finds a row its runner has just deleted and abandons the
+    runner ("lease lost"): that must not cancel the removal's push, or every page
+    and API client watching the session waits for it forever (a CI run of the
+    runner matrix: "stopped + delete … never matched; last seen None")."""
+    real_publish = doorbell.publish_removed
+    publishing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def publish_removed(session_id: int) -> None:
+        publishing.set()
+        await go_on.wait()
+        await real_publish(session_id)
+
+    monkeypatch.setattr(doorbell, "publish_removed", publish_removed)
+    session = await paired("temp", supervisor)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(doorbell.session_group(session.pk), channel)
+    runner = supervisor.runners[session.pk]
+    await delete(session, "ada")
+    await publishing.wait()
+    runner.abandon("lost")  # what the lease keeper does for a lease it no longer finds
+    go_on.set()
+    async with asyncio.timeout(5):
+        while (await layer.receive(channel))["type"] != "session.removed":
+            pass
 
 
 async def test_pairing_by_phone_shows_a_code_then_links(
