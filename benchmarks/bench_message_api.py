@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,18 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_message_api_cluster import measure, token_args
+from benchmarks.bench_message_api_cluster import measure, report, token_args
 from benchmarks.cluster import Cluster
-from benchmarks.clusterenv import REDIS_URL, log, log_directory, manage, setup_django
+from benchmarks.clusterenv import (
+    REDIS_URL,
+    log,
+    log_directory,
+    manage,
+    message_arguments,
+    setup_django,
+)
 from benchmarks.liveserver import LiveServer
-from benchmarks.stats import load_average, table
+from benchmarks.stats import load_average
 
 AIM_P99_MS = 25.0
 
@@ -61,32 +67,12 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--json", type=Path, help="write the results here too")
-    args = parser.parse_args()
+    args = message_arguments(__doc__.split("\n\n")[0]).parse_args()
     log(f"load average before: {load_average()}")
     with log_directory("bench-message-api-one-") as log_dir:
         result = run(args, log_dir)
-    print(
-        table(
-            [
-                ("API send → received by WhatsApp (ms)", result["api_to_whatsapp_ms"]),
-                ("API send → answered sent (ms)", result["api_to_answered_sent_ms"]),
-            ],
-            digits=1,
-        )
-    )
-    print(
-        f"aim: p99 < {AIM_P99_MS:g} ms; {result['sessions']} sessions, one process "
-        f"(runserver, SQLite, in-memory layer); answers: {result['answer_statuses']}, "
-        f"not carried: {result['not_carried']}; load average after: "
-        f"{result['load_average_after']}"
-    )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    shape = "one process (runserver, SQLite, in-memory layer)"
+    report(result, AIM_P99_MS, shape, args.json)
 
 
 if __name__ == "__main__":

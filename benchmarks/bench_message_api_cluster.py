@@ -50,13 +50,14 @@ import httpx
 from benchmarks.bench_cluster_qr import WebProcess, prepare_web, web_env
 from benchmarks.cluster import Cluster
 from benchmarks.clusterenv import (
-    REDIS_URL,
     bench_database,
+    cluster_arguments,
     flush_redis,
     log,
     log_directory,
     log_problems,
     manage,
+    message_arguments,
     setup_django,
 )
 from benchmarks.liveserver import ADMIN_USERNAME
@@ -157,19 +158,8 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--supervisors", type=int, default=2)
-    parser.add_argument("--database", default="bench_message_api")
-    parser.add_argument("--redis", default=REDIS_URL)
-    parser.add_argument("--json", type=Path, help="write the results here too")
-    args = parser.parse_args()
-    log(f"load average before: {load_average()}")
-    with log_directory("bench-message-api-") as log_dir:
-        result = run(args, log_dir)
+def report(result: dict[str, Any], aim_ms: float, shape: str, json_path: Path | None) -> None:
+    """Print the results (and write them to ``json_path``)."""
     print(
         table(
             [
@@ -180,15 +170,24 @@ def main() -> None:
         )
     )
     print(
-        f"aim: p99 < {AIM_P99_MS:g} ms; {result['sessions']} sessions, "
-        f"{args.supervisors} supervisors, one Daphne; answers: {result['answer_statuses']}, "
-        f"not carried: {result['not_carried']}; load average after: "
-        f"{result['load_average_after']}"
+        f"aim: p99 < {aim_ms:g} ms; {result['sessions']} sessions, {shape}; "
+        f"answers: {result['answer_statuses']}, not carried: {result['not_carried']}; "
+        f"load average after: {result['load_average_after']}"
     )
-    for problem in result["problems"]:
+    for problem in result.get("problems", []):
         print("log:", problem)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = message_arguments(__doc__.split("\n\n")[0])
+    cluster_arguments(parser, database="bench_message_api")
+    args = parser.parse_args()
+    log(f"load average before: {load_average()}")
+    with log_directory("bench-message-api-") as log_dir:
+        result = run(args, log_dir)
+    report(result, AIM_P99_MS, f"{args.supervisors} supervisors, one Daphne", args.json)
 
 
 if __name__ == "__main__":

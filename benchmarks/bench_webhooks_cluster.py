@@ -43,12 +43,13 @@ if __package__ in (None, ""):
 
 from benchmarks.cluster import Cluster
 from benchmarks.clusterenv import (
-    REDIS_URL,
     bench_database,
+    cluster_arguments,
     flush_redis,
     log,
     log_directory,
     log_problems,
+    message_arguments,
     setup_django,
 )
 from benchmarks.stats import load_average, summary, table
@@ -161,15 +162,9 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser = message_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--interval", type=float, default=0.02)
-    parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--supervisors", type=int, default=2)
-    parser.add_argument("--database", default="bench_webhooks_cluster")
-    parser.add_argument("--redis", default=REDIS_URL)
-    parser.add_argument("--json", type=Path, help="write the results here too")
+    cluster_arguments(parser, database="bench_webhooks_cluster")
     args = parser.parse_args()
     log(f"load average before: {load_average()}")
     with log_directory("bench-webhooks-cluster-") as log_dir:

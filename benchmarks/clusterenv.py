@@ -9,6 +9,7 @@ database or another benchmark's data on a shared machine.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import os
@@ -174,3 +175,21 @@ def child_pid(needle: str) -> int:
             if ppid == me and needle in cmdline:
                 return int(proc.name)
     raise BenchError(f"no child process runs {needle!r}")
+
+
+def message_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that send ``--messages`` one at a time over
+    ``--sessions`` after a ``--warmup``, with ``--json`` for the results."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    return parser
+
+
+def cluster_arguments(parser: argparse.ArgumentParser, database: str) -> None:
+    """Add the production shape's ``--supervisors``, ``--database`` and ``--redis``."""
+    parser.add_argument("--supervisors", type=int, default=2)
+    parser.add_argument("--database", default=database)
+    parser.add_argument("--redis", default=REDIS_URL)
