@@ -17,7 +17,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 
+from ops.heap import freeze_startup_heap  # noqa: E402
 from sessions_app.origins import OriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
@@ -27,3 +29,8 @@ application = ProtocolTypeRouter(
         "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# The URLconf imports every view, the API and its schemas: load it now, then take
+# all of start-up out of the garbage collector's full passes (ops/heap.py).
+get_resolver().url_patterns  # noqa: B018
+freeze_startup_heap("web process")

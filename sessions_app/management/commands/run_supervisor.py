@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from ops.heap import freeze_startup_heap
 from sessions_app.service import serve
 
 
@@ -55,6 +56,7 @@ class Command(BaseCommand):
         # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck
         # supervisor is waiting on, without stopping it.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        freeze_startup_heap("supervisor")  # full collections skip start-up's objects
         asyncio.run(
             serve(
                 max_sessions=options["max_sessions"],
