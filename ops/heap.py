@@ -13,12 +13,20 @@ docs/benchmarks.md), which is the p99 of every latency aim.
 permanent generation, which collections skip (``gc.freeze``, CPython ≥ 3.7; the
 technique Instagram described for its Django servers). Garbage made afterwards is
 collected as before; only the start-up objects are no longer re-examined.
+
+:func:`observe_pauses` times every collection into
+``waconnect_gc_pause_seconds{generation}``, so an operator sees these pauses beside
+the latencies they lengthen.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import time
+from typing import Any
+
+from ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +42,23 @@ def freeze_startup_heap(where: str) -> int:
     frozen = gc.get_freeze_count()
     logger.info("%s: %d start-up objects frozen out of garbage collection", where, frozen)
     return frozen
+
+
+_collection_started = 0.0
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    # Collections never nest and run with the GIL held: one start time is enough.
+    global _collection_started
+    if phase == "start":
+        _collection_started = time.perf_counter()
+    elif _collection_started:
+        pause = time.perf_counter() - _collection_started
+        metrics.gc_pause.labels(str(info["generation"])).observe(pause)
+
+
+def observe_pauses() -> None:
+    """Time every garbage collection of this process into ``waconnect_gc_pause_seconds``
+    (idempotent)."""
+    if _time_collection not in gc.callbacks:
+        gc.callbacks.append(_time_collection)

@@ -193,6 +193,13 @@ webhook_attempt_duration = Histogram(
     "Duration of one webhook HTTP attempt (connect, send, bounded read), whatever its outcome.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
+gc_pause = Histogram(
+    "waconnect_gc_pause_seconds",
+    "Duration of one garbage collection by generation (0, 1, 2): the whole process "
+    "(event loop and threads) stands still meanwhile. See ops/heap.py.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
 
 for _cause in DISCONNECT_CAUSES:
     disconnects.labels(_cause)

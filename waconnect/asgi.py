@@ -19,7 +19,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
-from ops.heap import freeze_startup_heap  # noqa: E402
+from ops.heap import freeze_startup_heap, observe_pauses  # noqa: E402
 from sessions_app.origins import OriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
@@ -34,3 +34,4 @@ application = ProtocolTypeRouter(
 # all of start-up out of the garbage collector's full passes (ops/heap.py).
 get_resolver().url_patterns  # noqa: B018
 freeze_startup_heap("web process")
+observe_pauses()

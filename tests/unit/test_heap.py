@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from prometheus_client import REGISTRY
 
-from ops.heap import freeze_startup_heap
+from ops import heap
+from ops.heap import freeze_startup_heap, observe_pauses
 from sessions_app.management.commands import run_supervisor
 
 #: Django, Channels, ninja and the project's own modules come to well over this.
@@ -25,6 +27,22 @@ STARTUP_OBJECTS = 50_000
 def unfrozen() -> Iterator[None]:
     yield
     gc.unfreeze()  # the rest of the test run collects as usual
+    if heap._time_collection in gc.callbacks:
+        gc.callbacks.remove(heap._time_collection)
+
+
+def collections_timed(generation: int) -> float:
+    labels = {"generation": str(generation)}
+    return REGISTRY.get_sample_value("waconnect_gc_pause_seconds_count", labels) or 0.0
+
+
+def test_every_collection_is_timed_once_installed() -> None:
+    observe_pauses()
+    observe_pauses()  # idempotent
+    assert gc.callbacks.count(heap._time_collection) == 1
+    before = collections_timed(2)
+    gc.collect()
+    assert collections_timed(2) == before + 1
 
 
 def test_freezing_keeps_garbage_out_and_new_objects_collectable() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ops.heap import freeze_startup_heap
+from ops.heap import freeze_startup_heap, observe_pauses
 from sessions_app.service import serve
 
 
@@ -57,6 +57,7 @@ class Command(BaseCommand):
         # supervisor is waiting on, without stopping it.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         freeze_startup_heap("supervisor")  # full collections skip start-up's objects
+        observe_pauses()
         asyncio.run(
             serve(
                 max_sessions=options["max_sessions"],
