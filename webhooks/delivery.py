@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import json
 from typing import Any
 
 from django.db import connection, transaction
@@ -95,29 +97,29 @@ def claimable() -> Any:
 
 
 def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
-    """Claim up to ``limit`` due lane heads, oldest due first, in one statement."""
+    """Claim up to ``limit`` due lane heads, oldest due first, in one statement (on
+    PostgreSQL one round trip: the endpoint and the event come back with the claim)."""
     if limit <= 0:
         return []
     if connection.vendor == "sqlite" and not claimable().exists():
         # SQLite's write transactions take the database lock (BEGIN IMMEDIATE): read
         # first, so an idle pass does not hold up the supervisor's writes.
         return []
-    inner = (
-        claimable()
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .values("id")[:limit]
+    inner_sql, inner_params = _claimable_sql(connection.vendor, limit)
+    expiry_sql, expiry_params = _expiry(ttl)
+    update = (
+        f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
+        f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
     )
+    params = [S.DELIVERING, owner, *expiry_params, *inner_params]
+    if connection.vendor == "postgresql":
+        return _claim_joined(update, inner_sql, params)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            inner_sql, inner_params = inner.query.sql_with_params()
-            expiry_sql, expiry_params = _expiry(ttl)
             cursor.execute(
-                f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
-                f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
-                f"WHERE id IN ({inner_sql}) "
+                f"{update} WHERE id IN ({inner_sql}) "
                 f"RETURNING id, attempts, endpoint_id, event_id, session_id",
-                [S.DELIVERING, owner, *expiry_params, *inner_params],
+                params,
             )
             rows = cursor.fetchall()
         if not rows:
@@ -129,31 +131,76 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
                 "id", "payload", "created_at"
             )
         }
-    now = timezone.now()
+    return [
+        _claimed(row, endpoints[row[2]], _dumps(events[row[3]]["payload"]), events[row[3]])
+        for row in rows
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _claimable_sql(vendor: str, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The inner SELECT of a claim, compiled once per database kind and batch size
+    (it depends on nothing else: times are the database's ``now()``)."""
+    inner = (
+        claimable()
+        .order_by("next_attempt_at", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values("id")[:limit]
+    )
+    with transaction.atomic():  # Django compiles FOR UPDATE only inside one
+        return inner.query.sql_with_params()
+
+
+def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claimed]:
+    """PostgreSQL: the claim, its endpoints and its events in one autocommitted
+    statement (``UPDATE … FROM`` may return the joined rows' columns)."""
+    endpoint_table = connection.ops.quote_name(Endpoint._meta.db_table)
+    event_table = connection.ops.quote_name(Event._meta.db_table)
+    table = _table()
+    sql = (
+        f"{update} FROM {endpoint_table} AS ep, {event_table} AS ev "
+        f"WHERE {table}.id IN ({inner_sql}) AND ep.id = {table}.endpoint_id "
+        f"AND ev.id = {table}.event_id RETURNING {table}.id, {table}.attempts, "
+        f"{table}.endpoint_id, {table}.event_id, {table}.session_id, ep.url, ep.secret, "
+        "ep.previous_secret, ep.previous_secret_expires_at, ep.failing_since, "
+        "ev.payload, ev.created_at"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
     out = []
-    for pk, attempts, endpoint_id, event_id, session_id in rows:
-        endpoint = endpoints[endpoint_id]
-        event = events[event_id]
-        out.append(
-            Claimed(
-                id=pk,
-                attempts=attempts,
-                endpoint_id=endpoint_id,
-                session_id=session_id,
-                url=endpoint.url,
-                secrets=tuple(endpoint.signing_secrets(now)),
-                event_id=event_id,
-                body=_dumps(event["payload"]),
-                created_at=event["created_at"],
-                endpoint_failing=endpoint.failing_since is not None,
-            )
+    for row in rows:
+        url, secret, previous, previous_expires, failing_since, payload, created_at = row[5:]
+        endpoint = Endpoint(
+            pk=row[2],
+            url=url,
+            secret=secret,
+            previous_secret=previous,
+            previous_secret_expires_at=previous_expires,
+            failing_since=failing_since,
         )
+        body = _dumps(json.loads(payload) if isinstance(payload, str) else payload)
+        out.append(_claimed(row, endpoint, body, {"created_at": created_at}))
     return out
 
 
-def _dumps(payload: Any) -> str:
-    import json
+def _claimed(row: Any, endpoint: Endpoint, body: str, event: dict[str, Any]) -> Claimed:
+    pk, attempts, endpoint_id, event_id, session_id = row[:5]
+    return Claimed(
+        id=pk,
+        attempts=attempts,
+        endpoint_id=endpoint_id,
+        session_id=session_id,
+        url=endpoint.url,
+        secrets=tuple(endpoint.signing_secrets(timezone.now())),
+        event_id=event_id,
+        body=body,
+        created_at=event["created_at"],
+        endpoint_failing=endpoint.failing_since is not None,
+    )
 
+
+def _dumps(payload: Any) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -191,9 +238,84 @@ def finish_many(
     disable_after: float,
 ) -> list[tuple[retry.Outcome, str] | None]:
     """:func:`finish` for several attempts in one transaction (one commit, not one
-    each: what lets one dispatcher record a thousand outcomes a second)."""
+    each). On PostgreSQL the fenced outcomes are one ``UPDATE … FROM (VALUES …)`` and
+    the lanes' promotions one more: a few round trips per batch, not three per
+    attempt — the dispatcher's database thread was its bottleneck."""
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
+    now = timezone.now()
+    verdicts = [_verdict(claimed, result, schedule, now) for claimed, result in attempts]
     with transaction.atomic():
-        return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
+        updated = _update_outcomes(owner, attempts, verdicts, now)
+        finished = {
+            (claimed.endpoint_id, claimed.session_id)
+            for (claimed, _), (_, verdict) in zip(attempts, verdicts, strict=True)
+            if claimed.id in updated and verdict.status in (S.DELIVERED, S.DEAD)
+        }
+        promote_lanes(sorted(finished), now)
+        cleared: set[int] = set()  # endpoints whose failure clock this batch cleared
+        out: list[tuple[retry.Outcome, str] | None] = []
+        for (claimed, result), (outcome, verdict) in zip(attempts, verdicts, strict=True):
+            if claimed.id not in updated:
+                out.append(None)
+                continue
+            if outcome is retry.Outcome.DELIVERED:
+                if claimed.endpoint_failing and claimed.endpoint_id not in cleared:
+                    cleared.add(claimed.endpoint_id)
+                    _endpoint_effects(claimed, result, outcome, now, disable_after)
+            else:
+                cleared.discard(claimed.endpoint_id)
+                _endpoint_effects(claimed, result, outcome, now, disable_after)
+            out.append((outcome, verdict.status))
+        return out
+
+
+def _verdict(
+    claimed: Claimed, result: Result, schedule: tuple[float, ...], now: dt.datetime
+) -> tuple[retry.Outcome, retry.Verdict]:
+    outcome = retry.Outcome.REFUSED if result.refused else retry.classify(result.status_code)
+    return outcome, retry.verdict(outcome, claimed.attempts, schedule, now)
+
+
+def _update_outcomes(
+    owner: str,
+    attempts: list[tuple[Claimed, Result]],
+    verdicts: list[tuple[retry.Outcome, retry.Verdict]],
+    now: dt.datetime,
+) -> set[int]:
+    """PostgreSQL: every attempt's fenced outcome in one statement; the ids written
+    (an attempt whose claim was lost is not among them)."""
+    table = _table()
+    rows = []
+    params: list[Any] = []
+    for (claimed, result), (_, verdict) in zip(attempts, verdicts, strict=True):
+        rows.append(
+            "(%s::bigint, %s::integer, %s::varchar, %s::timestamptz, %s::integer, "
+            "%s::text, %s::text)"
+        )
+        params += [
+            claimed.id,
+            claimed.attempts,
+            verdict.status,
+            verdict.next_attempt_at,
+            result.status_code,
+            result.error[:300],
+            result.response[:1000],
+        ]
+    sql = (
+        f"UPDATE {table} SET status = v.status, claim_owner = '', claim_expires_at = NULL, "
+        "last_attempt_at = %s, last_status_code = v.code, last_error = v.error, "
+        f"last_response = v.response, "
+        f"next_attempt_at = COALESCE(v.next_at, {table}.next_attempt_at), "
+        f"delivered_at = CASE WHEN v.status = %s THEN %s ELSE {table}.delivered_at END "
+        f"FROM (VALUES {', '.join(rows)}) AS v(id, attempts, status, next_at, code, error, "
+        f"response) WHERE {table}.id = v.id AND {table}.claim_owner = %s "
+        f"AND {table}.attempts = v.attempts AND {table}.status = %s RETURNING {table}.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [now, S.DELIVERED, now, *params, owner, S.DELIVERING])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _record(
@@ -204,8 +326,7 @@ def _record(
     disable_after: float,
 ) -> tuple[retry.Outcome, str] | None:
     now = timezone.now()
-    outcome = retry.Outcome.REFUSED if result.refused else retry.classify(result.status_code)
-    verdict = retry.verdict(outcome, claimed.attempts, schedule, now)
+    outcome, verdict = _verdict(claimed, result, schedule, now)
     fields: dict[str, Any] = {
         "status": verdict.status,
         "claim_owner": "",
@@ -226,10 +347,24 @@ def _record(
         return None
     if verdict.status in (S.DELIVERED, S.DEAD):
         promote(claimed.endpoint_id, claimed.session_id, now)
+    if outcome is not retry.Outcome.DELIVERED or claimed.endpoint_failing:
+        # (a success of an endpoint that was not failing has nothing to clear)
+        _endpoint_effects(claimed, result, outcome, now, disable_after)
+    return outcome, verdict.status
+
+
+def _endpoint_effects(
+    claimed: Claimed,
+    result: Result,
+    outcome: retry.Outcome,
+    now: dt.datetime,
+    disable_after: float,
+) -> None:
+    """A success restarts the endpoint's failure clock; a 410 disables it; a failure
+    starts the clock, and disables the endpoint once it ran ``disable_after``."""
     endpoints = Endpoint.objects.filter(pk=claimed.endpoint_id)
     if outcome is retry.Outcome.DELIVERED:
-        if claimed.endpoint_failing:  # else nothing to clear: spare the statement
-            endpoints.filter(failing_since__isnull=False).update(failing_since=None)
+        endpoints.filter(failing_since__isnull=False).update(failing_since=None)
     elif outcome is retry.Outcome.GONE:
         endpoints.filter(enabled=True).update(
             enabled=False,
@@ -245,7 +380,6 @@ def _record(
                 f"(last: {(result.error or f'HTTP {result.status_code}')[:120]})"
             ),
         )
-    return outcome, verdict.status
 
 
 def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
@@ -264,6 +398,30 @@ def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
             f"WHERE endpoint_id = %s AND session_id = %s AND status IN ('pending', 'delivering') "
             f"ORDER BY seq LIMIT 1) AND next_attempt_at IS NULL",
             [connection.ops.adapt_datetimefield_value(now), endpoint_id, lane],
+        )
+
+
+def promote_lanes(lanes: list[tuple[int, int]], now: dt.datetime) -> None:
+    """:func:`promote` for many ``(endpoint_id, session_id)`` lanes in two statements
+    (PostgreSQL): the counter rows locked in one order (two dispatchers never wait
+    on each other in a cycle), then every lane's next scheduled."""
+    if not lanes:
+        return
+    counters = connection.ops.quote_name(SessionSequence._meta.db_table)
+    table = _table()
+    values = ", ".join(["(%s::bigint, %s::bigint)"] * len(lanes))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT last FROM {counters} WHERE session_id = ANY(%s) "
+            "ORDER BY session_id FOR UPDATE",
+            [sorted({lane for _, lane in lanes})],
+        )
+        cursor.execute(
+            f"UPDATE {table} SET next_attempt_at = %s WHERE next_attempt_at IS NULL AND id IN "
+            f"(SELECT (SELECT x.id FROM {table} AS x WHERE x.endpoint_id = l.endpoint_id "
+            "AND x.session_id = l.session_id AND x.status IN ('pending', 'delivering') "
+            f"ORDER BY x.seq LIMIT 1) FROM (VALUES {values}) AS l(endpoint_id, session_id))",
+            [now, *(n for lane in lanes for n in lane)],
         )
 
 
