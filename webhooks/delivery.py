@@ -227,8 +227,7 @@ def finish(
     Returns ``(outcome, new status)``, or None if the claim was lost meanwhile
     (expired and taken by another dispatcher): nothing written.
     """
-    with transaction.atomic():
-        return _record(owner, claimed, result, schedule, disable_after)
+    return finish_many(owner, [(claimed, result)], schedule, disable_after)[0]
 
 
 def finish_many(
