@@ -140,7 +140,26 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
 @functools.lru_cache(maxsize=64)
 def _claimable_sql(vendor: str, limit: int) -> tuple[str, tuple[Any, ...]]:
     """The inner SELECT of a claim, compiled once per database kind and batch size
-    (it depends on nothing else: times are the database's ``now()``)."""
+    (it depends on nothing else: times are the database's ``now()``).
+
+    On PostgreSQL written out: ``OFFSET 0`` keeps "nothing earlier unfinished" a probe
+    per candidate on ``webhooks_lane_open``. Left to the planner as an anti-join,
+    statistics from before a backlog arrived (a receiver outage) made it scan every
+    unfinished row once per candidate: 140 ms per claim with 3,000 queued.
+    """
+    if vendor == "postgresql":
+        table = _table()
+        endpoints = connection.ops.quote_name(Endpoint._meta.db_table)
+        return (
+            f"SELECT d.id FROM {table} AS d JOIN {endpoints} AS e ON e.id = d.endpoint_id "
+            "WHERE e.enabled AND ((d.status = 'pending' AND d.next_attempt_at <= "
+            "statement_timestamp()) OR (d.status = 'delivering' AND d.claim_expires_at < "
+            "statement_timestamp())) AND NOT EXISTS (SELECT 1 FROM "
+            f"{table} AS u WHERE u.endpoint_id = d.endpoint_id AND u.session_id = d.session_id "
+            "AND u.seq < d.seq AND u.status IN ('pending', 'delivering') OFFSET 0) "
+            f"ORDER BY d.next_attempt_at, d.id LIMIT {int(limit)} FOR UPDATE OF d SKIP LOCKED",
+            (),
+        )
     inner = (
         claimable()
         .order_by("next_attempt_at", "id")
