@@ -472,6 +472,18 @@ def release(owner: str) -> int:
     )
 
 
+def claim_or_due(
+    owner: str, ttl: float, limit: int, idle: bool
+) -> tuple[list[Claimed], float | None]:
+    """:func:`claim`; and if it found nothing while the dispatcher is ``idle`` (no
+    attempt in flight), :func:`next_due_in` in the same trip to the database thread
+    (a dispatcher's idle pass made two: the rung dispatcher waited behind them)."""
+    got = claim(owner, ttl, limit)
+    if got or not idle:
+        return got, None
+    return got, next_due_in()
+
+
 def next_due_in() -> float | None:
     """Seconds until a delivery can be claimed (a scheduled one due, or a claim that
     expires), 0 if one can now, None if there is none. Two index reads."""

@@ -237,3 +237,17 @@ def test_a_batch_of_outcomes_is_fenced_one_by_one_and_moves_each_finished_lane_o
     assert nxt[failing.session_id].id == failing.id and nxt[failing.session_id].attempts == 2
     hook.refresh_from_db()
     assert hook.failing_since is not None  # the failure started the clock
+
+
+def test_an_idle_claim_that_finds_nothing_also_says_when_the_next_is_due(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0])
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(500), (0.0, 300.0), WEEK)  # retry in 5 minutes
+    got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
+    assert got == [] and due is not None and 290 < due <= 300
+    assert delivery.claim_or_due("d1", 60, 10, idle=False) == ([], None)  # in flight: not asked
+    Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
+    got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
+    assert [c.id for c in got] == [head.id] and due is None
