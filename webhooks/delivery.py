@@ -33,7 +33,7 @@ from django.db.models import Exists, F, Min, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from webhooks import retry
+from webhooks import delivery_pg, retry
 from webhooks.models import Delivery, Endpoint, Event, SessionSequence
 
 S = Delivery.Status
@@ -140,26 +140,10 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
 @functools.lru_cache(maxsize=64)
 def _claimable_sql(vendor: str, limit: int) -> tuple[str, tuple[Any, ...]]:
     """The inner SELECT of a claim, compiled once per database kind and batch size
-    (it depends on nothing else: times are the database's ``now()``).
-
-    On PostgreSQL written out: ``OFFSET 0`` keeps "nothing earlier unfinished" a probe
-    per candidate on ``webhooks_lane_open``. Left to the planner as an anti-join,
-    statistics from before a backlog arrived (a receiver outage) made it scan every
-    unfinished row once per candidate: 140 ms per claim with 3,000 queued.
-    """
+    (it depends on nothing else: times are the database's ``now()``); on PostgreSQL
+    written out (:func:`webhooks.delivery_pg.claimable_sql`)."""
     if vendor == "postgresql":
-        table = _table()
-        endpoints = connection.ops.quote_name(Endpoint._meta.db_table)
-        return (
-            f"SELECT d.id FROM {table} AS d JOIN {endpoints} AS e ON e.id = d.endpoint_id "
-            "WHERE e.enabled AND ((d.status = 'pending' AND d.next_attempt_at <= "
-            "statement_timestamp()) OR (d.status = 'delivering' AND d.claim_expires_at < "
-            "statement_timestamp())) AND NOT EXISTS (SELECT 1 FROM "
-            f"{table} AS u WHERE u.endpoint_id = d.endpoint_id AND u.session_id = d.session_id "
-            "AND u.seq < d.seq AND u.status IN ('pending', 'delivering') OFFSET 0) "
-            f"ORDER BY d.next_attempt_at, d.id LIMIT {int(limit)} FOR UPDATE OF d SKIP LOCKED",
-            (),
-        )
+        return delivery_pg.claimable_sql(limit), ()
     inner = (
         claimable()
         .order_by("next_attempt_at", "id")
@@ -173,20 +157,7 @@ def _claimable_sql(vendor: str, limit: int) -> tuple[str, tuple[Any, ...]]:
 def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claimed]:
     """PostgreSQL: the claim, its endpoints and its events in one autocommitted
     statement (``UPDATE … FROM`` may return the joined rows' columns)."""
-    endpoint_table = connection.ops.quote_name(Endpoint._meta.db_table)
-    event_table = connection.ops.quote_name(Event._meta.db_table)
-    table = _table()
-    sql = (
-        f"{update} FROM {endpoint_table} AS ep, {event_table} AS ev "
-        f"WHERE {table}.id IN ({inner_sql}) AND ep.id = {table}.endpoint_id "
-        f"AND ev.id = {table}.event_id RETURNING {table}.id, {table}.attempts, "
-        f"{table}.endpoint_id, {table}.event_id, {table}.session_id, ep.url, ep.secret, "
-        "ep.previous_secret, ep.previous_secret_expires_at, ep.failing_since, "
-        "ev.payload, ev.created_at"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = delivery_pg.claim_rows(update, inner_sql, params)
     out = []
     for row in rows:
         url, secret, previous, previous_expires, failing_since, payload, created_at = row[5:]
@@ -271,7 +242,7 @@ def finish_many(
             for (claimed, _), (_, verdict) in zip(attempts, verdicts, strict=True)
             if claimed.id in updated and verdict.status in (S.DELIVERED, S.DEAD)
         }
-        promote_lanes(sorted(finished), now)
+        delivery_pg.promote_lanes(sorted(finished), now)
         cleared: set[int] = set()  # endpoints whose failure clock this batch cleared
         out: list[tuple[retry.Outcome, str] | None] = []
         for (claimed, result), (outcome, verdict) in zip(attempts, verdicts, strict=True):
@@ -302,38 +273,11 @@ def _update_outcomes(
     verdicts: list[tuple[retry.Outcome, retry.Verdict]],
     now: dt.datetime,
 ) -> set[int]:
-    """PostgreSQL: every attempt's fenced outcome in one statement; the ids written
-    (an attempt whose claim was lost is not among them)."""
-    table = _table()
-    rows = []
-    params: list[Any] = []
-    for (claimed, result), (_, verdict) in zip(attempts, verdicts, strict=True):
-        rows.append(
-            "(%s::bigint, %s::integer, %s::varchar, %s::timestamptz, %s::integer, "
-            "%s::text, %s::text)"
-        )
-        params += [
-            claimed.id,
-            claimed.attempts,
-            verdict.status,
-            verdict.next_attempt_at,
-            result.status_code,
-            result.error[:300],
-            result.response[:1000],
-        ]
-    sql = (
-        f"UPDATE {table} SET status = v.status, claim_owner = '', claim_expires_at = NULL, "
-        "last_attempt_at = %s, last_status_code = v.code, last_error = v.error, "
-        f"last_response = v.response, "
-        f"next_attempt_at = COALESCE(v.next_at, {table}.next_attempt_at), "
-        f"delivered_at = CASE WHEN v.status = %s THEN %s ELSE {table}.delivered_at END "
-        f"FROM (VALUES {', '.join(rows)}) AS v(id, attempts, status, next_at, code, error, "
-        f"response) WHERE {table}.id = v.id AND {table}.claim_owner = %s "
-        f"AND {table}.attempts = v.attempts AND {table}.status = %s RETURNING {table}.id"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [now, S.DELIVERED, now, *params, owner, S.DELIVERING])
-        return {row[0] for row in cursor.fetchall()}
+    rows = [
+        (c.id, c.attempts, v.status, v.next_attempt_at, r.status_code, r.error, r.response)
+        for (c, r), (_, v) in zip(attempts, verdicts, strict=True)
+    ]
+    return delivery_pg.update_outcomes(owner, rows, now)
 
 
 def _record(
@@ -416,30 +360,6 @@ def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
             f"WHERE endpoint_id = %s AND session_id = %s AND status IN ('pending', 'delivering') "
             f"ORDER BY seq LIMIT 1) AND next_attempt_at IS NULL",
             [connection.ops.adapt_datetimefield_value(now), endpoint_id, lane],
-        )
-
-
-def promote_lanes(lanes: list[tuple[int, int]], now: dt.datetime) -> None:
-    """:func:`promote` for many ``(endpoint_id, session_id)`` lanes in two statements
-    (PostgreSQL): the counter rows locked in one order (two dispatchers never wait
-    on each other in a cycle), then every lane's next scheduled."""
-    if not lanes:
-        return
-    counters = connection.ops.quote_name(SessionSequence._meta.db_table)
-    table = _table()
-    values = ", ".join(["(%s::bigint, %s::bigint)"] * len(lanes))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT last FROM {counters} WHERE session_id = ANY(%s) "
-            "ORDER BY session_id FOR UPDATE",
-            [sorted({lane for _, lane in lanes})],
-        )
-        cursor.execute(
-            f"UPDATE {table} SET next_attempt_at = %s WHERE next_attempt_at IS NULL AND id IN "
-            f"(SELECT (SELECT x.id FROM {table} AS x WHERE x.endpoint_id = l.endpoint_id "
-            "AND x.session_id = l.session_id AND x.status IN ('pending', 'delivering') "
-            f"ORDER BY x.seq LIMIT 1) FROM (VALUES {values}) AS l(endpoint_id, session_id))",
-            [now, *(n for lane in lanes for n in lane)],
         )
 
 
