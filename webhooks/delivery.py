@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import json
 from typing import Any
 
 from django.db import connection, transaction
@@ -31,7 +33,7 @@ from django.db.models import Exists, F, Min, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from webhooks import retry
+from webhooks import delivery_pg, retry
 from webhooks.models import Delivery, Endpoint, Event, SessionSequence
 
 S = Delivery.Status
@@ -95,29 +97,29 @@ def claimable() -> Any:
 
 
 def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
-    """Claim up to ``limit`` due lane heads, oldest due first, in one statement."""
+    """Claim up to ``limit`` due lane heads, oldest due first, in one statement (on
+    PostgreSQL one round trip: the endpoint and the event come back with the claim)."""
     if limit <= 0:
         return []
     if connection.vendor == "sqlite" and not claimable().exists():
         # SQLite's write transactions take the database lock (BEGIN IMMEDIATE): read
         # first, so an idle pass does not hold up the supervisor's writes.
         return []
-    inner = (
-        claimable()
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .values("id")[:limit]
+    inner_sql, inner_params = _claimable_sql(connection.vendor, limit)
+    expiry_sql, expiry_params = _expiry(ttl)
+    update = (
+        f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
+        f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
     )
+    params = [S.DELIVERING, owner, *expiry_params, *inner_params]
+    if connection.vendor == "postgresql":
+        return _claim_joined(update, inner_sql, params)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            inner_sql, inner_params = inner.query.sql_with_params()
-            expiry_sql, expiry_params = _expiry(ttl)
             cursor.execute(
-                f"UPDATE {_table()} SET status = %s, claim_owner = %s, "
-                f"claim_expires_at = {expiry_sql}, attempts = attempts + 1 "
-                f"WHERE id IN ({inner_sql}) "
+                f"{update} WHERE id IN ({inner_sql}) "
                 f"RETURNING id, attempts, endpoint_id, event_id, session_id",
-                [S.DELIVERING, owner, *expiry_params, *inner_params],
+                params,
             )
             rows = cursor.fetchall()
         if not rows:
@@ -129,31 +131,66 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
                 "id", "payload", "created_at"
             )
         }
-    now = timezone.now()
+    return [
+        _claimed(row, endpoints[row[2]], _dumps(events[row[3]]["payload"]), events[row[3]])
+        for row in rows
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _claimable_sql(vendor: str, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The inner SELECT of a claim, compiled once per database kind and batch size
+    (it depends on nothing else: times are the database's ``now()``); on PostgreSQL
+    written out (:func:`webhooks.delivery_pg.claimable_sql`)."""
+    if vendor == "postgresql":
+        return delivery_pg.claimable_sql(limit), ()
+    inner = (
+        claimable()
+        .order_by("next_attempt_at", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values("id")[:limit]
+    )
+    with transaction.atomic():  # Django compiles FOR UPDATE only inside one
+        return inner.query.sql_with_params()
+
+
+def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claimed]:
+    """PostgreSQL: the claim, its endpoints and its events in one autocommitted
+    statement (``UPDATE … FROM`` may return the joined rows' columns)."""
+    rows = delivery_pg.claim_rows(update, inner_sql, params)
     out = []
-    for pk, attempts, endpoint_id, event_id, session_id in rows:
-        endpoint = endpoints[endpoint_id]
-        event = events[event_id]
-        out.append(
-            Claimed(
-                id=pk,
-                attempts=attempts,
-                endpoint_id=endpoint_id,
-                session_id=session_id,
-                url=endpoint.url,
-                secrets=tuple(endpoint.signing_secrets(now)),
-                event_id=event_id,
-                body=_dumps(event["payload"]),
-                created_at=event["created_at"],
-                endpoint_failing=endpoint.failing_since is not None,
-            )
+    for row in rows:
+        url, secret, previous, previous_expires, failing_since, payload, created_at = row[5:]
+        endpoint = Endpoint(
+            pk=row[2],
+            url=url,
+            secret=secret,
+            previous_secret=previous,
+            previous_secret_expires_at=previous_expires,
+            failing_since=failing_since,
         )
+        body = _dumps(json.loads(payload) if isinstance(payload, str) else payload)
+        out.append(_claimed(row, endpoint, body, {"created_at": created_at}))
     return out
 
 
-def _dumps(payload: Any) -> str:
-    import json
+def _claimed(row: Any, endpoint: Endpoint, body: str, event: dict[str, Any]) -> Claimed:
+    pk, attempts, endpoint_id, event_id, session_id = row[:5]
+    return Claimed(
+        id=pk,
+        attempts=attempts,
+        endpoint_id=endpoint_id,
+        session_id=session_id,
+        url=endpoint.url,
+        secrets=tuple(endpoint.signing_secrets(timezone.now())),
+        event_id=event_id,
+        body=body,
+        created_at=event["created_at"],
+        endpoint_failing=endpoint.failing_since is not None,
+    )
 
+
+def _dumps(payload: Any) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -180,8 +217,7 @@ def finish(
     Returns ``(outcome, new status)``, or None if the claim was lost meanwhile
     (expired and taken by another dispatcher): nothing written.
     """
-    with transaction.atomic():
-        return _record(owner, claimed, result, schedule, disable_after)
+    return finish_many(owner, [(claimed, result)], schedule, disable_after)[0]
 
 
 def finish_many(
@@ -191,9 +227,57 @@ def finish_many(
     disable_after: float,
 ) -> list[tuple[retry.Outcome, str] | None]:
     """:func:`finish` for several attempts in one transaction (one commit, not one
-    each: what lets one dispatcher record a thousand outcomes a second)."""
+    each). On PostgreSQL the fenced outcomes are one ``UPDATE … FROM (VALUES …)`` and
+    the lanes' promotions one more: a few round trips per batch, not three per
+    attempt — the dispatcher's database thread was its bottleneck."""
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
+    now = timezone.now()
+    verdicts = [_verdict(claimed, result, schedule, now) for claimed, result in attempts]
     with transaction.atomic():
-        return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
+        updated = _update_outcomes(owner, attempts, verdicts, now)
+        finished = {
+            (claimed.endpoint_id, claimed.session_id)
+            for (claimed, _), (_, verdict) in zip(attempts, verdicts, strict=True)
+            if claimed.id in updated and verdict.status in (S.DELIVERED, S.DEAD)
+        }
+        delivery_pg.promote_lanes(sorted(finished), now)
+        cleared: set[int] = set()  # endpoints whose failure clock this batch cleared
+        out: list[tuple[retry.Outcome, str] | None] = []
+        for (claimed, result), (outcome, verdict) in zip(attempts, verdicts, strict=True):
+            if claimed.id not in updated:
+                out.append(None)
+                continue
+            if outcome is retry.Outcome.DELIVERED:
+                if claimed.endpoint_failing and claimed.endpoint_id not in cleared:
+                    cleared.add(claimed.endpoint_id)
+                    _endpoint_effects(claimed, result, outcome, now, disable_after)
+            else:
+                cleared.discard(claimed.endpoint_id)
+                _endpoint_effects(claimed, result, outcome, now, disable_after)
+            out.append((outcome, verdict.status))
+        return out
+
+
+def _verdict(
+    claimed: Claimed, result: Result, schedule: tuple[float, ...], now: dt.datetime
+) -> tuple[retry.Outcome, retry.Verdict]:
+    outcome = retry.Outcome.REFUSED if result.refused else retry.classify(result.status_code)
+    return outcome, retry.verdict(outcome, claimed.attempts, schedule, now)
+
+
+def _update_outcomes(
+    owner: str,
+    attempts: list[tuple[Claimed, Result]],
+    verdicts: list[tuple[retry.Outcome, retry.Verdict]],
+    now: dt.datetime,
+) -> set[int]:
+    rows = [
+        (c.id, c.attempts, v.status, v.next_attempt_at, r.status_code, r.error, r.response)
+        for (c, r), (_, v) in zip(attempts, verdicts, strict=True)
+    ]
+    return delivery_pg.update_outcomes(owner, rows, now)
 
 
 def _record(
@@ -204,8 +288,7 @@ def _record(
     disable_after: float,
 ) -> tuple[retry.Outcome, str] | None:
     now = timezone.now()
-    outcome = retry.Outcome.REFUSED if result.refused else retry.classify(result.status_code)
-    verdict = retry.verdict(outcome, claimed.attempts, schedule, now)
+    outcome, verdict = _verdict(claimed, result, schedule, now)
     fields: dict[str, Any] = {
         "status": verdict.status,
         "claim_owner": "",
@@ -226,10 +309,24 @@ def _record(
         return None
     if verdict.status in (S.DELIVERED, S.DEAD):
         promote(claimed.endpoint_id, claimed.session_id, now)
+    if outcome is not retry.Outcome.DELIVERED or claimed.endpoint_failing:
+        # (a success of an endpoint that was not failing has nothing to clear)
+        _endpoint_effects(claimed, result, outcome, now, disable_after)
+    return outcome, verdict.status
+
+
+def _endpoint_effects(
+    claimed: Claimed,
+    result: Result,
+    outcome: retry.Outcome,
+    now: dt.datetime,
+    disable_after: float,
+) -> None:
+    """A success restarts the endpoint's failure clock; a 410 disables it; a failure
+    starts the clock, and disables the endpoint once it ran ``disable_after``."""
     endpoints = Endpoint.objects.filter(pk=claimed.endpoint_id)
     if outcome is retry.Outcome.DELIVERED:
-        if claimed.endpoint_failing:  # else nothing to clear: spare the statement
-            endpoints.filter(failing_since__isnull=False).update(failing_since=None)
+        endpoints.filter(failing_since__isnull=False).update(failing_since=None)
     elif outcome is retry.Outcome.GONE:
         endpoints.filter(enabled=True).update(
             enabled=False,
@@ -245,7 +342,6 @@ def _record(
                 f"(last: {(result.error or f'HTTP {result.status_code}')[:120]})"
             ),
         )
-    return outcome, verdict.status
 
 
 def promote(endpoint_id: int, lane: int, now: dt.datetime) -> None:
@@ -294,6 +390,18 @@ def release(owner: str) -> int:
         claim_expires_at=None,
         attempts=F("attempts") - 1,
     )
+
+
+def claim_or_due(
+    owner: str, ttl: float, limit: int, idle: bool
+) -> tuple[list[Claimed], float | None]:
+    """:func:`claim`; and if it found nothing while the dispatcher is ``idle`` (no
+    attempt in flight), :func:`next_due_in` in the same trip to the database thread
+    (a dispatcher's idle pass made two: the rung dispatcher waited behind them)."""
+    got = claim(owner, ttl, limit)
+    if got or not idle:
+        return got, None
+    return got, next_due_in()
 
 
 def next_due_in() -> float | None:

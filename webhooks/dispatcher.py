@@ -210,12 +210,15 @@ class Dispatcher:
                 if repaired:
                     logger.warning("scheduled %d webhook lane heads left unscheduled", repaired)
         claimed_any = False
+        due: float | None = None
+        asked_due = False  # whether ``due`` was read after the last claim found nothing
         free = self.config.max_in_flight - len(self._inflight)
         while free > 0:
             asked = time.monotonic()
+            idle = not self._inflight
             try:
-                got = await self._db(delivery.claim)(
-                    self.owner, self.config.claim_ttl, min(free, self.config.claim_batch)
+                got, due = await self._db(delivery.claim_or_due)(
+                    self.owner, self.config.claim_ttl, min(free, self.config.claim_batch), idle
                 )
             except Exception:
                 logger.warning("could not claim webhook deliveries; will retry", exc_info=True)
@@ -225,6 +228,7 @@ class Dispatcher:
                 self._inflight[claimed.id] = asyncio.create_task(
                     self._attempt(claimed, asked), name=f"waconnect-webhook-{claimed.id}"
                 )
+            asked_due = idle and not got
             if len(got) < min(free, self.config.claim_batch):
                 break
             free = self.config.max_in_flight - len(self._inflight)
@@ -232,11 +236,12 @@ class Dispatcher:
             # An attempt's end wakes us (and a retry that falls due meanwhile waits
             # for it, at most the total timeout): no schedule query per outcome.
             return self.config.sweep_interval
-        try:
-            due = await self._db(delivery.next_due_in)()
-        except Exception:
-            logger.warning("could not read the webhook schedule", exc_info=True)
-            return min(5.0, self.config.sweep_interval)
+        if not asked_due:  # (what was in flight ended while we claimed)
+            try:
+                due = await self._db(delivery.next_due_in)()
+            except Exception:
+                logger.warning("could not read the webhook schedule", exc_info=True)
+                return min(5.0, self.config.sweep_interval)
         if due is None:
             return self.config.sweep_interval
         # Due but not claimed (locked by another dispatcher this instant): look again

@@ -206,6 +206,15 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["endpoint", "session_id", "seq"], name="webhooks_lane"),
             models.Index(fields=["status", "next_attempt_at"], name="webhooks_due"),
+            # A lane's unfinished ones only: the claim's "nothing earlier unfinished"
+            # probe and the lane's next (promote, the emitter's "busy?") read these, not
+            # the lane's history. Without it a claim on a 3,000 backlog took 89 ms (the
+            # planner, on fresh statistics, scanned every unfinished row per candidate).
+            models.Index(
+                fields=["endpoint", "session_id", "seq"],
+                name="webhooks_lane_open",
+                condition=models.Q(status__in=["pending", "delivering"]),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["event", "endpoint"], name="webhooks_one_per_endpoint")

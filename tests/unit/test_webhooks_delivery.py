@@ -215,3 +215,39 @@ def test_a_lane_left_unscheduled_is_repaired_by_the_sweep(
     assert delivery.repair_lanes() == 1
     (claimed,) = delivery.claim("d1", 60, 10)
     assert Delivery.objects.get(pk=claimed.id).seq == 1
+
+
+def test_a_batch_of_outcomes_is_fenced_one_by_one_and_moves_each_finished_lane_on(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    """One ``finish_many`` (on PostgreSQL one UPDATE for all): a lost claim writes
+    nothing, a success moves its lane on, a failure keeps its lane waiting."""
+    for session in sessions:
+        emit(session, 2)
+    stale, ok, failing = sorted(delivery.claim("d1", 60, 10), key=lambda c: c.session_id)
+    Delivery.objects.filter(pk=stale.id).update(claim_owner="someone-else")
+    recorded = delivery.finish_many(
+        "d1", [(stale, Result(200)), (ok, Result(204)), (failing, Result(500))], SCHEDULE, WEEK
+    )
+    assert recorded == [None, ("delivered", "delivered"), ("failed", "pending")]
+    assert Delivery.objects.get(pk=stale.id).status == "delivering"
+    nxt = {Delivery.objects.get(pk=c.id).session_id: c for c in delivery.claim("d1", 60, 10)}
+    # ok's lane: its second; failing's lane: its head again (retry due at once)
+    assert Delivery.objects.get(pk=nxt[ok.session_id].id).seq == 2
+    assert nxt[failing.session_id].id == failing.id and nxt[failing.session_id].attempts == 2
+    hook.refresh_from_db()
+    assert hook.failing_since is not None  # the failure started the clock
+
+
+def test_an_idle_claim_that_finds_nothing_also_says_when_the_next_is_due(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    emit(sessions[0])
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(500), (0.0, 300.0), WEEK)  # retry in 5 minutes
+    got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
+    assert got == [] and due is not None and 290 < due <= 300
+    assert delivery.claim_or_due("d1", 60, 10, idle=False) == ([], None)  # in flight: not asked
+    Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
+    got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
+    assert [c.id for c in got] == [head.id] and due is None
