@@ -21,7 +21,6 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, register
 from django.core.checks.security import base, csrf
-from django.test.utils import override_settings
 from django.utils.module_loading import import_string
 
 #: Django's checks that look for a middleware by its path (first the three that say
@@ -66,7 +65,10 @@ def middleware_dependent_checks(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     # Checks run once, at start-up, before any request: the override is not seen
-    # by anything else.
+    # by anything else. Imported here: only a process that runs the checks loads
+    # Django's test utilities.
+    from django.test.utils import override_settings
+
     with override_settings(MIDDLEWARE=_as_parents(settings.MIDDLEWARE)):
         found = [message for check in CHECKS for message in check(app_configs)]
     # Django's messages are module constants: renamed copies, never the originals.
