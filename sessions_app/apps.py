@@ -10,8 +10,10 @@ class SessionsAppConfig(AppConfig):
 
     def ready(self) -> None:
         """Every process starts with its data directory private (700, files 600), and
-        sockets are re-checked when a user's rights change."""
+        sockets are re-checked when a user's rights change; Django's deploy checks see
+        the on-loop middleware (waconnect.checks)."""
         from sessions_app import datafiles, revocation
+        from waconnect import checks  # noqa: F401 (registers the middleware's deploy checks)
 
         datafiles.secure_at_start()
         revocation.connect()

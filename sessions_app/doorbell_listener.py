@@ -38,6 +38,8 @@ class DoorbellListenerMixin:
     _listening: asyncio.Event
     _stop: asyncio.Event
     _wake: asyncio.Event
+    _rung: set[int]
+    _census_due: bool
 
     def _extra(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -80,10 +82,16 @@ class DoorbellListenerMixin:
                 await self.layer.group_discard(doorbell.SUPERVISORS_GROUP, channel)
 
     def ring(self, message: dict[str, Any]) -> None:
-        """Act on a doorbell message: poke the owner's runner, or look for work."""
+        """Act on a doorbell message: poke the owner's runner, or look for work (a
+        ring that names a session we do not run: perhaps only that one, see
+        ``Supervisor.reconcile``; any other: a full pass with a census)."""
         session_id = message.get("session")
         runner = self.runners.get(session_id) if isinstance(session_id, int) else None
         if runner is not None:
             runner.poke(str(message.get("reason", "ring")))
+            return
+        if isinstance(session_id, int):
+            self._rung.add(session_id)
         else:
-            self._wake.set()
+            self._census_due = True
+        self._wake.set()

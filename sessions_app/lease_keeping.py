@@ -49,6 +49,9 @@ class LeaseKeepingMixin:
     def _extra(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def look_for_work(self) -> None:
+        raise NotImplementedError
+
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.renew_interval)
@@ -106,7 +109,7 @@ class LeaseKeepingMixin:
             self._orphans.update({lease.session_id: lease.epoch for lease in orphans})
             return
         if released:
-            self._wake.set()
+            self.look_for_work()
             await doorbell.wake_supervisors("leases given back")
 
     def _fence_deadline(self) -> float:

@@ -70,8 +70,11 @@ def _expiry(ttl: float) -> tuple[str, list[Any]]:
     return "%s", [timezone.now() + dt.timedelta(seconds=ttl)]
 
 
-def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
-    """Take up to ``limit`` sessions that need an owner and have none, in one statement.
+def claim(
+    owner: str, ttl: float, limit: int, session_ids: Collection[int] | None = None
+) -> list[Lease]:
+    """Take up to ``limit`` sessions that need an owner and have none, in one statement
+    (with ``session_ids``: only among those).
 
     On PostgreSQL the inner SELECT is ``FOR UPDATE SKIP LOCKED``, so concurrent
     claimers never wait on each other and never take the same row; on SQLite
@@ -79,9 +82,11 @@ def claim(owner: str, ttl: float, limit: int) -> list[Lease]:
     """
     if limit <= 0:
         return []
+    candidates = WaSession.objects.claimable()
+    if session_ids is not None:
+        candidates = candidates.filter(pk__in=list(session_ids))
     inner = (
-        WaSession.objects.claimable()
-        .order_by("lease_expires_at", "id")
+        candidates.order_by("lease_expires_at", "id")
         .select_for_update(skip_locked=True)
         .values("id")[:limit]
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -33,7 +34,8 @@ from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.doorbell_listener import DoorbellListenerMixin
 from sessions_app.drivers.base import Driver
 from sessions_app.lease_keeping import LeaseKeepingMixin
-from sessions_app.policy import Backoff, ConnectCeiling, pick_to_shed, shed_count
+from sessions_app.leases import Census, Lease
+from sessions_app.policy import Backoff, ConnectCeiling, fair_share, pick_to_shed, shed_count
 from sessions_app.runner import SessionRunner
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,12 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         self._listening = asyncio.Event()
         self._next_expiry = self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
+        #: Rung sessions we do not run, and whether the next pass needs a census
+        #: anyway (any other wake-up); see reconcile.
+        self._rung: set[int] = set()
+        self._census_due = True
+        #: The last census and when it was taken (our clock).
+        self._census: tuple[Census, float] | None = None
         #: Set after the first reconcile pass: the supervisor is listening and has
         #: claimed what was waiting.
         self.ready = asyncio.Event()
@@ -172,7 +180,12 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             self._orphans[runner.session_id] = runner.lease.epoch
         if runner.exit_reason in ("released", "deleted"):
             # An intent may have changed while it was finishing: look again.
-            self._wake.set()
+            self.look_for_work()
+
+    def look_for_work(self) -> None:
+        """Wake the reconcile loop for a full pass (census and claim)."""
+        self._census_due = True
+        self._wake.set()
 
     # -- reconcile ------------------------------------------------------------------------
 
@@ -181,7 +194,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         # lost until the next periodic pass.
         await self._listening.wait()
         await self._join()
-        self._wake.set()
+        self.look_for_work()
         last_periodic = self.clock()
         while True:
             # Wake on a ring, when another's lease or presence runs out (to take
@@ -189,18 +202,22 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             # periodic pass. asyncio.timeout, not wait_for: on 3.11 wait_for can
             # swallow a cancellation that races the wake-up.
             until_periodic = self.config.reconcile_interval - (self.clock() - last_periodic)
+            woken = False
             with contextlib.suppress(TimeoutError):
                 wake_in = (
                     until_periodic if self.poll_only else min(until_periodic, self._next_expiry)
                 )
                 async with asyncio.timeout(max(0.0, wake_in)):
                     await self._wake.wait()
+                    woken = True
             periodic = self.clock() - last_periodic >= self.config.reconcile_interval
             if periodic:
                 last_periodic = self.clock()
             self._wake.clear()
             try:
-                await self.reconcile(periodic=periodic)
+                # Only rings that name sessions: perhaps no census (see reconcile).
+                census = periodic or not woken or self._census_due
+                await self.reconcile(periodic=periodic, census=census)
             except Exception:
                 self._next_expiry = self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
@@ -215,10 +232,20 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             return
         await doorbell.wake_supervisors("a supervisor joined")
 
-    async def reconcile(self, *, periodic: bool = True) -> int:
+    async def reconcile(self, *, periodic: bool = True, census: bool = True) -> int:
         """Claim what needs an owner; on the periodic pass, re-check owned sessions too
         and the messages: expire overdue ones of every session (owned or not), wake
-        the pumps of our sessions with messages queued (a lost ring)."""
+        the pumps of our sessions with messages queued (a lost ring).
+
+        ``census=False`` (woken only by rings naming sessions we do not run, such as
+        a create's): those sessions are claimed by id without a new census, when the
+        last census (at most one reconcile interval old) plus these sessions gives a
+        fair share that has room for them (:meth:`_claim_rung`); otherwise, and for
+        every other wake-up, a full pass: census, shedding, claims of anything
+        claimable. A census-free claim never takes more than the share a census
+        taken now would give, unless sessions stopped wanting an owner since the
+        last one (their count lags by at most a reconcile interval; shedding
+        corrects it at the next full pass)."""
         if periodic:
             await self._poke_changed()
             try:
@@ -232,20 +259,27 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                     await self.layer.group_add(doorbell.SUPERVISORS_GROUP, self._channel)
         if self.fenced:
             return 0
+        rung, self._rung = self._rung, set()
+        if not census and rung:
+            claimed = await self._claim_rung(rung)
+            if claimed is not None:
+                return claimed
+        self._census_due = False  # set again by any wake-up from here on
         # The census and a first claim in one hop (both are on the way from "create"
         # to the QR code); further batches, after any shedding, one by one.
         running = len(self.runners)
-        census, share, got = await owner_db.census_and_claim(
+        taken, share, got = await owner_db.census_and_claim(
             self.owner,
             self.config.lease_ttl,
             self.config.max_sessions,
             running,
             self.config.claim_batch,
         )
+        self._census = (taken, self.clock())
         self._next_expiry = (
             self.config.reconcile_interval
-            if census.next_expiry is None
-            else census.next_expiry + EXPIRY_SLACK
+            if taken.next_expiry is None
+            else taken.next_expiry + EXPIRY_SLACK
         )
         if got is None:
             await self._shed(share)
@@ -258,24 +292,52 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 if batch <= 0:
                     break
                 got = await owner_db.claim(self.owner, self.config.lease_ttl, batch)
-            if self.fenced:
-                # Answered after we fenced ourselves: no renewal covers these leases.
-                # Connect none; the next renewal that works gives them back.
-                self._orphans.update({lease.session_id: lease.epoch for lease in got})
+            if not self._run_claimed(got):
                 break
-            for lease in got:
-                if lease.session_id in self.runners:  # cannot happen; be loud if it does
-                    logger.error(
-                        "claimed a session we already run", extra={"session": lease.session_id}
-                    )
-                    continue
-                logger.info("claimed (epoch %d)", lease.epoch, extra={"session": lease.session_id})
-                self.runners[lease.session_id] = SessionRunner(self, lease)
             claimed += len(got)
             if len(got) < batch:
                 break
             got = None
         return claimed
+
+    async def _claim_rung(self, rung: set[int]) -> int | None:
+        """Claim these rung sessions by id, without a census: the number claimed, or
+        None when the last census is missing or too old, or the fair share it gives
+        (with these sessions added to the work) has no room for them."""
+        if self._census is None:
+            return None
+        last, taken_at = self._census
+        if self.clock() - taken_at > self.config.reconcile_interval:
+            return None
+        wanted = rung - self.runners.keys()
+        if not wanted:
+            return 0
+        share = fair_share(last.wanted + len(wanted), self.config.max_sessions, last.other_caps)
+        if len(self.runners) + len(wanted) > share:
+            return None
+        got = await owner_db.claim(self.owner, self.config.lease_ttl, len(wanted), wanted)
+        # What the census would count now: the sessions just claimed want an owner.
+        self._census = (dataclasses.replace(last, wanted=last.wanted + len(got)), taken_at)
+        self._run_claimed(got)
+        return len(got)
+
+    def _run_claimed(self, got: list[Lease]) -> bool:
+        """Start a runner for each claimed lease; False (none started) if we fenced
+        ourselves meanwhile."""
+        if self.fenced:
+            # Answered after we fenced ourselves: no renewal covers these leases.
+            # Connect none; the next renewal that works gives them back.
+            self._orphans.update({lease.session_id: lease.epoch for lease in got})
+            return False
+        for lease in got:
+            if lease.session_id in self.runners:  # cannot happen; be loud if it does
+                logger.error(
+                    "claimed a session we already run", extra={"session": lease.session_id}
+                )
+                continue
+            logger.info("claimed (epoch %d)", lease.epoch, extra={"session": lease.session_id})
+            self.runners[lease.session_id] = SessionRunner(self, lease)
+        return True
 
     async def _stop_runners(self, runners: list[SessionRunner]) -> list[SessionRunner]:
         """Cancel these runners and wait (bounded) until each has closed its connection.

@@ -125,14 +125,18 @@ def create_session(request: HttpRequest, body: SessionIn) -> HttpResponse:
 
 
 @sync_to_async
-def _release_connections() -> None:
-    """Close (with a pool: give back) the connections of this request's thread."""
-    connections.close_all()
-
-
-@sync_to_async
-def _read_visible(request: HttpRequest, session_id: int) -> dict[str, Any]:
-    return snapshots.snapshot(get_session(request, session_id), with_events=False)
+def _read_visible(
+    request: HttpRequest,
+    session_id: int,
+    release_unless: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """The visible session's snapshot. With ``release_unless``: when the snapshot does
+    not satisfy it (the caller is about to wait), the connections of this request's
+    thread are closed (with a pool: given back) in the same thread hop."""
+    snapshot = snapshots.snapshot(get_session(request, session_id), with_events=False)
+    if release_unless is not None and not release_unless(snapshot):
+        connections.close_all()
+    return snapshot
 
 
 @router.get("/{session_id}", response=SessionOut, summary="Read a session (long poll)")
@@ -188,13 +192,13 @@ async def wait_for_snapshot(
     await layer.group_add(group, channel)
     latest: dict[str, Any] | None = None
     try:
-        latest = await _read_visible(request, session_id)
+        # Unless it is done, this request's database connection is handed back
+        # before waiting (in the read's own hop): the wait needs none, and held for
+        # up to 30 s it would empty the process's pool (WACONNECT_DB_POOL_MAX) with
+        # a handful of waiting clients.
+        latest = await _read_visible(request, session_id, release_unless=done)
         if done(latest):
             return latest
-        # Hand this request's database connection back before waiting: the wait
-        # needs none, and held for up to 30 s it would empty the process's pool
-        # (WACONNECT_DB_POOL_MAX) with a handful of waiting clients.
-        await _release_connections()
         async with asyncio.timeout(wait):
             while True:
                 message = await layer.receive(channel)

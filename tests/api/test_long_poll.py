@@ -68,9 +68,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     read = sessions_router._read_visible
 
-    async def counted(request: Any, session_id: int) -> Any:
+    async def counted(request: Any, session_id: int, *args: Any, **kwargs: Any) -> Any:
         seen.append(session_id)
-        return await read(request, session_id)
+        return await read(request, session_id, *args, **kwargs)
 
     monkeypatch.setattr(sessions_router, "_read_visible", counted)
     return seen

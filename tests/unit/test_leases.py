@@ -27,6 +27,17 @@ def test_claim_takes_each_session_once_and_grows_the_epoch(sessions: list[WaSess
     assert leases.claim("c", 10, 10) == []
 
 
+def test_claim_by_id_takes_only_the_named_sessions_that_are_claimable(
+    sessions: list[WaSession],
+) -> None:
+    named = [sessions[3].pk, sessions[1].pk]
+    WaSession.objects.filter(pk=sessions[2].pk).update(desired_state="stopped", pair_request=0)
+    got = leases.claim("a", 10, 5, [*named, sessions[2].pk])
+    assert sorted(lease.session_id for lease in got) == sorted(named)
+    assert leases.claim("b", 10, 5, named) == []  # held by "a" now
+    assert {x.session_id for x in leases.claim("b", 10, 5)} == {sessions[0].pk, sessions[4].pk}
+
+
 def test_renew_returns_exactly_the_leases_still_held(sessions: list[WaSession]) -> None:
     held = leases.claim("a", 10, 5)
     WaSession.objects.filter(pk=held[0].session_id).update(lease_owner="b")

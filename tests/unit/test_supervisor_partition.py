@@ -82,10 +82,13 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    async def late(owner: str, ttl: float, limit: int) -> list[leases.Lease]:
+    async def late(
+        owner: str, ttl: float, limit: int, session_ids: Any = None
+    ) -> list[leases.Lease]:
+        """A claim (a rung session's goes out by id, without a census)."""
         entered.set()
         await answer.wait()
-        got = await claim(owner, ttl, limit)
+        got = await claim(owner, ttl, limit, session_ids)
         answered.set()
         return got
 

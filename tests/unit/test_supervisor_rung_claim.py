@@ -1,0 +1,104 @@
+"""A ring that names a session nobody runs (a create's) is claimed by id, without a
+new census, while the last census says there is room in the fair share; otherwise,
+and for every other wake-up, the supervisor takes a census first, as before."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Collection
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from sessions_app import intents, owner_db
+from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
+from sessions_app.models import WaSession
+from tests.unit.helpers import state_is, until
+from tests.unit.test_supervisor import FAST, running
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+#: No periodic pass during a test: every pass is one a ring or a wake-up asked for.
+QUIET = dataclasses.replace(FAST, reconcile_interval=30.0)
+
+create = sync_to_async(intents.create_session)
+owner_of = sync_to_async(
+    lambda pk: WaSession.objects.values_list("lease_owner", flat=True).get(pk=pk)
+)
+
+
+class Calls:
+    """What the supervisor's claim calls did: ids claimed by id, and census passes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.by_id: list[int] = []
+        self.census_passes = 0
+        self.census_done = asyncio.Event()
+        claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
+
+        async def claimed(
+            owner: str, ttl: float, limit: int, session_ids: Collection[int] | None = None
+        ) -> Any:
+            if session_ids is None:
+                return await claim(owner, ttl, limit)
+            got = await claim(owner, ttl, limit, session_ids)
+            self.by_id.extend(lease.session_id for lease in got)
+            return got
+
+        async def counted(*args: Any) -> Any:
+            result = await census_and_claim(*args)
+            self.census_passes += 1
+            self.census_done.set()
+            return result
+
+        monkeypatch.setattr(owner_db, "claim", claimed)
+        monkeypatch.setattr(owner_db, "census_and_claim", counted)
+
+
+@pytest.fixture
+def world() -> SimulatedWhatsApp:
+    return SimulatedWhatsApp(SimulatedTiming(first_qr_ttl=5, next_qr_ttl=5, qr_count=2))
+
+
+async def test_a_created_session_is_claimed_by_id_without_a_census(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = Calls(monkeypatch)
+    async with running(world, QUIET) as sup:
+        for name in ("first", "second", "third"):
+            session = await create(name, "ada")
+            await until(session.pk, state_is("qr_required"))
+            assert session.pk in calls.by_id
+            assert await owner_of(session.pk) == sup.owner
+
+
+async def test_a_rung_session_beyond_the_fair_share_waits_for_a_census(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Capped at one session: the second create's ring finds no room in the share the
+    last census gives, so a census decides (and the cap holds)."""
+    calls = Calls(monkeypatch)
+    async with running(world, dataclasses.replace(QUIET, max_sessions=1)) as sup:
+        first = await create("first", "ada")
+        await until(first.pk, state_is("qr_required"))
+        calls.census_done.clear()
+        second = await create("second", "ada")
+        await calls.census_done.wait()
+        assert await owner_of(second.pk) == ""
+        assert second.pk not in calls.by_id
+        assert set(sup.runners) == {first.pk}
+
+
+async def test_a_wake_up_without_a_session_takes_a_census(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = Calls(monkeypatch)
+    async with running(world, QUIET) as sup:
+        unrung = await sync_to_async(WaSession.objects.create)(name="unrung", pair_request=1)
+        calls.census_done.clear()
+        sup.look_for_work()
+        await calls.census_done.wait()
+        await until(unrung.pk, state_is("qr_required"))
+        assert unrung.pk not in calls.by_id
