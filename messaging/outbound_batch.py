@@ -5,7 +5,7 @@ every session of the batch (the way lease renewal extends all leases in one).
 :func:`sent_and_take_many` is :func:`messaging.outbound.sent_and_take` for a
 list of sessions (each at most once), in one transaction:
 
-1. on PostgreSQL, the batch's session rows are locked ``FOR SHARE`` in id order
+1. on PostgreSQL, the batch's session rows (two or more) are locked ``FOR SHARE`` in id order
    (``SELECT … ORDER BY id FOR SHARE``): the fence of every statement below takes
    the same locks, and taking them in one order, as the lease renewal does
    (:func:`sessions_app.leases.renew`), keeps a batch and a renewal from
@@ -138,8 +138,8 @@ def _update(
 
 
 def _lock_sessions(leases: Sequence[Lease]) -> None:
-    if connection.vendor != "postgresql":
-        return  # SQLite: the transaction holds the one write lock
+    if connection.vendor != "postgresql" or len(leases) < 2:
+        return  # SQLite: the transaction holds the one write lock; one row: no order
     sessions = _q(WaSession._meta.db_table)
     ids = sorted(lease.session_id for lease in leases)
     marks = ", ".join(["%s"] * len(ids))
