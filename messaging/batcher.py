@@ -72,8 +72,19 @@ class Batcher:
 
     def _start(self) -> None:
         while self._waiting and self.running < self.slots:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            batch = [call for call in batch if not call.answer.done()]  # cancelled meanwhile
+            batch, later, sessions = [], [], set()
+            for call in self._waiting:
+                if call.answer.done():  # cancelled meanwhile
+                    continue
+                session = call.step.lease.session_id
+                if session in sessions or len(batch) >= MAX_BATCH:
+                    # A session's old pump (a lease given up and claimed again here)
+                    # may still have a call waiting: one call per session per batch.
+                    later.append(call)
+                else:
+                    sessions.add(session)
+                    batch.append(call)
+            self._waiting = later
             if not batch:
                 continue
             self.running += 1

@@ -179,3 +179,19 @@ async def test_a_failed_batch_fails_each_of_its_calls(
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert batcher.running == 0
+
+
+async def test_two_calls_for_one_session_go_in_different_batches(held: list[Lease]) -> None:
+    """A session's old pump may still have a call waiting when its new one calls (a
+    lease given up and claimed again by the same supervisor): they never share a
+    batch (the batch would be refused), and the other sessions' calls are not held up."""
+    a, b, _ = held
+    await sync_to_async(queue)(a, 2)
+    await sync_to_async(queue)(b, 1)
+    batcher = Batcher(slots=1)
+    busy = asyncio.create_task(batcher.sent_and_take(b, None))  # takes the one slot
+    await asyncio.sleep(0)
+    twice = [batcher.sent_and_take(a, None), batcher.sent_and_take(a, None)]
+    outcomes = await asyncio.gather(busy, *twice, return_exceptions=True)
+    assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+    assert (batcher.batches, batcher.calls) == (3, 3)
