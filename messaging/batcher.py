@@ -10,7 +10,9 @@ hundred busy sessions share a few statements and commits instead of a few
 hundred.
 
 One batcher per event loop (:func:`batcher`), shared by its pumps. A session is
-in at most one batch at a time: its pump awaits each call.
+in at most one batch at a time: its pump awaits each call, and a second call for
+it (an old pump still waiting beside the new one after a re-claim) waits for the
+next batch.
 
 A pump cancelled while its batch runs gets no answer; a message the batch took
 for it was never given to the driver, so the batcher puts it back in the queue
