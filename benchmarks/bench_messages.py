@@ -4,7 +4,8 @@ how many a second one supervisor sends.
 Run from the repository root (one benchmark at a time: under the shared lock)::
 
     flock /tmp/waconnect-heavy.lock .venv/bin/python benchmarks/bench_messages.py \
-        [--latency-messages 500] [--sessions 100] [--per-session 20] [--json out.json]
+        [--latency-messages 500] [--sessions 100] [--per-session 20] [--json out.json] \
+        [--profile DIR]
 
 One process, as under ``runserver``: a supervisor on the simulated WhatsApp (in
 process), the in-memory channel layer, on a PostgreSQL database of its own
@@ -36,6 +37,7 @@ import datetime as dt
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.clusterenv import bench_database, log, setup_django
-from benchmarks.stats import load_average, machine_cpu_s, process_cpu_s, summary, table
+from benchmarks.stats import CLK_TCK, load_average, machine_cpu_s, process_cpu_s, summary, table
 
 PEER = "491700000001"
 
@@ -61,6 +63,37 @@ def postgres_cpu_s() -> float:
         except OSError:
             continue
     return total
+
+
+def profile_window() -> Any:
+    """pyinstrument on the event loop and on every database thread of the supervisor
+    and its message pumps (``--profile``)."""
+    from benchmarks.threadprofile import ProfileWindow
+    from messaging import dbthreads
+    from sessions_app import dbthread
+
+    return ProfileWindow(
+        {
+            "messages-db": (dbthreads._get_executor(), dbthreads.threads()),
+            "supervisor-db": (dbthread._get_executor(dbthread.SUPERVISOR_THREAD), 1),
+            "lease-db": (dbthread._get_executor(dbthread.LEASE_THREAD), 1),
+        }
+    )
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """utime + stime of each of this process's threads, summed by name (pool threads'
+    numbers dropped: ``waconnect-db-messages_0`` counts as ``waconnect-db-messages``)."""
+    names = {t.native_id: t.name.rsplit("_", 1)[0] for t in threading.enumerate()}
+    totals: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), "other")
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return totals
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,7 +209,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     wanted_sent[0] = len(sent_at) + total
     arrived.clear()
     all_sent.clear()
+    profiler = None
+    if args.profile is not None:
+        profiler = profile_window()
+        await profiler.start()
     cpu0, pg0, machine0 = process_cpu_s(os.getpid()), postgres_cpu_s(), machine_cpu_s()
+    threads0 = thread_cpu_s()
+    from messaging.batcher import batcher
+
+    batches0, calls0 = batcher().batches, batcher().calls
     start = time.perf_counter()
     for sid in ids:
         await doorbell.ring_supervisors(sid, RING_REASON)
@@ -186,6 +227,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await all_sent.wait()
     sent_all = max(sent_at.values())
     cpu1, pg1, machine1 = process_cpu_s(os.getpid()), postgres_cpu_s(), machine_cpu_s()
+    threads1 = thread_cpu_s()
+    batches, calls = batcher().batches - batches0, batcher().calls - calls0
+    if profiler is not None:
+        await profiler.stop(args.profile)
     listener.cancel()
     supervisor.stop()
     await task
@@ -204,6 +249,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "sent_per_s": total / window,
             "process_cpu_s": cpu1 - cpu0,
             "process_cpu_pct": 100 * (cpu1 - cpu0) / window,
+            "thread_cpu_pct": {
+                name: round(100 * (cpu - threads0.get(name, 0.0)) / window, 1)
+                for name, cpu in sorted(threads1.items())
+            },
+            "batches": batches,
+            "mean_batch": calls / max(1, batches),
             "postgres_cpu_s": pg1 - pg0,
             "postgres_cpu_pct": 100 * (pg1 - pg0) / window,
             "machine_busy_pct": 100 * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1]),
@@ -219,6 +270,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--per-session", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile the sustained phase with pyinstrument (event loop and database "
+        "threads) into this directory; the numbers then include its overhead",
+    )
     args = parser.parse_args()
     log(f"load average before: {load_average()}")
     with bench_database(f"bench_messages_{os.getpid()}") as url:
@@ -243,6 +300,8 @@ def main() -> None:
         f"CPU: this process {s['process_cpu_pct']:.0f}% of a core, PostgreSQL "
         f"{s['postgres_cpu_pct']:.0f}%, machine {s['machine_busy_pct']:.0f}% busy (2 cores)"
     )
+    print(f"pump batches: {s['batches']}, {s['mean_batch']:.1f} sessions each on average")
+    print(f"CPU by thread (% of a core): {s['thread_cpu_pct']}")
     print(f"load average after: {result['load_average_after']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

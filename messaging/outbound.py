@@ -29,7 +29,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Q
 
 from messaging import signals
@@ -165,44 +165,15 @@ def take_next(lease: Lease, now: dt.datetime) -> Taken:
     """Take the session's oldest queued message whose deadline has not passed and
     mark it ``sending`` under the lease's epoch, before anyone asks the driver.
 
-    One statement. One at a time: nothing is taken while another message of the
-    session is ``sending``. When nothing was taken, messages left ``sending`` by
-    an older epoch are marked ``unknown`` (they would block the queue) and the
-    take is tried once more: the pump marks them when it starts, and on
-    PostgreSQL no older owner can write ``sending`` after our claim (the fence
-    locks the session row), so this is a second safety net, off the hot path.
+    One at a time: nothing is taken while another message of the session is
+    ``sending``. When nothing was taken, messages left ``sending`` by an older
+    epoch are marked ``unknown`` (they would block the queue) and the take is
+    tried once more: the pump marks them when it starts, and on PostgreSQL no
+    older owner can write ``sending`` after our claim (the fence locks the
+    session row), so this is a second safety net, off the hot path. The
+    statements are :mod:`messaging.outbound_batch`'s, for one session.
     """
-    taken = _take(lease, now)
-    if taken is not None:
-        return Taken(taken, [])
-    stale = mark_stale_sending(lease, now)
-    return Taken(_take(lease, now) if stale else None, stale)
-
-
-def _take(lease: Lease, now: dt.datetime) -> Message | None:
-    table = _messages()
-    queued, sending = _lit(Status.QUEUED), _lit(Status.SENDING)
-    where = (
-        f"id = (SELECT m.id FROM {table} m WHERE m.session_id = %s AND m.status = {queued} "
-        f"AND (m.deadline IS NULL OR m.deadline > %s) ORDER BY m.id LIMIT 1) "
-        f"AND NOT EXISTS (SELECT 1 FROM {table} b WHERE b.session_id = %s "
-        f"AND b.status = {sending})"
-    )
-    rows = _update(
-        lease,
-        Trigger.TAKE,
-        {
-            "status": str(Status.SENDING),
-            "send_epoch": lease.epoch,
-            "sending_at": _dt(now),
-            "failure_reason": "",
-            "failure_detail": "",
-        },
-        where,
-        [lease.session_id, _dt(now), lease.session_id],
-        now,
-    )
-    return rows[0] if rows else None
+    return sent_and_take(lease, None, now)[1]
 
 
 # -- what the driver reported ----------------------------------------------------------
@@ -235,13 +206,11 @@ def sent_and_take(
     lease: Lease, sent: tuple[str, str, dt.datetime] | None, now: dt.datetime
 ) -> tuple[Message | None, Taken]:
     """:func:`mark_sent` for ``sent`` (``(ref, wa_id, wa_timestamp)``, or None) and
-    :func:`take_next`, in one transaction: the owner's hot path, one commit (and
-    one borrowed connection) per message instead of two."""
-    if sent is None:
-        return None, take_next(lease, now)
-    with transaction.atomic():
-        row = mark_sent(lease, *sent, now)
-        return row, take_next(lease, now)
+    :func:`take_next`, in one transaction: the owner's hot path, for one session
+    (:func:`messaging.outbound_batch.sent_and_take_many` does it for many)."""
+    from messaging import outbound_batch
+
+    return outbound_batch.sent_and_take_many([outbound_batch.Step(lease, sent)], now)[0]
 
 
 def mark_failed(

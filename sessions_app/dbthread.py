@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -125,10 +126,22 @@ def end_idle_transactions(
     if not threading.current_thread().name.startswith((SUPERVISOR_THREAD, LEASE_THREAD)):
         return
     limit_ms = max(1, int(supervisor_config().self_fence_margin * 1000))
+    raw = connection.connection
+    if raw is not None and _idle_limits.get(raw) == limit_ms:
+        return  # a pooled connection set up before: the setting lasts as long as it
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(limit_ms)]
         )
+    if raw is not None:
+        _idle_limits[raw] = limit_ms
+
+
+#: The limit each pooled (psycopg) connection was given: Django sends
+#: ``connection_created`` each time a call borrows one from the pool, and a
+#: ``set_config`` round trip on every borrow was a tenth of the message pumps'
+#: database time (``set_config(..., false)`` in autocommit lasts for the session).
+_idle_limits: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 connection_created.connect(end_idle_transactions, dispatch_uid="waconnect-end-idle-transactions")

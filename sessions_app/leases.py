@@ -108,9 +108,15 @@ def claim(
 def renew(owner: str, ttl: float) -> list[Lease]:
     """Extend every lease ``owner`` still holds, in one statement; return them."""
     expiry_sql, expiry_params = _expiry(ttl)
+    where = "lease_owner = %s"
+    if connection.vendor == "postgresql":
+        # Rows locked in id order, as the message pumps' batches lock theirs
+        # (messaging.outbound_batch): two transactions that lock many session rows
+        # in one order cannot deadlock.
+        where = f"id IN (SELECT id FROM {_table()} WHERE lease_owner = %s ORDER BY id FOR UPDATE)"
     sql = (
-        f"UPDATE {_table()} SET lease_expires_at = {expiry_sql} "
-        f"WHERE lease_owner = %s RETURNING id, lease_epoch"
+        f"UPDATE {_table()} SET lease_expires_at = {expiry_sql} WHERE {where} "
+        f"RETURNING id, lease_epoch"
     )
     with metrics.renewing(), connection.cursor() as cursor:
         cursor.execute(sql, [*expiry_params, owner])

@@ -37,10 +37,14 @@ def on_messages_changed(sender: Any, messages: Iterable[Any], change: str, **kwa
         event_type = "message.status"
     else:
         return
-    for message in messages:
-        if event_type == "message.status" and message.status not in REPORTED_STATUSES:
-            continue
-        outbox.emit(event_type, message.session_id, live.payload(message))
+    reported = [
+        message
+        for message in messages
+        if event_type != "message.status" or message.status in REPORTED_STATUSES
+    ]
+    # One endpoint lookup for the whole batch (the owner records many sessions' acks
+    # in one statement); the events are stored in session order, as the rows come.
+    outbox.emit_many(event_type, [(m.session_id, live.payload(m)) for m in reported])
 
 
 def connect() -> None:

@@ -108,3 +108,37 @@ async def test_connections_give_up_on_an_unreachable_server() -> None:
     assert params["connect_timeout"] == "5"
     assert params["tcp_user_timeout"] == "10000"
     assert params["keepalives"] == "1" and params["keepalives_idle"] == "10"
+
+
+def show_idle_limit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW idle_in_transaction_session_timeout")
+        return str(cursor.fetchone()[0])
+
+
+def set_configs_by_backend() -> tuple[int, int]:
+    """One database call: (this connection's backend pid, how many times the idle
+    limit was set on it during the call)."""
+    seen: list[str] = []
+
+    def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = int(cursor.fetchone()[0])
+    return pid, sum("idle_in_transaction_session_timeout" in sql for sql in seen)
+
+
+async def test_a_pooled_connection_is_given_the_idle_limit_once() -> None:
+    """Each call borrows a pooled connection, and Django announces every borrow as
+    a new connection; the limit is set on the first borrow only (it lasts as long
+    as the connection), not with a round trip on every call."""
+    calls = [await supervisor_db(set_configs_by_backend)() for _ in range(12)]
+    by_backend: dict[int, int] = {}
+    for pid, count in calls:
+        by_backend[pid] = by_backend.get(pid, 0) + count
+    assert len(by_backend) < len(calls), "the pool lends a connection more than once"
+    assert all(count <= 1 for count in by_backend.values()), by_backend
+    assert await supervisor_db(show_idle_limit)() != "0", "and it is set"

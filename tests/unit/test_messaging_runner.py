@@ -13,7 +13,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from messaging import intents, outbound, pump
+from messaging import intents, outbound, sender
+from messaging.batcher import Batcher
 from messaging.models import Message
 from sessions_app.drivers.base import MessageReceived, Receipt
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
@@ -232,20 +233,20 @@ async def test_a_hand_over_closes_the_connection_while_the_pumps_database_hangs(
     it is closed before the lease can run out (a chaos run in CI: "partitioned: 1
     connections still open after 8.0s")."""
     hung, gate = asyncio.Event(), asyncio.Event()
-    real_sent_and_take = pump._sent_and_take
+    real_sent_and_take = Batcher.sent_and_take
 
     async def hang(*args: Any) -> None:
         hung.set()
         await gate.wait()
 
-    async def sent_and_take(lease: Any, sent: Any, now: dt.datetime) -> Any:
+    async def sent_and_take(self: Batcher, lease: Any, sent: Any) -> Any:
         if sent is None:
-            return await real_sent_and_take(lease, sent, now)
+            return await real_sent_and_take(self, lease, sent)
         await hang()  # recording the first ack: the database stopped answering
         return None, outbound.Taken(None, [])
 
-    monkeypatch.setattr(pump, "_sent_and_take", sent_and_take)
-    monkeypatch.setattr(pump, "_mark_sent", hang)
+    monkeypatch.setattr(Batcher, "sent_and_take", sent_and_take)
+    monkeypatch.setattr(sender, "_mark_sent", hang)
     driver = StopRecorder(world)
     async with running_driver(driver) as supervisor:
         session = await paired("sender", supervisor)

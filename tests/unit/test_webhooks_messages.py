@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from messaging import inbound, outbound
 from messaging.models import Message
+from messaging.outbound_batch import Step, sent_and_take_many
 from messaging.states import Direction, Status
 from sessions_app import leases
 from sessions_app.drivers.base import MessageReceived
@@ -76,3 +78,38 @@ def test_outcomes_and_receipts_are_message_status_events_but_owner_steps_are_not
     outbound.apply_receipt(lease, ["3EB0ABC"], "delivered", NOW, NOW)
     statuses = [(e.type, e.payload["data"]["status"], e.seq) for e in Event.objects.order_by("seq")]
     assert statuses == [("message.status", "sent", 1), ("message.status", "delivered", 2)]
+
+
+def test_a_batch_of_many_sessions_looks_endpoints_up_once_and_honours_their_sessions(
+    lease: Lease,
+) -> None:
+    """The owner records many sessions' acks in one statement: one endpoint lookup
+    for all of them; an endpoint limited to some sessions hears only those."""
+    WaSession.objects.create(name="other", pair_request=1)
+    (other,) = leases.claim("owner-a", 60, 1)
+    only_other = Endpoint.objects.create(url="http://127.0.0.1:9/other", event_types=[])
+    only_other.all_sessions = False
+    only_other.save()
+    only_other.sessions.add(other.session_id)
+    sent = []
+    for held in (lease, other):
+        message = Message.objects.create(
+            session_id=held.session_id, direction=Direction.OUT, to="491510000000",
+            chat="491510000000@s.whatsapp.net", from_me=True, text="hello",
+            status=Status.QUEUED, deadline=NOW + dt.timedelta(hours=1),
+        )  # fmt: skip
+        sent.append(Step(held, (message.ref, f"WA{held.session_id}", NOW)))
+    sent_and_take_many([Step(lease), Step(other)], NOW)
+    with CaptureQueriesContext(connection) as queries:
+        sent_and_take_many(sent, NOW)
+    lookups = [q for q in queries.captured_queries if '"enabled"' in q["sql"]]
+    assert len(lookups) == 1, "one endpoint lookup for the batch"
+    by_endpoint = sorted(Delivery.objects.values_list("endpoint_id", "session_id"))
+    everyone = Endpoint.objects.exclude(pk=only_other.pk).get().pk
+    assert by_endpoint == sorted(
+        [
+            (everyone, lease.session_id),
+            (everyone, other.session_id),
+            (only_other.pk, other.session_id),
+        ]
+    )
