@@ -121,26 +121,29 @@ def end_idle_transactions(
     server ends one idle for the self-fence margin: by the time the supervisor's
     leases expire, its locks are gone (and its late COMMIT fails, as it must).
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.connection is None:
         return
-    if not threading.current_thread().name.startswith((SUPERVISOR_THREAD, LEASE_THREAD)):
-        return
-    limit_ms = max(1, int(supervisor_config().self_fence_margin * 1000))
     raw = connection.connection
-    if raw is not None and _idle_limits.get(raw) == limit_ms:
-        return  # a pooled connection set up before: the setting lasts as long as it
+    supervisor = threading.current_thread().name.startswith((SUPERVISOR_THREAD, LEASE_THREAD))
+    wanted = max(1, int(supervisor_config().self_fence_margin * 1000)) if supervisor else None
+    if _idle_limits.get(raw) == wanted:
+        return  # as the pooled connection was left: the setting lasts as long as it
     with connection.cursor() as cursor:
+        if wanted is None:  # borrowed before by a supervisor thread: back to the default
+            cursor.execute("RESET idle_in_transaction_session_timeout")
+            _idle_limits.pop(raw, None)
+            return
         cursor.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(limit_ms)]
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(wanted)]
         )
-    if raw is not None:
-        _idle_limits[raw] = limit_ms
+    _idle_limits[raw] = wanted
 
 
 #: The limit each pooled (psycopg) connection was given: Django sends
 #: ``connection_created`` each time a call borrows one from the pool, and a
 #: ``set_config`` round trip on every borrow was a tenth of the message pumps'
 #: database time (``set_config(..., false)`` in autocommit lasts for the session).
+#: Another thread (a page's, a test's) that borrows one of these gets it reset.
 _idle_limits: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
