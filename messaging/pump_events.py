@@ -62,6 +62,7 @@ class EventRecorder:
             if flight is not None and flight.ref == event.ref and not flight.answered.done():
                 # The sender records it, with the next take (one commit for both).
                 metrics.message_send.observe(time.perf_counter() - flight.started)
+                self.sender.ack_held(event)
                 flight.answered.set_result(event)
             else:  # a late ack (the message is unknown by now)
                 await self.sender.record_sent(event)
@@ -90,6 +91,7 @@ class EventRecorder:
             ack(self.session_id, event.message_id)
 
     async def _receipt(self, event: Receipt) -> None:
+        await self.sender.acks_recorded(event.message_ids)  # else it matches nothing
         rows = await _apply_receipt(
             self.lease, list(event.message_ids), event.status, event.timestamp, timezone.now()
         )

@@ -16,10 +16,12 @@ the message back in the queue and pauses sending for :data:`NOT_CONNECTED_PAUSE`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from django.utils import timezone
@@ -70,6 +72,8 @@ class Sender:
         self.in_flight: InFlight | None = None
         self.paused_until = 0.0  # loop.time(): a not_connected refusal's pause
         self.wake = asyncio.Event()
+        #: WhatsApp's ids of acks held to be recorded with the next take: set once written.
+        self._unrecorded: dict[str, asyncio.Event] = {}
 
     def _extra(self) -> dict[str, Any]:
         return {"session": self.session_id}
@@ -106,12 +110,39 @@ class Sender:
             )
             self.answered(flight.ref, row, "unknown")
 
+    def ack_held(self, event: MessageSent) -> None:
+        """WhatsApp acknowledged a send; it is recorded with the next take, and a
+        receipt for it waits until then (:meth:`acks_recorded`)."""
+        if event.message_id:
+            self._unrecorded.setdefault(event.message_id, asyncio.Event())
+
+    def _ack_recorded(self, event: MessageSent) -> None:
+        recorded = self._unrecorded.pop(event.message_id, None)
+        if recorded is not None:
+            recorded.set()
+
+    async def acks_recorded(self, wa_ids: Iterable[str], timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` s) until the acks of these WhatsApp ids are written.
+
+        A receipt moves a ``sent`` message forward and matches it by the id the ack
+        wrote: applied before the ack, it matched nothing and was lost (the message
+        then skipped ``delivered``, or stayed ``sent`` for good).
+        """
+        waits = [self._unrecorded[i].wait() for i in wa_ids if i in self._unrecorded]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*waits)
+
     async def record_sent(self, event: MessageSent, row: Message | None = None) -> None:
         """A late (or lone) ack; ``row``: already recorded with a take."""
-        if row is None:
-            row = await _mark_sent(
-                self.lease, event.ref, event.message_id, event.timestamp, timezone.now()
-            )
+        try:
+            if row is None:
+                row = await _mark_sent(
+                    self.lease, event.ref, event.message_id, event.timestamp, timezone.now()
+                )
+        finally:
+            self._ack_recorded(event)
         self.answered(event.ref, row, "sent")
         if row is not None:
             await live.publish([row])
@@ -138,6 +169,7 @@ class Sender:
                 row, taken = await batcher().sent_and_take(self.lease, sent)
                 if acked is not None:
                     acked, done = None, acked
+                    self._ack_recorded(done)
                     self.answered(done.ref, row, "sent")
                     if row is not None:
                         await live.publish([row])

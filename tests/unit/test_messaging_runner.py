@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from messaging import intents, outbound, sender
+from messaging import intents, outbound, pump_events, sender
 from messaging.batcher import Batcher
 from messaging.models import Message
 from sessions_app.drivers.base import MessageReceived, Receipt
@@ -258,3 +258,33 @@ async def test_a_hand_over_closes_the_connection_while_the_pumps_database_hangs(
                 await driver.stopped.wait()
         finally:
             gate.set()
+
+
+async def test_a_receipt_that_overtakes_the_ack_record_is_applied_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ack is written with the next take; a delivered receipt that arrives before
+    that write matched nothing and was lost, so the message stayed ``sent`` (a
+    webhooks flow run under load saw ``sent, read``: ``delivered`` skipped)."""
+    world = simulated(delivered_delay=0.0, read_delay=-1)
+    gate = asyncio.Event()
+    real_sent_and_take = Batcher.sent_and_take
+    real_receipt = pump_events.EventRecorder._receipt
+
+    async def sent_and_take(self: Batcher, lease: Any, sent: Any) -> Any:
+        if sent is not None:
+            await gate.wait()  # the ack's write is slow
+        return await real_sent_and_take(self, lease, sent)
+
+    async def receipt(self: pump_events.EventRecorder, event: Receipt) -> None:
+        gate.set()  # the ack is written from now on, after this receipt's own write
+        await real_receipt(self, event)
+
+    monkeypatch.setattr(Batcher, "sent_and_take", sent_and_take)
+    monkeypatch.setattr(pump_events.EventRecorder, "_receipt", receipt)
+    async with running(world) as supervisor:
+        session = await paired("sender", supervisor)
+        await enqueue(session, PEER, "quick")
+        await enqueue(session, PEER, "second")  # the first ack goes with this take
+        rows = await until_messages(session.pk, statuses("delivered", "delivered"))
+    assert all(row["delivered_at"] for row in rows)
