@@ -55,13 +55,14 @@ def _messages() -> str:
     return _q(Message._meta.db_table)
 
 
-def fence_sql() -> str:
-    """The lease check, for a statement's WHERE; params: :func:`fence_params`."""
+def fence_sql(session: str = "%s", owner: str = "%s", epoch: str = "%s") -> str:
+    """The lease check, for a statement's WHERE; params: :func:`fence_params` (or, for
+    a batch, the SQL expressions naming each row's session, owner and epoch)."""
     lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
     sessions = _q(WaSession._meta.db_table)
     return (
-        f"EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = %s AND s.lease_owner = %s "
-        f"AND s.lease_epoch = %s{lock})"
+        f"EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = {session} "
+        f"AND s.lease_owner = {owner} AND s.lease_epoch = {epoch}{lock})"
     )
 
 

@@ -38,7 +38,7 @@ from django.db import connection, transaction
 
 from messaging import signals
 from messaging.models import Message
-from messaging.outbound import OWNER_LOST, Taken, _dt, _lit, _messages, _q
+from messaging.outbound import OWNER_LOST, Taken, _dt, _lit, _messages, _q, fence_sql
 from messaging.states import Direction, Status, Trigger, sources
 from sessions_app.leases import Lease
 from sessions_app.models import WaSession
@@ -94,15 +94,6 @@ def _values(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, l
     return f"WITH v({', '.join(names)}) AS (VALUES {values})", params
 
 
-def _fence() -> str:
-    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
-    sessions = _q(WaSession._meta.db_table)
-    return (
-        f"EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = v.v_session "
-        f"AND s.lease_owner = v.v_owner AND s.lease_epoch = v.v_epoch{lock})"
-    )
-
-
 def _returning() -> str:
     table = _messages()
     return "RETURNING " + ", ".join(f"{table}.{_q(c)}" for c in _columns())
@@ -124,11 +115,12 @@ def _update(
     """``UPDATE`` outbound rows in a source status of ``trigger`` joined to ``v``
     (``head``), fenced per row of ``v``; signalled."""
     from_ = _lit(*(str(s) for s in sources(trigger)))
+    fence = fence_sql("v.v_session", "v.v_owner", "v.v_epoch")  # per row of v
     sql = (
         f"{head[0]} UPDATE {_messages()} SET {_set(assignments)}, version = version + 1 "
         f"FROM {source} "
         f"WHERE session_id = v.v_session AND direction = {_lit(Direction.OUT)} "
-        f"AND status IN ({from_}) AND ({where}) AND {_fence()} {_returning()}"
+        f"AND status IN ({from_}) AND ({where}) AND {fence} {_returning()}"
     )
     rows = _rows(sql, [*head[1], *set_params, *where_params])
     rows.sort(key=lambda m: m.session_id)  # emitters lock per-session rows in one order
