@@ -19,10 +19,11 @@ from messaging import outbound, signals
 from messaging.batcher import Batcher
 from messaging.models import Message
 from messaging.outbound_batch import Step, sent_and_take_many
-from messaging.states import Direction, Status
+from messaging.states import Status
 from sessions_app import leases
 from sessions_app.leases import Lease
 from sessions_app.models import WaSession
+from tests.unit.test_messaging_outbound import queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,22 +36,6 @@ def held() -> list[Lease]:
     for i in range(3):
         WaSession.objects.create(name=f"batch-{i}", pair_request=1)
     return sorted(leases.claim("owner-a", 60, 3), key=lambda lease: lease.session_id)
-
-
-def queue(lease: Lease, n: int, deadline: dt.datetime | None = LATER) -> list[Message]:
-    return [
-        Message.objects.create(
-            session_id=lease.session_id,
-            direction=Direction.OUT,
-            to="491510000000",
-            chat="491510000000@s.whatsapp.net",
-            from_me=True,
-            text=f"hello {i}",
-            status=Status.QUEUED,
-            deadline=deadline,
-        )
-        for i in range(n)
-    ]
 
 
 def status(message: Message) -> str:
