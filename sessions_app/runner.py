@@ -40,7 +40,7 @@ from sessions_app.drivers.base import DriverEvent
 from sessions_app.event_mapping import epoch
 from sessions_app.leases import QR_CLEARED, EventRecord, Lease
 from sessions_app.models import SessionEvent, WaSession
-from sessions_app.owner_db import LeaseLost
+from sessions_app.owner_db import Gesture, LeaseLost
 from sessions_app.policy import Action, Round, SessionView, plan, round_status
 from sessions_app.runner_lifecycle import LifecycleMixin
 from sessions_app.states import LIVE_STATES, Desired, State, Trigger, is_allowed, transition
@@ -156,7 +156,9 @@ class SessionRunner(LifecycleMixin):
                         await self.messages.on_event(event)
                         continue
                     await self._on_event(event)
-                elif payload == RING_REASON:  # a message was queued: only the pump acts
+                    await self._step(reread=False)  # the event changed only our own columns
+                    continue
+                if payload == RING_REASON:  # a message was queued: only the pump acts
                     self.messages.kick()
                     continue
                 gestures = kind == "poke" and payload.startswith(("phone", "periodic"))
@@ -218,11 +220,22 @@ class SessionRunner(LifecycleMixin):
 
     # -- deciding ----------------------------------------------------------------------
 
-    async def _step(self, *, gestures: bool = False) -> None:
-        """Read the session, decide with the pure policy, act."""
+    async def _step(self, *, gestures: bool = False, reread: bool = True) -> None:
+        """Read the session, decide with the pure policy, act, until it says wait.
+
+        Only the first decision of a step triggered from outside (an intent's ring,
+        a timer, the periodic pass) needs the row read: the decisions after this
+        runner's own acts and driver events use the row it keeps (``self.row``:
+        what it read, plus its own fenced writes; it is the only writer of those
+        columns). Intent columns changed meanwhile are never missed that way: every
+        intent rings (and the periodic pass pokes a runner whose watched columns
+        moved), and that poke's step reads the row.
+        """
         while True:
-            taken: list[str] = []
-            if gestures and self.sup.driver.simulated:
+            taken: list[Gesture] = []
+            if not reread and self.row is not None:
+                session: WaSession | None = self.row  # no hop: on the way to the next event
+            elif gestures and self.sup.driver.simulated:
                 session, taken = await owner_db.load_taking_gestures(self.lease)  # one hop
             else:
                 session = await owner_db.load(self.session_id)
@@ -254,6 +267,7 @@ class SessionRunner(LifecycleMixin):
                 self._end("released")
             await self._act(action, session)
             self.fresh = False
+            reread = False
 
     def _view(self, session: WaSession) -> tuple[SessionView, float | None]:
         """The policy's view of the row, and when a wait should look again (epoch s).

@@ -550,11 +550,11 @@ async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
         monkeypatch.undo()
 
 
-async def test_a_qr_rotation_reads_the_row_once(
+async def test_a_qr_rotation_reads_no_row(
     world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """WhatsApp's new code is written from the row the runner keeps: the only read
-    is the step after it (two reads per rotation before)."""
+    """WhatsApp's new code is written from the row the runner keeps, and the step
+    after it decides from that row too (two reads per rotation once, then one)."""
     async with running(world):
         session = await create("rotating", "ada")
         first = await until(session.pk, state_is("qr_required"))
@@ -576,9 +576,44 @@ async def test_a_qr_rotation_reads_the_row_once(
         monkeypatch.undo()
 
         assert third["version"] == second["version"] + 1
-        assert reads <= 2, f"{reads} reads for one rotation (and the step after the last one)"
+        assert reads == 0, f"{reads} reads for two rotations"
         row = await get(pk=session.pk)
         assert row.version >= third["version"]
+
+
+async def test_from_create_to_the_first_code_the_row_is_read_once(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's first step reads the row; the decisions after its own connect and
+    after WhatsApp's first code use the row it keeps (each read is a hop to the
+    database thread on the way to the QR code: two reads before)."""
+    reads: list[str] = []
+    for name in ("load", "load_taking_gestures"):
+        inner = getattr(owner_db, name)
+
+        def counted(*args: object, _inner=inner, _name=name) -> object:
+            reads.append(_name)
+            return _inner(*args)
+
+        monkeypatch.setattr(owner_db, name, counted)
+    async with running(world):
+        session = await create("first-code", "ada")
+        await until(session.pk, state_is("qr_required"))
+        # Reads are awaited before the code is written, so none is still to come.
+        assert reads == ["load_taking_gestures"]
+
+
+async def test_an_intent_after_the_kept_row_was_read_is_still_seen(
+    world: SimulatedWhatsApp,
+) -> None:
+    """A stop made while the runner decides from its kept row rings it, and the
+    ring's step reads the row: the stop is served."""
+    async with running(world):
+        session = await create("stop-mid-round", "ada")
+        await until(session.pk, state_is("qr_required"))
+        await stop(await get(pk=session.pk), "ada")
+        await until(session.pk, settled("stopped"))
+        assert world.live[session.pk] == 0
 
 
 async def test_after_a_write_the_kept_row_missed_the_next_code_has_the_right_version(
