@@ -55,14 +55,26 @@ def next_sequence(session_id: int) -> int:
         return int(cursor.fetchone()[0])
 
 
-def matching_endpoints(event_type: str, session_id: int) -> list[Endpoint]:
-    """Enabled endpoints that want this type of event from this session."""
-    candidates = (
+def session_endpoints(session_id: int) -> list[Endpoint]:
+    """Enabled endpoints that listen to this session (any event type): one SELECT.
+
+    Give the list to :func:`emit` as ``candidates`` when one write emits events of
+    several types (a state change and its QR code): one lookup for all of them."""
+    return list(
         Endpoint.objects.filter(enabled=True)
         .filter(Q(all_sessions=True) | Q(sessions__pk=session_id))
         .distinct()
         .only("id", "event_types")
     )
+
+
+def matching_endpoints(
+    event_type: str, session_id: int, candidates: Sequence[Endpoint] | None = None
+) -> list[Endpoint]:
+    """Enabled endpoints that want this type of event from this session (from
+    ``candidates``, :func:`session_endpoints`' answer, when given)."""
+    if candidates is None:
+        candidates = session_endpoints(session_id)
     return [e for e in candidates if wants(e.event_types or [], event_type)]
 
 
@@ -138,15 +150,22 @@ def _store(
 
 
 def emit(
-    event_type: str, session_id: int, data: dict[str, Any], *, session_name: str | None = None
+    event_type: str,
+    session_id: int,
+    data: dict[str, Any],
+    *,
+    session_name: str | None = None,
+    candidates: Sequence[Endpoint] | None = None,
 ) -> Event | None:
     """Write an event of ``session_id`` and one delivery per endpoint that wants it,
     in the caller's transaction; None if no endpoint wants it (nothing written).
 
     ``data`` must be JSON-serialisable; it becomes the body's ``data``. Without
     ``session_name`` it is read from the session row (only when someone listens).
+    ``candidates``: :func:`session_endpoints` read in the same transaction, for a
+    caller emitting several events at once (otherwise looked up here).
     """
-    endpoints = matching_endpoints(event_type, session_id)
+    endpoints = matching_endpoints(event_type, session_id, candidates)
     if not endpoints:
         return None
     if session_name is None:

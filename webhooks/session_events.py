@@ -12,10 +12,11 @@ that opted in. The QR string goes only into the payload, never into a log.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from webhooks import outbox
+from webhooks.models import Endpoint
 
 
 def _iso(value: Any) -> str | None:
@@ -32,6 +33,7 @@ def status_changed(
     actor: str,
     epoch: int,
     at: dt.datetime | None = None,
+    candidates: Sequence[Endpoint] | None = None,
 ) -> None:
     """Emit ``session.status`` for a state change (or a re-entry, e.g. a reconnect)."""
     outbox.emit(
@@ -45,6 +47,7 @@ def status_changed(
             "lease_epoch": epoch,
             "at": _iso(at),
         },
+        candidates=candidates,
     )
 
 
@@ -59,13 +62,27 @@ def fenced_write(
     epoch: int,
 ) -> None:
     """The events of one fenced write: its state change (a ``state`` event-log line)
-    and a new QR code, in that order."""
-    if kind == "state" and state:
-        status_changed(
-            session_id, previous, state, cause, actor, epoch, fields.get("state_changed_at")
-        )
+    and a new QR code, in that order; the endpoints looked up once for both."""
+    changed = kind == "state" and bool(state)
     qr = fields.get("qr_code")
-    if isinstance(qr, str) and qr:
+    has_qr = isinstance(qr, str) and bool(qr)
+    if not (changed or has_qr):
+        return
+    candidates = outbox.session_endpoints(session_id)
+    if not candidates:
+        return
+    if changed:
+        status_changed(
+            session_id,
+            previous,
+            state,
+            cause,
+            actor,
+            epoch,
+            fields.get("state_changed_at"),
+            candidates,
+        )
+    if has_qr:
         outbox.emit(
             "session.qr",
             session_id,
@@ -74,6 +91,7 @@ def fenced_write(
                 "issued_at": _iso(fields.get("qr_issued_at")),
                 "expires_at": _iso(fields.get("qr_expires_at")),
             },
+            candidates=candidates,
         )
 
 

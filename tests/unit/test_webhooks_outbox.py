@@ -4,7 +4,8 @@ gap-free per-session sequence numbers, and the session events of fenced writes."
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from sessions_app import leases
 from sessions_app.leases import EventRecord
@@ -121,6 +122,25 @@ def test_a_new_qr_code_is_a_session_qr_event_after_the_status(session: WaSession
     events = list(Event.objects.order_by("seq").values_list("type", "seq"))
     assert events == [("session.status", 1), ("session.qr", 2), ("session.qr", 3)]
     assert Event.objects.get(seq=3).payload["data"]["qr"] == "2@next-qr"
+
+
+def test_a_write_with_a_state_and_a_qr_code_looks_the_endpoints_up_once(
+    session: WaSession,
+) -> None:
+    """The write on the way from WhatsApp's first code to the page reports two events;
+    the endpoint SELECT (a fenced write's only cost when nobody listens) runs once."""
+    (lease,) = leases.claim("sup-a", 10, 1)
+    table = Endpoint._meta.db_table
+    fields = {"state": "qr_required", "qr_code": "2@secret-qr"}
+    with CaptureQueriesContext(connection) as quiet:
+        leases.write(lease, fields, EventRecord("state", "QR code", "connecting", "qr_required"))
+    endpoint(event_types=["session.qr"])
+    with CaptureQueriesContext(connection) as heard:
+        leases.write(lease, fields, EventRecord("state", "QR code", "connecting", "qr_required"))
+    for captured in (quiet, heard):
+        lookups = [q["sql"] for q in captured.captured_queries if f'FROM "{table}"' in q["sql"]]
+        assert len(lookups) == 1, lookups
+    assert list(Event.objects.values_list("type", flat=True)) == ["session.qr"]
 
 
 def test_hand_over_and_delete_are_reported_too(session: WaSession) -> None:
