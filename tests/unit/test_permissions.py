@@ -17,6 +17,7 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 
+from messaging.models import Message
 from sessions_app.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 from sessions_app.models import PhoneAction, SessionEvent, WaSession
 from tests.conftest import SESSION_PERMISSIONS
@@ -100,7 +101,30 @@ def test_pages_matrix(kind: str, session: WaSession) -> None:
     assert WaSession.objects.filter(name=f"new-{kind}").exists() == (kind in FULL)
 
 
-ACTIONS = ["start", "stop", "new-qr", "logout", "pair-phone", "simulate-scan", "delete"]
+ACTIONS = [
+    "start",
+    "stop",
+    "new-qr",
+    "logout",
+    "pair-phone",
+    "simulate-scan",
+    "simulate-message",
+    "delete",
+    "messages",  # the detail page's Messages panel (its own view: sessions:send-message)
+]
+#: One form body that every action accepts (each reads only its own fields).
+ACTION_DATA = {
+    "phone": "+4915112345678",
+    "sender": "+4917612345678",
+    "to": "+4915112345678",
+    "text": "hello",
+}
+
+
+def action_url(session: WaSession, action: str) -> str:
+    if action == "messages":
+        return reverse("sessions:send-message", args=[session.pk])
+    return reverse("sessions:action", args=[session.pk, action])
 
 
 @pytest.fixture
@@ -117,14 +141,13 @@ def test_actions_matrix(kind: str, action: str, stopped: WaSession) -> None:
     """Every action: only the full operator gets anything written; the rest change nothing."""
     session = stopped
     before = WaSession.objects.filter(pk=session.pk).values().get()
-    response = client_for(kind).post(
-        reverse("sessions:action", args=[session.pk, action]), {"phone": "+4915112345678"}
-    )
+    response = client_for(kind).post(action_url(session, action), ACTION_DATA)
     assert outcome(response) == expected(kind, FULL, 302)
     after = WaSession.objects.filter(pk=session.pk).values().get()
     written = (
         SessionEvent.objects.filter(session=session, actor=kind).exists()
         or PhoneAction.objects.filter(session=session).exists()
+        or Message.objects.filter(session=session).exists()
     )
     assert written == (kind in FULL)
     if kind not in FULL:
@@ -220,23 +243,30 @@ SOCKET_EXPECTED = {
     "view_only": None,
     "full": None,
 }
+#: The first message each socket sends to a user it accepts.
+SOCKET_FIRST = {"list": "rows", "detail": "snapshot", "create": "ready"}
+SOCKET_PATHS = {"list": "/ws/sessions/", "create": "/ws/sessions/new/"}
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", ALL_KINDS)
-@pytest.mark.parametrize("which", ["list", "detail"])
+@pytest.mark.parametrize("which", ["list", "detail", "create"])
 async def test_sockets_matrix(kind: str, which: str) -> None:
-    """Both sockets: a snapshot for those who may see, a close code for everyone else."""
+    """Every socket: its first message for those who may use it (seeing sessions; the
+    create page's socket needs adding too, as the create page), a close code for
+    everyone else."""
     session = await make_session()
-    path = "/ws/sessions/" if which == "list" else f"/ws/sessions/{session.pk}/"
+    path = SOCKET_PATHS.get(which, f"/ws/sessions/{session.pk}/")
     ws = WebsocketCommunicator(application, path, headers=await socket_headers(kind))
     connected, _ = await ws.connect()
     assert connected
     code = SOCKET_EXPECTED[kind]
+    if which == "create" and kind == "view_only":
+        code = CLOSE_FORBIDDEN
     if code is None:
         first = await ws.receive_json_from()
-        assert first["type"] == ("rows" if which == "list" else "snapshot")
+        assert first["type"] == SOCKET_FIRST[which]
         await ws.disconnect()
     else:
         assert await ws.receive_output() == {"type": "websocket.close", "code": code}
