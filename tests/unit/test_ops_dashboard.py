@@ -107,6 +107,14 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "waconnect_reconnects_total",  # reconnect rate
         "waconnect_lease_renewal_duration_seconds_bucket",  # lease renewal latency
         "waconnect_worker_crashes_total",  # worker crashes
+        # messages and webhooks, now that they exist
+        "waconnect_messages_sent_total",  # sent / failed / unknown / expired
+        "waconnect_message_send_seconds_bucket",  # send latency
+        "waconnect_messages_received_total",  # incoming messages
+        "waconnect_webhook_deliveries_total",  # deliveries by outcome
+        "waconnect_webhook_delivery_latency_seconds_bucket",  # delivery latency
+        "waconnect_webhook_backlog",  # backlog size
+        "waconnect_webhook_backlog_oldest_age_seconds",  # backlog age
     ]:
         assert re.search(rf"\b{metric}\b", exprs), metric
 
