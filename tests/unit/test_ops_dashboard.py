@@ -161,3 +161,19 @@ def test_every_defined_metric_is_exported_and_named_in_the_readme() -> None:
         assert any(name == family or name.startswith(f"{family}_") for name in metrics), family
         shown = family + "_total" if f"{family}_total" in metrics else family
         assert f"`{shown}" in readme, f"README's Operations section does not name {shown}"
+
+
+def test_the_alert_rules_watch_messages_and_webhooks() -> None:
+    """What to alert on now that messages and webhooks flow: sends that fail or end
+    unknown, deliveries that die, a backlog that stops draining."""
+    exprs = " ".join(
+        rule["expr"]
+        for group in yaml.safe_load(readme_rules())["groups"]
+        for rule in group["rules"]
+    )
+    for metric in [
+        "waconnect_messages_sent_total",
+        "waconnect_webhook_dead_total",
+        "waconnect_webhook_backlog_oldest_age_seconds",
+    ]:
+        assert re.search(rf"\b{metric}\b", exprs), metric
