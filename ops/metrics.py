@@ -213,6 +213,8 @@ for _status in RECEIPT_STATUSES:
     message_receipts.labels(_status)
 for _outcome in WEBHOOK_OUTCOMES:
     webhook_deliveries.labels(_outcome)
+for _generation in ("0", "1", "2"):  # exported (at 0) before the first timed collection
+    gc_pause.labels(_generation)
 
 # -- database-wide gauges (web tier only) ----------------------------------------------
 

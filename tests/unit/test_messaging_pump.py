@@ -13,6 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db.models import F
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from messaging import intents, outbound, pump
 from messaging.conf import MessagingConfig
@@ -116,7 +117,13 @@ async def test_a_refused_message_fails_with_its_reason_and_the_next_goes_out(h: 
     assert done[0]["failure_reason"] == "not_on_whatsapp"
 
 
+def counted(name: str, **labels: str) -> float:
+    """A sample of this process's registry (what the supervisor's port serves)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_no_answer_is_unknown_and_never_resent(h: Harness) -> None:
+    unknown = counted("waconnect_messages_sent_total", outcome="unknown")
     h.sends.behaviour[PEER_JID] = "silent"
     (first,) = await queue(h, 1)
     (second,) = await queue(h, 1, to="491700000002")
@@ -127,6 +134,7 @@ async def test_no_answer_is_unknown_and_never_resent(h: Harness) -> None:
     h.pump.kick()
     await until_messages(h.lease.session_id, statuses("unknown", "sent"))
     assert h.sends.refs() == [first.ref, second.ref]
+    assert counted("waconnect_messages_sent_total", outcome="unknown") == unknown + 1
 
 
 @pytest.mark.parametrize("how", ["unknown", "raise"])
@@ -191,6 +199,7 @@ async def test_a_new_owner_marks_the_old_epochs_send_unknown_and_sends_the_rest(
 
 
 async def test_queued_messages_expire_at_their_deadline_while_not_connected(h: Harness) -> None:
+    expired = counted("waconnect_messages_sent_total", outcome="expired")
     soon = timezone.now() + dt.timedelta(seconds=0.3)
     await queue(h, 1, deadline=soon)
     await queue(h, 1)
@@ -198,6 +207,7 @@ async def test_queued_messages_expire_at_their_deadline_while_not_connected(h: H
     done = await until_messages(h.lease.session_id, statuses("expired", "queued"))
     assert done[0]["failure_reason"] == "deadline"
     assert h.sends.sends == []
+    assert counted("waconnect_messages_sent_total", outcome="expired") == expired + 1
 
 
 async def test_the_sweep_expires_messages_of_sessions_nobody_owns(h: Harness) -> None:
@@ -247,7 +257,6 @@ async def test_a_driver_with_no_connection_open_leaves_the_message_queued(h: Har
 
 
 async def test_outcomes_and_stored_messages_are_counted(h: Harness) -> None:
-    from prometheus_client import REGISTRY
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -257,6 +266,7 @@ async def test_outcomes_and_stored_messages_are_counted(h: Harness) -> None:
         for outcome in ("sent", "failed")
     }
     received = value("waconnect_messages_received_total")
+    timed = value("waconnect_message_send_seconds_count")
     h.sends.behaviour["491700000002@s.whatsapp.net"] = "refused:rate_limited"
     await queue(h, 2)
     await enqueue(h.lease.session_id, "491700000002", "too fast")
@@ -270,4 +280,4 @@ async def test_outcomes_and_stored_messages_are_counted(h: Harness) -> None:
     assert value("waconnect_messages_sent_total", outcome="sent") == before["sent"] + 2
     assert value("waconnect_messages_sent_total", outcome="failed") == before["failed"] + 1
     assert value("waconnect_messages_received_total") == received + 1
-    assert REGISTRY.get_sample_value("waconnect_message_send_seconds_count") is not None
+    assert value("waconnect_message_send_seconds_count") == timed + 2  # the two sent

@@ -107,6 +107,14 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "waconnect_reconnects_total",  # reconnect rate
         "waconnect_lease_renewal_duration_seconds_bucket",  # lease renewal latency
         "waconnect_worker_crashes_total",  # worker crashes
+        # messages and webhooks, now that they exist
+        "waconnect_messages_sent_total",  # sent / failed / unknown / expired
+        "waconnect_message_send_seconds_bucket",  # send latency
+        "waconnect_messages_received_total",  # incoming messages
+        "waconnect_webhook_deliveries_total",  # deliveries by outcome
+        "waconnect_webhook_delivery_latency_seconds_bucket",  # delivery latency
+        "waconnect_webhook_backlog",  # backlog size
+        "waconnect_webhook_backlog_oldest_age_seconds",  # backlog age
     ]:
         assert re.search(rf"\b{metric}\b", exprs), metric
 
@@ -153,3 +161,19 @@ def test_every_defined_metric_is_exported_and_named_in_the_readme() -> None:
         assert any(name == family or name.startswith(f"{family}_") for name in metrics), family
         shown = family + "_total" if f"{family}_total" in metrics else family
         assert f"`{shown}" in readme, f"README's Operations section does not name {shown}"
+
+
+def test_the_alert_rules_watch_messages_and_webhooks() -> None:
+    """What to alert on now that messages and webhooks flow: sends that fail or end
+    unknown, deliveries that die, a backlog that stops draining."""
+    exprs = " ".join(
+        rule["expr"]
+        for group in yaml.safe_load(readme_rules())["groups"]
+        for rule in group["rules"]
+    )
+    for metric in [
+        "waconnect_messages_sent_total",
+        "waconnect_webhook_dead_total",
+        "waconnect_webhook_backlog_oldest_age_seconds",
+    ]:
+        assert re.search(rf"\b{metric}\b", exprs), metric

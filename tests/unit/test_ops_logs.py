@@ -6,7 +6,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -126,3 +130,54 @@ async def test_a_qr_round_with_a_pairing_code_logs_no_secret_in_either_format(
             assert secret not in text
         assert PHONE not in text and PHONE[1:] not in text
     assert f"[session={session.pk}]" in streams["plain"].getvalue()
+
+
+SETUP_AND_LOG = """
+import django, logging
+django.setup()
+logging.getLogger("sessions_app.probe").warning(
+    "probe %s", "line", extra={"session": 5, "owner": "host:1:abc", "qr": "2@secret-payload"}
+)
+"""
+
+
+def settings_log(tmp_path: Path, log_format: str) -> subprocess.CompletedProcess[str]:
+    """A process configured by waconnect.settings from its environment logs one line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LOG_FORMAT")}
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "waconnect.settings",
+        "WACONNECT_DATA_DIR": str(tmp_path),
+        "LOG_FORMAT": log_format,
+    }
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-c", SETUP_AND_LOG],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_log_format_json_in_the_environment_makes_the_console_json(tmp_path: Path) -> None:
+    done = settings_log(tmp_path, "json")
+    assert done.returncode == 0, done.stderr
+    (line,) = [json.loads(text) for text in done.stderr.splitlines() if "probe" in text]
+    assert line | {"time": "t"} == {
+        "time": "t",
+        "level": "WARNING",
+        "logger": "sessions_app.probe",
+        "message": "probe line",
+        "session": 5,
+        "owner": "host:1:abc",
+    }
+    plain = settings_log(tmp_path, "plain")
+    assert "[session=5 owner=host:1:abc] probe line" in plain.stderr
+    assert "secret-payload" not in done.stderr + plain.stderr
+
+
+def test_an_unknown_log_format_is_refused_at_start(tmp_path: Path) -> None:
+    done = settings_log(tmp_path, "yaml")
+    assert done.returncode != 0
+    assert "LOG_FORMAT must be 'plain' or 'json'" in done.stderr
