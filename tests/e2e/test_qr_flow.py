@@ -7,10 +7,13 @@ after the live update.
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 
 import pytest
+import zxingcpp
+from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from benchmarks.liveserver import LiveServer
@@ -83,6 +86,35 @@ def test_create_scan_and_see_connected_without_reload(logged_in_page: Page) -> N
     expect(page.locator("#events")).to_contain_text("the phone scanned the code")
     expect(page.locator("#events tr").first).to_contain_text("connected")
     assert_not_reloaded(page, navigations, 0)
+
+
+def decoded_qr(page: Page) -> str:
+    """The text of the QR code the page shows, read from a screenshot of ``#qr``
+    with zxing-cpp (a scanner's decoder, not ours)."""
+    image = Image.open(io.BytesIO(page.locator("#qr svg").screenshot()))
+    (found,) = zxingcpp.read_barcodes(image)
+    return found.text
+
+
+def test_the_qr_code_shown_scans_to_whatsapps_code_pushed_or_rendered(
+    logged_in_page: Page,
+) -> None:
+    """The image is segno's with a fixed mask (snapshots.qr_svg: choosing the best
+    mask costs most of its time): a scanner reads it, pushed over the socket and
+    in the page's first render alike."""
+    page = logged_in_page
+    session_id = create_session(page, unique_name())
+    page.wait_for_selector("#qr svg")
+    assert page.evaluate("() => window.waconnectMetrics.firstQrFrom") == "socket"
+    pushed = decoded_qr(page)
+
+    page.goto(f"/sessions/{session_id}/")
+    page.wait_for_selector("#qr svg")
+    assert page.evaluate("() => window.waconnectMetrics.firstQrFrom") == "page"
+    rendered = decoded_qr(page)
+
+    assert pushed == rendered
+    assert pushed.startswith("https://wa.me/settings/linked_devices#")
 
 
 def test_new_qr_code_swaps_in_place(logged_in_page: Page) -> None:
