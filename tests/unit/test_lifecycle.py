@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_app import doorbell, intents, leases
-from sessions_app.drivers.base import ConnectError, ConnectSpec, EventSink
+from sessions_app.drivers.base import ConnectError, ConnectSpec, EventSink, Replaced
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
 from sessions_app.event_mapping import round_ended
 from sessions_app.models import SessionEvent, WaSession
@@ -198,6 +198,24 @@ async def test_a_start_while_connected_is_served_and_never_undoes_replaced(
         await start(row, "ada")  # a start made after it: honoured
         await until(session.pk, state_is("connected"))
         assert world.connects[session.pk] == 2
+
+
+async def test_a_start_first_seen_with_the_replacement_is_dropped_not_served(
+    world: SimulatedWhatsApp,
+) -> None:
+    """Issue 8 fault 2, the ring of a stale Start lost or late: the runner first reads
+    the request while handling "stream replaced" (no step in between to serve it
+    as "already connected"). Made before the replacement, it is dropped with it;
+    served by resuming, it would kick the other connection: the ping-pong."""
+    async with running_driver(SimulatedDriver(world)) as sup:
+        session = await paired("late-ring", sup)  # type: ignore[arg-type]
+        await raw_intent(session.pk, ring=False, connect_request=F("connect_request") + 1)
+        world.connection(session.pk).emit(Replaced(session.pk))  # type: ignore[union-attr]
+        await until(session.pk, settled("replaced"))
+        await sup.reconcile()
+        row = await get(pk=session.pk)
+        assert (row.state, row.connect_served, row.connect_request) == ("replaced", 1, 1)
+        assert world.connects[session.pk] == 1, "a start made before `replaced` undid it"
 
 
 # -- fault 4: no new QR on top of a linked device ------------------------------------

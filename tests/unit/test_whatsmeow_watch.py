@@ -5,8 +5,11 @@ the keep-alive cycle; and the worker subscribes to no event without fields."""
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import queue
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,3 +248,64 @@ def test_the_installed_whatsmeow_prints_exactly_the_lines_the_watch_reads() -> N
     assert f"{CLIENT_OUTDATED_LINE} (client version: %s)".encode() in compiled
     assert whatsmeow_log_message(STREAM_REPLACED[1]) == ("replaced", {})
     assert whatsmeow_log_message(CLIENT_OUTDATED[1]) is not None
+
+
+#: The worker's own start (``neonize_worker.main``): its logging set up before neonize
+#: is imported, a real client built; then the level neonize's ``connect()`` hands to
+#: the Go side, and what whatsmeow's two lines become on their way through neonize.
+WORKER_LOGGING = """
+import ctypes, json, queue, sys
+from sessions_app.drivers.neonize_worker import Session, configure_logging
+configure_logging(sys.argv[1])
+from neonize.client import log as go_side
+from neonize.proto import Neonize_pb2 as P
+from neonize.utils.enum import LogLevel
+from neonize.utils.log import log_whatsmeow
+
+class Channel:
+    def __init__(self):
+        self.sent = queue.Queue()
+    def send(self, kind, **fields):
+        self.sent.put([kind, fields])
+
+channel = Channel()
+Session(channel, 42, sys.argv[2], jid="").build()
+seen = []
+for level, text in json.loads(sys.argv[3]):
+    data = P.LogEntry(Name="Client", Level=level, Message=text).SerializeToString()
+    buffer = ctypes.create_string_buffer(data, len(data))
+    log_whatsmeow(ctypes.addressof(buffer), len(data))
+    seen.append(channel.sent.get(timeout=5))
+level = LogLevel.from_logging(go_side.level).level.decode()
+print("RESULT " + json.dumps({"go_level": level, "seen": seen}))
+"""
+
+
+@pytest.mark.parametrize("level", ["WARNING", "ERROR"])
+def test_the_worker_as_started_lets_whatsmeows_lines_reach_the_watch(
+    tmp_path: Path, level: str
+) -> None:
+    """Issue 8 fault 13, the inputs the worker really sees: whatsmeow filters its log
+    on the Go side at the level neonize reads from its own logger when it connects,
+    and the replaced-stream line is INFO. Whatever WACONNECT_WORKER_LOG_LEVEL an
+    operator sets, the worker must hand the Go side INFO (not less: DEBUG streams every
+    XML node) and its stderr must still show only the operator's level."""
+    lines = [STREAM_REPLACED, CLIENT_OUTDATED]
+    store = str(tmp_path / "whatsmeow.sqlite3")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_LOGGING, level, store, json.dumps(lines)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [report] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    found = json.loads(report.removeprefix("RESULT "))
+    assert found["go_level"] == "INFO", "the Go side must filter at INFO, the replaced line's level"
+    replaced, outdated = (through_the_wire(tuple(message)) for message in found["seen"])
+    assert replaced == Replaced(42)
+    assert isinstance(outdated, ConnectError) and not outdated.retryable
+    assert STREAM_REPLACED[1] not in result.stderr, "an INFO line on the worker's stderr"
