@@ -107,6 +107,7 @@
       // A linked device is never paired again on top (it would keep a slot on the
       // phone): New QR code and the pairing form show only once it is logged out.
       for (const node of root.querySelectorAll("[data-unlinked-only]")) setHidden(node, !!snap.phone);
+      for (const node of root.querySelectorAll("[data-linked-only]")) setHidden(node, !snap.phone);
       const deleting = snap.desired_state === "deleted";
       el.state.classList.toggle("is-deleting", deleting);
       setText(el.state, deleting ? "Deleting…" : snap.state_label);

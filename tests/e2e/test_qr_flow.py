@@ -428,24 +428,31 @@ def test_create_without_javascript_redirects_to_the_detail_page(
 
 def test_a_linked_session_offers_no_new_pairing_until_logged_out(logged_in_page: Page) -> None:
     """New QR code and the pairing form vanish live once the phone is linked (pairing
-    again would keep a linked-device slot on the phone) and come back after a logout."""
+    again would keep a linked-device slot on the phone), a line points to Log out
+    instead, and they come back after a logout."""
     page = logged_in_page
     create_session(page, unique_name())
     page.wait_for_selector("#qr svg")
     new_qr = page.locator("#actions button[data-action=new-qr]")
+    hint = page.locator("#linked-hint")
     expect(new_qr).to_be_visible()
     expect(page.locator("#pair-phone-form")).to_be_visible()
+    expect(hint).to_be_hidden()
 
     page.locator("#simulated-phone").get_by_role("button", name="Simulate scan").click()
     expect(page.locator("#state")).to_have_attribute("data-state", "connected")
     expect(new_qr).to_be_hidden()
     expect(page.locator("#pair-phone-form")).to_be_hidden()
+    expect(hint).to_be_visible()
+    expect(hint).to_contain_text("log out first")
 
     page.reload()  # the server renders the same
     expect(page.locator("#state")).to_have_attribute("data-state", "connected")
     expect(new_qr).to_be_hidden()
+    expect(hint).to_be_visible()
 
     page.locator("#simulated-phone").get_by_role("button", name="Simulate logout").click()
     expect(page.locator("#state")).to_have_attribute("data-state", "logged_out")
     expect(new_qr).to_be_visible()
     expect(page.locator("#pair-phone-form")).to_be_visible()
+    expect(hint).to_be_hidden()
