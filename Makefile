@@ -45,7 +45,7 @@ test: venv chromium services lint
 	  $(BIN)/python -m pytest -m "not benchmark" \
 	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
 	  tests/unit/test_consumers.py tests/unit/test_create_socket.py tests/unit/test_views.py tests/unit/test_names.py \
-	  tests/unit/test_ops_web.py tests/unit/test_ops_metrics_move.py \
+	  tests/unit/test_ops_web.py tests/unit/test_ops_metrics_move.py tests/unit/test_ops_message_metrics.py \
 	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \
 	  tests/unit/test_supervisor_partition.py tests/unit/test_supervisor_rung_claim.py \
 	  tests/unit/test_middleware_on_loop.py \

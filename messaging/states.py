@@ -86,6 +86,10 @@ TRANSITIONS: dict[tuple[Status, Trigger], Status] = {
 
 #: Outbound statuses nothing we do changes any more (only evidence moves ``unknown``).
 FINAL: frozenset[Status] = frozenset({S.READ, S.FAILED, S.EXPIRED, S.UNKNOWN})
+#: Outbound statuses of a message on its way out: waiting for its turn (``queued``),
+#: or asked for and not answered yet (``sending``). The outbound backlog (the web
+#: tier's gauges, the partial index ``message_out_unfinished``) is these.
+UNFINISHED: tuple[Status, ...] = (S.QUEUED, S.SENDING)
 #: Outbound statuses that say the message went out.
 WENT_OUT: frozenset[Status] = frozenset({S.SENT, S.DELIVERED, S.READ})
 #: Outbound statuses, in order of progress along the happy path.

@@ -7,12 +7,14 @@ exported these, a ``sum()`` would count every session once per supervisor.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from django.db import DatabaseError
-from django.db.models import Count, F, Max, Min, Q
+from django.db.models import Count, F, Max, Min, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -54,7 +56,8 @@ def gauge(name: str) -> GaugeMetricFamily:
 
 class DatabaseCollector(Collector):
     """Sessions by state and desired state, sessions waiting for an owner, the oldest
-    pending QR request, supervisors alive: five small queries per scrape."""
+    pending QR request, supervisors alive, the outbound message backlog, the webhook
+    backlog: eight small queries per scrape."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = gauge("waconnect_database_up")
@@ -96,7 +99,46 @@ class DatabaseCollector(Collector):
         alive.add_metric([], SupervisorPresence.objects.filter(expires_at__gt=Now()).count())
         yield alive
 
+        yield from message_families()
         yield from webhook_families()
+
+
+def message_families() -> Iterator[GaugeMetricFamily]:
+    """The outbound message backlog by status and its oldest queued entry's age: one
+    query, grouped by status, answered from the partial index ``message_out_unfinished``
+    (only unfinished outbound rows are in it, however many sent ones the table keeps).
+
+    The age runs from the row's ``created_at`` (the request), so a message put back in
+    the queue after a refused ``not_connected`` send keeps its age.
+    """
+    from messaging.states import UNFINISHED, Status
+
+    found = {status: (n, oldest) for status, n, oldest in message_backlog()}
+    outbound = gauge("waconnect_messages_outbound")
+    for status in UNFINISHED:
+        outbound.add_metric([status.value], found.get(status.value, (0, None))[0])
+    yield outbound
+    oldest = found.get(Status.QUEUED.value, (0, None))[1]
+    age = gauge("waconnect_messages_oldest_queued_age_seconds")
+    age.add_metric(
+        [], 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())
+    )
+    yield age
+
+
+def message_backlog() -> QuerySet[Any, tuple[str, int, dt.datetime | None]]:
+    """``(status, count, oldest created_at)`` of every unfinished outbound status that
+    has rows: the condition of the partial index ``message_out_unfinished``, so that
+    PostgreSQL reads the index only."""
+    from messaging.models import Message
+    from messaging.states import UNFINISHED, Direction
+
+    return (
+        Message.objects.filter(direction=Direction.OUT, status__in=UNFINISHED)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("*"), oldest=Min("created_at"))
+    )
 
 
 def webhook_families() -> Iterator[GaugeMetricFamily]:

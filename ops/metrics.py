@@ -243,6 +243,16 @@ DATABASE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Supervisors whose presence row has not expired (renewed with their leases).",
         (),
     ),
+    "waconnect_messages_outbound": (
+        "Outbound messages not finished, by status: queued (waiting for their session's "
+        "connection, their turn or the pacing) and sending (asked for, WhatsApp's answer "
+        "not recorded yet).",
+        ("status",),
+    ),
+    "waconnect_messages_oldest_queued_age_seconds": (
+        "Age of the oldest outbound message still queued, from its request (0 if none).",
+        (),
+    ),
     "waconnect_webhook_backlog": (
         "Webhook deliveries by status: pending (waiting for their turn or a retry), "
         "delivering (claimed, in flight) and dead (schedule used up; redeliverable).",

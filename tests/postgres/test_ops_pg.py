@@ -1,6 +1,7 @@
-"""Operations on the production shape: /readyz on PostgreSQL and Redis, and a failover
-seen on both endpoints — two ``run_supervisor --metrics-port`` processes, one of them
-SIGKILLed, the web tier's gauges and the survivor's counters moving."""
+"""Operations on the production shape: /readyz on PostgreSQL and Redis, the outbound
+message backlog read from its partial index, and a failover seen on both endpoints —
+two ``run_supervisor --metrics-port`` processes, one of them SIGKILLed, the web
+tier's gauges and the survivor's counters moving."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from django.test import Client
 
 from benchmarks.cluster import Cluster, SupervisorProcess
 from benchmarks.liveserver import free_port
+from messaging.models import Message
+from messaging.states import Direction, Status
+from ops.collector import message_backlog
 from sessions_app import intents
 from sessions_app.drivers.simulated_service import ServiceControl
+from sessions_app.models import WaSession
 from tests.unit.test_ops_metrics_move import Samples, moved, value, web
 from tests.unit.test_ops_web import samples
 
@@ -47,6 +52,37 @@ def test_readyz_is_ready_on_postgresql_and_redis(redis_layer: None) -> None:
         "migrations": "ok",
         "channel_layer": "ok",
     }
+
+
+@pytest.mark.django_db
+def test_the_message_backlog_reads_the_partial_index_not_the_table() -> None:
+    """Sent messages stay in the table for ever; the scrape's backlog query reads only
+    the unfinished outbound rows (``message_out_unfinished``), never the rest."""
+    session = WaSession.objects.create(name="busy")
+    done = [Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED]
+    Message.objects.bulk_create(
+        [
+            Message(session=session, direction=Direction.OUT, status=done[i % 4])
+            for i in range(20_000)
+        ],
+        batch_size=5_000,
+    )
+    Message.objects.bulk_create(
+        [
+            Message(session=session, direction=Direction.IN, wa_id=f"IN-{i}", status="received")
+            for i in range(5_000)
+        ]
+        + [
+            Message(session=session, direction=Direction.OUT, status=status)
+            for status in (Status.QUEUED, Status.QUEUED, Status.QUEUED, Status.SENDING)
+        ]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE messaging_message")
+    plan = message_backlog().explain()
+    assert "message_out_unfinished" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert {status: n for status, n, _ in message_backlog()} == {"queued": 3, "sending": 1}
 
 
 def fetch(url: str) -> tuple[int, str]:

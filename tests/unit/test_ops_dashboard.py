@@ -111,6 +111,8 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "waconnect_messages_sent_total",  # sent / failed / unknown / expired
         "waconnect_message_send_seconds_bucket",  # send latency
         "waconnect_messages_received_total",  # incoming messages
+        "waconnect_messages_outbound",  # outbound backlog size
+        "waconnect_messages_oldest_queued_age_seconds",  # outbound backlog age
         "waconnect_webhook_deliveries_total",  # deliveries by outcome
         "waconnect_webhook_delivery_latency_seconds_bucket",  # delivery latency
         "waconnect_webhook_backlog",  # backlog size
@@ -165,7 +167,8 @@ def test_every_defined_metric_is_exported_and_named_in_the_readme() -> None:
 
 def test_the_alert_rules_watch_messages_and_webhooks() -> None:
     """What to alert on now that messages and webhooks flow: sends that fail or end
-    unknown, deliveries that die, a backlog that stops draining."""
+    unknown, messages that wait in the queue, deliveries that die, a backlog that
+    stops draining."""
     exprs = " ".join(
         rule["expr"]
         for group in yaml.safe_load(readme_rules())["groups"]
@@ -173,6 +176,7 @@ def test_the_alert_rules_watch_messages_and_webhooks() -> None:
     )
     for metric in [
         "waconnect_messages_sent_total",
+        "waconnect_messages_oldest_queued_age_seconds",
         "waconnect_webhook_dead_total",
         "waconnect_webhook_backlog_oldest_age_seconds",
     ]:
