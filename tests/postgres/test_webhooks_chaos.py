@@ -138,6 +138,8 @@ async def test_every_event_arrives_in_lane_order_under_chaos(
     print(f"CHAOS_SEED={seed}")
     rng = random.Random(seed)
     mode = {"now": "flap"}
+    t0 = time.monotonic()
+    timeline: list[tuple[str, float]] = []
 
     def choose() -> Any:
         if mode["now"] == "down":
@@ -158,7 +160,8 @@ async def test_every_event_arrives_in_lane_order_under_chaos(
         # 1. SIGKILL one while events are being sent; a replacement joins.
         victim = rng.choice(cluster.alive)
         at = time.monotonic()
-        victim.kill()
+        await asyncio.to_thread(victim.kill)  # the receiver (this loop) answers on
+        timeline.append(("SIGKILL", time.monotonic()))
         await flip(rng.sample(ids, 10))
         await back(control, running, "a SIGKILL", at)
         cluster.start_supervisor()
@@ -168,34 +171,43 @@ async def test_every_event_arrives_in_lane_order_under_chaos(
         await flip(rng.sample(ids, 10))
         at = time.monotonic()
         zombie.signal(signal.SIGSTOP)
+        timeline.append(("SIGSTOP", time.monotonic()))
         await back(control, running, "a SIGSTOP", at)
         await asyncio.sleep(max(0.0, at + TTL + 2 - time.monotonic()))  # past its claims
         zombie.signal(signal.SIGCONT)
+        timeline.append(("SIGCONT", time.monotonic()))
         await flip(rng.sample(ids, 10))
         await back(control, running, "a SIGCONT", time.monotonic())
 
         # 3. PostgreSQL drops the supervisors' connections; 4. Redis drops everyone's.
         at = time.monotonic()
         assert await terminate_supervisor_backends() >= 2
+        timeline.append(("pg_terminate_backend", time.monotonic()))
         await flip(rng.sample(ids, 10))
         await back(control, running, "pg_terminate_backend", at)
         at = time.monotonic()
         assert drop_redis_connections() >= 2
+        timeline.append(("Redis drop", time.monotonic()))
         await flip(rng.sample(ids, 10))
         await back(control, running, "a Redis drop", at)
 
         # 5. The receiver goes down, a backlog builds, every supervisor stops; then
         # the receiver and new supervisors come back and deliver it.
         mode["now"] = "down"
+        timeline.append(("receiver down", time.monotonic()))
         at = time.monotonic()
         await flip(rng.sample(ids, 10))
         await back(control, running, "a receiver outage", at)
         for supervisor in cluster.alive:
-            assert supervisor.terminate() == 0
+            # From a thread: this loop is the receiver's. Blocked here, it would
+            # leave the dispatchers' requests unread until the receiver is up again,
+            # then accept every one of them, long after their attempts timed out.
+            assert await asyncio.to_thread(supervisor.terminate) == 0
         backlog = await undelivered()
         assert backlog > 0, "the outage left a backlog"
         print(f"{time.strftime('%H:%M:%S')} full stop with {backlog} deliveries waiting")
         mode["now"] = "up"
+        timeline.append(("full restart", time.monotonic()))
         at = time.monotonic()
         for _ in range(2):
             cluster.start_supervisor()
@@ -203,9 +215,10 @@ async def test_every_event_arrives_in_lane_order_under_chaos(
         events = await all_events()  # the sessions are settled: no new events now
         await receiver.wait_for(lambda got: set(events) <= {p["id"] for p in got}, 120)
         accepted = list(receiver.accepted)
+        accepted_at = list(receiver.accepted_at)
 
     for supervisor in cluster.alive:
-        assert supervisor.terminate() == 0
+        assert await asyncio.to_thread(supervisor.terminate) == 0
     arrived = collections.Counter(p["id"] for p in accepted)
     assert set(events) <= set(arrived)
     per_lane: dict[int, list[int]] = collections.defaultdict(list)
@@ -215,7 +228,16 @@ async def test_every_event_arrives_in_lane_order_under_chaos(
         firsts = list(dict.fromkeys(seqs))
         assert firsts == sorted(firsts), f"session {session_id} out of order: {seqs}"
     repeats = sum(n - 1 for n in arrived.values())
-    # Only attempts in flight at a fault repeat: SIGKILL, SIGSTOP, the killed
-    # connections, the full stop — each at most MAX_IN_FLIGHT of one dispatcher.
+    print("faults at (s): " + ", ".join(f"{name} {at - t0:.1f}" for name, at in timeline))
+    first_at: dict[str, float] = {}
+    for payload, when in zip(accepted, accepted_at, strict=True):
+        if payload["id"] in first_at:  # when each repeat came, to tell which fault
+            first = first_at[payload["id"]] - t0
+            print(f"repeat of {payload['id']}: {first:.1f} s, {when - t0:.1f} s")
+        first_at.setdefault(payload["id"], when)
+    # Only attempts in flight at a fault repeat, at most MAX_IN_FLIGHT per dispatcher
+    # hit: the SIGKILL's and the SIGSTOP's one each, the killed PostgreSQL
+    # connections' two (a Redis drop and the full stop, with the receiver down,
+    # repeat nothing).
     assert repeats <= 4 * int(SETTINGS["WACONNECT_WEBHOOKS_MAX_IN_FLIGHT"]), repeats
     print(f"{len(events)} events, {len(accepted)} arrivals, {repeats} repeats")

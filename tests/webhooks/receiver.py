@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +34,7 @@ class Receiver:
         self.script: collections.deque[Behaviour] = collections.deque(script)
         self.requests: list[dict[str, Any]] = []  # every request: headers, body, behaviour
         self.accepted: list[dict[str, Any]] = []  # verified payloads answered 2xx
+        self.accepted_at: list[float] = []  # time.monotonic() of each, in step
         self._changed = asyncio.Condition()
         self._release = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -97,6 +99,7 @@ class Receiver:
                     payload = Webhook(self.secret).verify(body, headers)
                     async with self._changed:
                         self.accepted.append(payload)
+                        self.accepted_at.append(time.monotonic())
                         self._changed.notify_all()
                 answer = json.dumps({"status": status}).encode()
                 writer.write(
