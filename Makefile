@@ -51,7 +51,7 @@ test: venv chromium services lint
 	  tests/unit/test_middleware_on_loop.py \
 	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
 	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py \
-	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_intents.py \
+	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_lost_track.py tests/unit/test_messaging_intents.py \
 	  tests/unit/test_messaging_runner.py tests/unit/test_messaging_batch.py \
 	  tests/unit/test_webhooks_outbox.py tests/unit/test_webhooks_delivery.py \
 	  tests/unit/test_webhooks_dispatch.py tests/unit/test_webhooks_messages.py \

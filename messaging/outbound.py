@@ -29,7 +29,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 
 from messaging import signals
@@ -43,6 +43,9 @@ OWNER_LOST = "owner_lost"
 #: ``failure_reason`` of a message whose driver never answered, or whose connection
 #: closed while it was under way.
 NO_ANSWER = "timeout"
+#: ``failure_reason`` of a message whose outcome its owner could not record (the
+#: database failed meanwhile): the driver was asked, so it may have gone out.
+LOST_TRACK = "error"
 #: ``failure_reason`` of an expired message.
 DEADLINE = "deadline"
 
@@ -259,6 +262,58 @@ def mark_unknown(
         now,
     )
     return rows[0] if rows else None
+
+
+def settle_lost_track(
+    lease: Lease,
+    acked: Sequence[tuple[str, str, dt.datetime]],
+    asked: Sequence[str],
+    now: dt.datetime,
+) -> list[Message]:
+    """Settle what the lease's own pump left ``sending`` when a write about it failed
+    (a database error after the take committed, or on the outcome's write), in one
+    transaction: ``acked`` (``(ref, wa_id, wa_timestamp)``: WhatsApp's ack came) →
+    ``sent``; ``asked`` (the driver was asked, no answer recorded) → ``unknown``
+    (reason ``error``, never resent); any other message ``sending`` under this
+    epoch was never given to the driver → ``queued`` again. The caller (the pump,
+    between passes) has no send under way."""
+    known = [ref for ref, _, _ in acked] + list(asked)
+    with transaction.atomic():
+        rows = [
+            row
+            for ref, wa_id, wa_timestamp in acked
+            if (row := mark_sent(lease, ref, wa_id, wa_timestamp, now)) is not None
+        ]
+        if asked:
+            rows += _update(
+                lease,
+                Trigger.UNKNOWN,
+                {
+                    "status": str(Status.UNKNOWN),
+                    "failure_reason": LOST_TRACK,
+                    "failure_detail": "its outcome could not be recorded (a database error); "
+                    "it may have gone out",
+                },
+                f"ref IN ({_in(asked)})",
+                list(asked),
+                now,
+            )
+        not_known = f"AND ref NOT IN ({_in(known)})" if known else ""
+        rows += _update(
+            lease,
+            Trigger.REQUEUE,
+            {
+                "status": str(Status.QUEUED),
+                "send_epoch": None,
+                "sending_at": None,
+                "failure_reason": "",
+                "failure_detail": "",
+            },
+            f"send_epoch = %s {not_known}",
+            [lease.epoch, *known],
+            now,
+        )
+    return rows
 
 
 def apply_receipt(

@@ -144,6 +144,8 @@ class MessagePump:
                     await live.publish(stale)
                     last = await _last_send_at(self.session_id)
                     started = True
+                if sender.lost_track:
+                    await sender.settle_lost_track()
                 await sender.wake.wait()
                 sender.wake.clear()
                 last = await sender.send_queued(last)
@@ -155,6 +157,7 @@ class MessagePump:
                 # E.g. the database dropped our connection. The runner goes on (its
                 # next step finds a lost lease, if that was it); so do we, shortly.
                 logger.warning("message pump pass failed", exc_info=True, extra=self._extra())
+                sender.lost_track = started  # what it took or asked may be left sending
                 await asyncio.sleep(RETRY_AFTER_ERROR)
                 sender.wake.set()
 

@@ -10,12 +10,14 @@ with the take of the next when the next may go at once; alone, before any wait,
 otherwise. No answer within the driver's send deadline plus a grace
 (``answer_timeout``): ``unknown``, never resent. A ``not_connected`` refusal puts
 the message back in the queue and pauses sending for :data:`NOT_CONNECTED_PAUSE`
-(or until the runner reports a new connection).
+(or until the runner reports a new connection). A pass that failed on a database
+error settles what it left ``sending`` before the next (:meth:`Sender.settle_lost_track`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -31,7 +33,7 @@ from messaging.batcher import batcher
 from messaging.conf import MessagingConfig
 from messaging.dbthreads import message_db
 from messaging.models import Message
-from messaging.states import pacing_delay
+from messaging.states import Status, pacing_delay
 from ops import metrics
 from sessions_app.drivers.base import Driver, DriverError, MessageSent
 from sessions_app.leases import Lease
@@ -44,6 +46,7 @@ NOT_CONNECTED_PAUSE = 2.0
 _mark_sent = message_db(outbound.mark_sent)
 _mark_failed = message_db(outbound.mark_failed)
 _mark_unknown = message_db(outbound.mark_unknown)
+_settle_lost_track = message_db(outbound.settle_lost_track)
 
 
 @dataclasses.dataclass
@@ -74,6 +77,11 @@ class Sender:
         self.wake = asyncio.Event()
         #: WhatsApp's ids of acks held to be recorded with the next take: set once written.
         self._unrecorded: dict[str, asyncio.Event] = {}
+        #: Refs the driver was asked to send whose outcome is not written yet, with
+        #: WhatsApp's ack once it came: what :meth:`settle_lost_track` settles.
+        self.unresolved: dict[str, MessageSent | None] = {}
+        #: A pass failed: a message may be ``sending`` that nothing will ever answer.
+        self.lost_track = False
 
     def _extra(self) -> dict[str, Any]:
         return {"session": self.session_id}
@@ -92,6 +100,7 @@ class Sender:
         """The send of ``ref`` has its outcome (``row`` None: nothing changed)."""
         if row is not None and outcome in metrics.SEND_OUTCOMES:
             metrics.messages_sent.labels(outcome).inc()
+        self.unresolved.pop(ref, None)
         flight = self.in_flight
         if flight is not None and flight.ref == ref and not flight.answered.done():
             flight.answered.set_result(None)
@@ -113,6 +122,8 @@ class Sender:
     def ack_held(self, event: MessageSent) -> None:
         """WhatsApp acknowledged a send; it is recorded with the next take, and a
         receipt for it waits until then (:meth:`acks_recorded`)."""
+        if event.ref in self.unresolved:
+            self.unresolved[event.ref] = event
         if event.message_id:
             self._unrecorded.setdefault(event.message_id, asyncio.Event())
 
@@ -203,6 +214,7 @@ class Sender:
                 await live.publish([row] if row is not None else [])
                 return None
             flight.asked = True
+            self.unresolved[message.ref] = None
             try:
                 await self.driver.send_text(  # type: ignore[attr-defined]
                     self.session_id, message.ref, message.chat, message.text
@@ -210,6 +222,7 @@ class Sender:
             except DriverError as exc:
                 # The driver could not do it (no connection open): not sent, queued again.
                 logger.info("driver refused the send: %s", exc, extra=self._extra())
+                self.unresolved.pop(message.ref, None)  # never sent: queued again below
                 row = await _mark_failed(
                     self.lease, message.ref, "refused", "not_connected", str(exc), timezone.now()
                 )
@@ -234,6 +247,37 @@ class Sender:
                 return None
         finally:
             self.in_flight = None
+
+    async def settle_lost_track(self) -> None:
+        """After a failed pass (:attr:`lost_track`): settle what this pump left
+        ``sending`` (:func:`messaging.outbound.settle_lost_track`), else it would hold
+        the session's queue until the lease changed hands. Raises on a database
+        error (the pump tries again on its next pass)."""
+        acked = {ref: event for ref, event in self.unresolved.items() if event is not None}
+        asked = [ref for ref, event in self.unresolved.items() if event is None]
+        rows = await _settle_lost_track(
+            self.lease,
+            [(ref, e.message_id, e.timestamp) for ref, e in acked.items()],
+            asked,
+            timezone.now(),
+        )
+        self.lost_track = False
+        for event in acked.values():
+            self._ack_recorded(event)
+        for row in rows:
+            self.answered(row.ref, row, str(row.status))
+            if row.status == Status.QUEUED:
+                metrics.messages_requeued.inc()
+        self.unresolved.clear()
+        if rows:
+            counts = collections.Counter(str(row.status) for row in rows)
+            logger.warning(
+                "settled %d messages left sending by a failed pass: %s",
+                len(rows),
+                ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+                extra=self._extra(),
+            )
+            await live.publish(rows)
 
     async def _unknown(self, ref: str, reason: str, detail: str) -> None:
         row = await _mark_unknown(self.lease, ref, reason, detail, timezone.now())

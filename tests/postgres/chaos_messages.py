@@ -55,7 +55,7 @@ ABSENT = "4915550009999"
 SHORT_DEADLINE = 20.0
 #: Outbound statuses a message may end in, and why.
 ENDINGS = {Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED, Status.EXPIRED}
-UNKNOWN_REASONS = {outbound.OWNER_LOST, outbound.NO_ANSWER}
+UNKNOWN_REASONS = {outbound.OWNER_LOST, outbound.NO_ANSWER, outbound.LOST_TRACK}
 
 
 def reachable() -> dict[str, set[str]]:
@@ -251,6 +251,8 @@ class MessageTraffic:
                 return
             if time.monotonic() > until:
                 print(f"not drained in {timeout}s: {len(pending)} outbound, {len(unstored)} in")
+                for line in await describe_sending():
+                    print(line)
                 return
             await asyncio.sleep(0.5)
 
@@ -348,6 +350,21 @@ def pending_outbound() -> list[str]:
             direction=Direction.OUT, status__in=[Status.QUEUED, Status.SENDING]
         ).values_list("ref", flat=True)
     )
+
+
+@sync_to_async
+def describe_sending() -> list[str]:
+    """Each message left ``sending``, beside its session's lease now (whose epoch it
+    was taken under tells which pump lost track of it)."""
+    lines = []
+    for row in Message.objects.filter(direction=Direction.OUT, status=Status.SENDING).values(
+        "ref", "session_id", "send_epoch", "sending_at", "status_changed_at"
+    ):
+        session = WaSession.objects.values("lease_owner", "lease_epoch", "state").get(
+            pk=row["session_id"]
+        )
+        lines.append(f"sending: {row} session now: {session}")
+    return lines
 
 
 @sync_to_async
