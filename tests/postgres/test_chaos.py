@@ -53,7 +53,7 @@ from django.db import connection, connections
 from benchmarks.cluster import APPLICATION_NAME, Cluster, SupervisorProcess
 from sessions_app import intents
 from sessions_app.drivers.simulated_service import ServiceControl
-from sessions_app.models import SessionEvent, WaSession
+from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from tests.postgres.chaos_messages import MessageTraffic
 
 pytestmark = [
@@ -163,6 +163,20 @@ def backends() -> list[tuple[object, ...]]:
         return list(cursor.fetchall())
 
 
+@sync_to_async
+def session_rows(pks: list[int]) -> list[dict[str, object]]:
+    return list(
+        WaSession.objects.filter(pk__in=pks).values(
+            "pk", "desired_state", "state", "lease_owner", "lease_epoch", "lease_expires_at"
+        )
+    )
+
+
+@sync_to_async
+def presences() -> list[dict[str, object]]:
+    return list(SupervisorPresence.objects.values("owner", "expires_at", "sessions"))
+
+
 def drop_redis_connections() -> int:
     """Kill every connection to our Redis database (others on the server are left)."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -207,7 +221,7 @@ class Chaos:
         left = max(0.0, since + RECOVERY - time.monotonic())
         missing = await self.control.wait_connected(self.running, left, exclude_owner)
         if missing:
-            await self.diagnose()
+            await self.diagnose(missing)
         assert not missing, f"after {fault}: {len(missing)} sessions not back within {RECOVERY}s"
         print(f"{time.strftime('%H:%M:%S')} {fault}: all back in {time.monotonic() - since:.1f}s")
         left = max(0.0, since + RECOVERY - time.monotonic())
@@ -227,12 +241,17 @@ class Chaos:
             await asyncio.sleep(0.2)  # another process's progress: observed, not awaited
         raise AssertionError(f"a new supervisor holds {len(held)} sessions, not ~{share}")
 
-    async def diagnose(self) -> None:
-        """Stacks of every live supervisor (SIGUSR1) and what their connections wait on."""
+    async def diagnose(self, missing: set[int]) -> None:
+        """Stacks of every live supervisor (SIGUSR1), what their connections wait on,
+        the sessions not back as the database has them, and who is present."""
         for supervisor in self.cluster.alive:
             supervisor.signal(signal.SIGUSR1)
         for row in await backends():
             print("backend:", row)
+        for row in await session_rows(sorted(missing)[:20]):
+            print("not back:", row)
+        for row in await presences():
+            print("present:", row)
 
     def replace(self, dead: SupervisorProcess) -> SupervisorProcess:
         self.cluster.supervisors.remove(dead)
