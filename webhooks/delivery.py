@@ -69,6 +69,21 @@ def _expiry(ttl: float) -> tuple[str, list[Any]]:
     ]
 
 
+class DatabaseNow(Now):
+    """Django's ``Now()``, but on SQLite to the end of its millisecond.
+
+    SQLite's ``NOW`` is text to the millisecond (``… HH:MM:SS.SSS``) while a time
+    written from Python has microseconds (``….SSSuuu``), which compares after it:
+    a delivery made due "now" (a lane's next, a retry at once, a redelivery) was not
+    due for the rest of that millisecond, and a claim in it found nothing (the
+    dispatcher then waited up to 0.2 s). ``….SSS999`` is at or after every time
+    written in that millisecond."""
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        sql, params = super().as_sqlite(compiler, connection, **extra_context)
+        return f"({sql} || '999')", params
+
+
 def _earlier_unfinished() -> Any:
     return Delivery.objects.filter(
         endpoint_id=OuterRef("endpoint_id"),
@@ -89,7 +104,7 @@ def claimable() -> Any:
     return (
         Delivery.objects.filter(endpoint__enabled=True)
         .filter(
-            Q(status=S.PENDING, next_attempt_at__lte=Now())
+            Q(status=S.PENDING, next_attempt_at__lte=DatabaseNow())
             | Q(status=S.DELIVERING, claim_expires_at__lt=Now())
         )
         .filter(~Exists(_earlier_unfinished()))

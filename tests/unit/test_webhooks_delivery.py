@@ -251,3 +251,19 @@ def test_an_idle_claim_that_finds_nothing_also_says_when_the_next_is_due(
     Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
     got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
     assert [c.id for c in got] == [head.id] and due is None
+
+
+def test_a_delivery_made_due_now_is_claimable_in_the_same_millisecond(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    # SQLite's NOW is to the millisecond: a time written from Python a moment ago,
+    # in the same millisecond, compared after it and was not due yet. Each round
+    # here takes well under a millisecond, so many of them write and ask in one.
+    emit(sessions[0])
+    (head,) = delivery.claim("d1", 60, 10)
+    delivery.finish("d1", head, Result(500), (0.0, 3600.0), WEEK)  # retry in an hour
+    not_due = 0
+    for _ in range(300):
+        Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
+        not_due += not delivery.claimable().filter(pk=head.id).exists()
+    assert not_due == 0, f"{not_due} of 300 not due right after being made due"
