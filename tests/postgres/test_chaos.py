@@ -229,9 +229,15 @@ class Chaos:
         assert not busy, f"after {fault}: {len(busy)} stopped sessions still connected"
 
     async def took_its_share(self, newcomer: SupervisorProcess, since: float) -> None:
-        """A supervisor that joins gets about a third within RECOVERY (others hand over)."""
+        """A supervisor that joins gets about a third within RECOVERY (others hand over).
+
+        What the policy guarantees it: every other supervisor sheds down to its share
+        only when it holds more than its slack (a tenth) beyond it, so each of them
+        may keep up to share + slack (sessions started meanwhile, claimed by whoever
+        was rung, included), and shares round up."""
         share = len(self.running) // SUPERVISORS
-        floor = share - max(1, share // 10) - 1  # the policy's slack, and rounding
+        slack = max(1, share // 10)
+        floor = share - (SUPERVISORS - 1) * (slack + 1)
         owner = newcomer.owner()
         held: dict[int, int] = {}
         while time.monotonic() < since + RECOVERY:
