@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from sessions_app.models import WaSession
@@ -251,3 +252,31 @@ def test_an_idle_claim_that_finds_nothing_also_says_when_the_next_is_due(
     Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
     got, due = delivery.claim_or_due("d1", 60, 10, idle=True)
     assert [c.id for c in got] == [head.id] and due is None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's batch statements")
+def test_outcome_batches_of_any_size_run_the_same_statements(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    """One statement text whatever the batch size (arrays, not a VALUES row per
+    attempt): psycopg converts each text once instead of parsing every batch anew."""
+    for session in sessions:
+        emit(session, 2)
+    claimed = sorted(delivery.claim("d1", 60, 10), key=lambda c: c.session_id)
+    texts: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        texts.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        delivery.finish_many("d1", [(claimed[0], Result(200))], SCHEDULE, WEEK)
+    one, texts[:] = list(texts), []
+    with connection.execute_wrapper(record):
+        recorded = delivery.finish_many(
+            "d1", [(c, Result(200)) for c in claimed[1:]], SCHEDULE, WEEK
+        )
+    assert recorded == [("delivered", "delivered")] * 2
+    assert texts == one
+    assert {Delivery.objects.get(pk=c.id).status for c in claimed} == {"delivered"}
+    assert len(delivery.claim("d1", 60, 10)) == 3  # every lane moved on
