@@ -266,7 +266,8 @@ def test_outcome_batches_of_any_size_run_the_same_statements(
     texts: list[str] = []
 
     def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
-        texts.append(sql)
+        if "SAVEPOINT" not in sql:  # (the test's transaction: a new name each time)
+            texts.append(sql)
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(record):
