@@ -9,7 +9,7 @@ import contextlib
 import datetime as dt
 import ssl
 
-import httpcore
+import httpx
 import pytest
 
 from tests.webhooks.receiver import Receiver
@@ -80,18 +80,16 @@ async def test_every_new_connection_goes_through_the_ssrf_guard() -> None:
     conf = config(allow_private=False)
     connections = sender.Connections(conf)
     async with Receiver() as receiver:
-        origin, url, host = sender.target(receiver.url)
-        request = httpcore.Request("POST", url, headers=[(b"Host", host)], content=b"{}")
+        request = httpx.Request("POST", receiver.url, content=b"{}")
         with pytest.raises(ssrf.Refused):
-            async with connections.borrow(origin) as connection:
-                await connection.handle_async_request(request)
+            async with connections.borrow(request.url) as transport:
+                await transport.handle_async_request(request)
         await connections.aclose()
     assert receiver.connections == 0
 
 
 async def test_every_connection_shares_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading the CA bundle costs milliseconds: it is done once, not per client (the
-    TLS handshake is not reached here: no connection is made)."""
+    """Loading the CA bundle costs milliseconds: it is done once, not per client."""
     made: list[ssl.SSLContext] = []
     original = ssl.create_default_context
 
@@ -105,8 +103,8 @@ async def test_every_connection_shares_one_tls_context(monkeypatch: pytest.Monke
     connections = sender.Connections(conf)
     async with contextlib.AsyncExitStack() as stack:
         for i in range(10):
-            origin, *_ = sender.target(f"https://receiver-{i}.example/hook")
-            await stack.enter_async_context(connections.borrow(origin))
+            url = httpx.URL(f"https://receiver-{i}.example/hook")
+            await stack.enter_async_context(connections.borrow(url))
     await connections.aclose()
     sender.build_client(conf)
     assert len(made) == 1
