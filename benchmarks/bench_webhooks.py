@@ -13,7 +13,11 @@ everything) runs in a process of its own and notes when each webhook arrived.
    endpoint enabled: the time until every one was delivered, and deliveries/s.
 
     python benchmarks/bench_webhooks.py [--messages 500] [--interval 0.02]
-        [--backlog 10000] [--lanes 100]
+        [--backlog 10000] [--lanes 100] [--profile DIR]
+
+The drain's CPU per delivery is printed too: the process's, the event loop's and the
+dispatcher's database thread's. ``--profile DIR`` writes cProfile (CPU clock) and
+pyinstrument (wall clock) profiles of the loop and the database thread over the drain.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import cProfile
 import json
 import os
+import pstats
 import signal
 import subprocess
 import sys
@@ -173,11 +179,35 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         task = asyncio.create_task(dispatcher.run())
         await dispatcher.ready.wait()
         log("backlog: receiver back, endpoint enabled")
+        loop = asyncio.get_running_loop()
+        window = loop_profile = None
+        if args.profile:
+            from benchmarks.threadprofile import ProfileWindow
+
+            window = ProfileWindow({"webhooks-db": (dispatcher._executor, 1)})
+            await window.start()
+            loop_profile = cProfile.Profile(time.thread_time)
+            loop_profile.enable()
+        db0 = await loop.run_in_executor(dispatcher._executor, time.thread_time)
         t0 = time.perf_counter()
+        cpu0, loop0 = time.process_time(), time.thread_time()
         await sync_to_async(endpoints.set_enabled)(hook, True)
         await asyncio.wait_for(done.wait(), 600)
         drain = time.perf_counter() - t0
-        results["backlog"] = {"deliveries": total, "seconds": drain, "per_second": total / drain}
+        cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
+        db_cpu = await loop.run_in_executor(dispatcher._executor, time.thread_time) - db0
+        results["backlog"] = {
+            "deliveries": total, "seconds": drain, "per_second": total / drain,
+            "cpu_ms": cpu * 1000 / total, "loop_cpu_ms": loop_cpu * 1000 / total,
+            "db_cpu_ms": db_cpu * 1000 / total,
+        }  # fmt: skip
+        if window is not None and loop_profile is not None:
+            loop_profile.disable()
+            await window.stop(Path(args.profile))
+            with (Path(args.profile) / "event-loop.cpu.txt").open("w") as out:
+                stats = pstats.Stats(loop_profile, stream=out)
+                stats.sort_stats("cumulative").print_stats(80)
+                stats.sort_stats("tottime").print_stats(40)
         dispatcher.stop()
         await task
 
@@ -203,6 +233,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between (0.02)")
     parser.add_argument("--backlog", type=int, default=10_000, help="backlog size (10000)")
     parser.add_argument("--lanes", type=int, default=100, help="sessions of the backlog (100)")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="profile the drain (loop and database thread) into DIR"
+    )
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
@@ -222,6 +255,11 @@ def main() -> None:
     print(
         f"backlog of {backlog['deliveries']:,} over {args.lanes} lanes drained in "  # type: ignore[index]
         f"{fmt(backlog['seconds'], 2)} s: {fmt(backlog['per_second'], 0)} deliveries/s"  # type: ignore[index]
+    )
+    print(
+        f"CPU per delivery while draining: {fmt(backlog['cpu_ms'], 2)} ms for the process, "  # type: ignore[index]
+        f"{fmt(backlog['loop_cpu_ms'], 2)} ms of it on the event loop, "  # type: ignore[index]
+        f"{fmt(backlog['db_cpu_ms'], 2)} ms on the dispatcher's database thread"  # type: ignore[index]
     )
 
 

@@ -173,19 +173,43 @@ def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claime
     """PostgreSQL: the claim, its endpoints and its events in one autocommitted
     statement (``UPDATE … FROM`` may return the joined rows' columns)."""
     rows = delivery_pg.claim_rows(update, inner_sql, params)
+    now = timezone.now()
+    # A batch is mostly one endpoint's: its secrets are worked out once per batch.
+    endpoints: dict[tuple[Any, ...], tuple[tuple[str, ...], bool]] = {}
     out = []
     for row in rows:
         url, secret, previous, previous_expires, failing_since, payload, created_at = row[5:]
-        endpoint = Endpoint(
-            pk=row[2],
-            url=url,
-            secret=secret,
-            previous_secret=previous,
-            previous_secret_expires_at=previous_expires,
-            failing_since=failing_since,
+        key = (row[2], url, secret, previous, previous_expires, failing_since)
+        known = endpoints.get(key)
+        if known is None:
+            endpoint = Endpoint(
+                pk=row[2],
+                url=url,
+                secret=secret,
+                previous_secret=previous,
+                previous_secret_expires_at=previous_expires,
+                failing_since=failing_since,
+            )
+            known = endpoints[key] = (
+                tuple(endpoint.signing_secrets(now)),
+                failing_since is not None,
+            )
+        secrets, failing = known
+        pk, attempts, endpoint_id, event_id, session_id = row[:5]
+        out.append(
+            Claimed(
+                id=pk,
+                attempts=attempts,
+                endpoint_id=endpoint_id,
+                session_id=session_id,
+                url=url,
+                secrets=secrets,
+                event_id=event_id,
+                body=_dumps(json.loads(payload) if isinstance(payload, str) else payload),
+                created_at=created_at,
+                endpoint_failing=failing,
+            )
         )
-        body = _dumps(json.loads(payload) if isinstance(payload, str) else payload)
-        out.append(_claimed(row, endpoint, body, {"created_at": created_at}))
     return out
 
 

@@ -76,6 +76,8 @@ class Dispatcher:
         #: Outcomes waiting to be written, each with the future its attempt awaits.
         self._to_record: list[tuple[Claimed, Result, asyncio.Future[Any]]] = []
         self._record_wake = asyncio.Event()
+        #: Keep-alive connections, one borrowed per attempt (no pool walk per request).
+        self._connections = sender.Connections(self.config)
         #: Set once the first pass ran (listening, and the backlog looked at).
         self.ready = asyncio.Event()
 
@@ -110,7 +112,6 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         layer = get_channel_layer() if self._layer_arg is True else self._layer_arg
         ring.register(id(self), self.wake)
-        self._clients = sender.build_clients(self.config)
         listener = asyncio.create_task(self._listen(layer), name="waconnect-webhooks-doorbell")
         worker = asyncio.create_task(self._loop_forever(), name="waconnect-webhooks-loop")
         recorder = asyncio.create_task(self._recorder(), name="waconnect-webhooks-recorder")
@@ -133,9 +134,8 @@ class Dispatcher:
             await self._drain()  # the recorder still writes their outcomes
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
-            for client in self._clients:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+            with contextlib.suppress(Exception):
+                await self._connections.aclose()
             with contextlib.suppress(Exception):
                 await self._db(delivery.release)(self.owner)
             with contextlib.suppress(Exception):
@@ -267,11 +267,9 @@ class Dispatcher:
                 claimed.event_id, claimed.body, claimed.secrets, timezone.now()
             )
             started = time.perf_counter()
-            # A lane always uses the same client: its connection stays warm.
-            client = self._clients[
-                hash((claimed.endpoint_id, claimed.session_id)) % len(self._clients)
-            ]
-            answer = await sender.post(client, claimed.url, claimed.body, headers, self.config)
+            answer = await sender.post(
+                self._connections, claimed.url, claimed.body, headers, self.config
+            )
             metrics.webhook_attempt_duration.observe(time.perf_counter() - started)
             result = Result(
                 answer.status_code, error=answer.error, response=answer.body, refused=answer.refused

@@ -12,9 +12,13 @@ wherever it likes.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
+import functools
 import ipaddress
-from collections.abc import Iterable
+import ssl
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpcore
@@ -76,36 +80,113 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-#: Connections per client: httpcore's pool walks every connection for every queued
-#: request, so one pool of 64 spent more CPU than the requests; the dispatcher
-#: shares its lanes among several small clients instead (:func:`build_clients`).
-POOL_SIZE = 8
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """The TLS settings every connection shares (httpx's defaults: certifi's CAs,
+    the host name checked). Made once: loading the CA bundle costs milliseconds,
+    and an :class:`ssl.SSLContext` is meant to be shared."""
+    return httpx.create_ssl_context()
 
 
-def build_clients(config: WebhookConfig) -> list[httpx.AsyncClient]:
-    """Enough clients of :data:`POOL_SIZE` connections for ``max_in_flight`` attempts."""
-    count = max(1, -(-config.max_in_flight // POOL_SIZE))
-    return [build_client(config, min(POOL_SIZE, config.max_in_flight)) for _ in range(count)]
-
-
-def build_client(config: WebhookConfig, connections: int | None = None) -> httpx.AsyncClient:
-    """A client: timeouts, no redirects, no proxies, the guarded backend."""
-    size = connections or config.max_in_flight
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+def build_transport(config: WebhookConfig, connections: int = 1) -> httpx.AsyncHTTPTransport:
+    """An httpx transport of ``connections`` connections over the guarded backend,
+    with the shared TLS context; no proxy (none is passed, the environment's unread)."""
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context(), trust_env=False)
     # httpx (pinned) builds its pool without a way to pass a network backend:
     # replace the pool with the same one plus ours.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
+        ssl_context=ssl_context(),
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_SECONDS,
         http1=True,
         http2=False,
         network_backend=GuardedBackend(config.allow_private),
     )
+    return transport
+
+
+#: An idle connection is closed after this long (httpx's default).
+KEEPALIVE_SECONDS = 5.0
+
+Origin = tuple[bytes, bytes, int | None]
+
+
+class Connections:
+    """Keep-alive connections for the attempts, one attempt on a connection at a time.
+
+    Each attempt borrows a transport of one connection for its URL's origin (an
+    idle one of that origin, else a new one) and gives it back when its answer was
+    read. A pool of many connections walks all of them for every queued request
+    (httpcore's :class:`~httpcore.AsyncConnectionPool`): with one per attempt there
+    is nothing to walk. In use: at most one per attempt in flight; idle: at most
+    ``max_in_flight``, the longest idle closed first.
+    """
+
+    def __init__(self, config: WebhookConfig) -> None:
+        self.config = config
+        self.timeout = httpx.Timeout(config.total_timeout, connect=config.connect_timeout).as_dict()
+        self._idle: collections.OrderedDict[
+            tuple[Origin, int], tuple[Origin, httpx.AsyncHTTPTransport]
+        ] = collections.OrderedDict()
+        self._by_origin: dict[Origin, list[int]] = {}
+        self._in_use: set[httpx.AsyncHTTPTransport] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def idle(self) -> int:
+        """Idle transports kept."""
+        return len(self._idle)
+
+    @contextlib.asynccontextmanager
+    async def borrow(self, url: httpx.URL) -> AsyncIterator[httpx.AsyncHTTPTransport]:
+        """A transport for ``url``'s origin for one attempt; kept for the next one if
+        the attempt ended normally, closed if it raised (or was cancelled)."""
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port)
+        keys = self._by_origin.get(origin)
+        if keys:
+            transport = self._idle.pop((origin, keys.pop()))[1]
+        else:
+            transport = build_transport(self.config)
+        self._in_use.add(transport)
+        try:
+            yield transport
+        except BaseException:
+            self._in_use.discard(transport)
+            await _close(transport)
+            raise
+        self._in_use.discard(transport)
+        key = id(transport)
+        self._idle[(origin, key)] = (origin, transport)
+        self._by_origin.setdefault(origin, []).append(key)
+        while len(self._idle) > self.config.max_in_flight:
+            (old_origin, old_key), (_, old) = self._idle.popitem(last=False)
+            self._by_origin[old_origin].remove(old_key)
+            task = asyncio.create_task(_close(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        """Close every transport, idle or in use."""
+        transports = [t for _, t in self._idle.values()] + list(self._in_use)
+        self._idle.clear()
+        self._by_origin.clear()
+        self._in_use.clear()
+        for transport in transports:
+            await _close(transport)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _close(transport: httpx.AsyncHTTPTransport) -> None:
+    with contextlib.suppress(Exception):
+        await transport.aclose()
+
+
+def build_client(config: WebhookConfig, connections: int | None = None) -> httpx.AsyncClient:
+    """A client (for one-off requests): timeouts, no redirects, no proxies, the
+    guarded backend."""
     return httpx.AsyncClient(
-        transport=transport,
+        transport=build_transport(config, connections or config.max_in_flight),
         timeout=httpx.Timeout(config.total_timeout, connect=config.connect_timeout),
         follow_redirects=False,
         trust_env=False,
@@ -114,32 +195,41 @@ def build_client(config: WebhookConfig, connections: int | None = None) -> httpx
 
 
 async def post(
-    client: httpx.AsyncClient,
+    connections: Connections,
     url: str,
     body: str,
     headers: dict[str, str],
     config: WebhookConfig,
 ) -> Answer:
     """One attempt, within ``config.total_timeout`` all told; never raises for the
-    receiver's doing (a refused, reset or slow connection is an :class:`Answer`)."""
+    receiver's doing (a refused, reset or slow connection is an :class:`Answer`).
+
+    The request goes straight to a borrowed transport: nothing follows a redirect
+    (a 3xx is the answer), and no proxy is in the way."""
     try:
         ssrf.check_url(url, allow_private=config.allow_private)
         async with asyncio.timeout(config.total_timeout):
-            request = client.build_request(
+            request = httpx.Request(
                 "POST",
                 url,
                 content=body.encode(),
-                headers={**headers, "content-type": "application/json"},
+                headers={
+                    **headers,
+                    "content-type": "application/json",
+                    "user-agent": USER_AGENT,
+                },
+                extensions={"timeout": connections.timeout},
             )
-            response = await client.send(request, stream=True)
-            try:
-                data = b""
-                async for chunk in response.aiter_raw():
-                    data += chunk
-                    if len(data) >= config.response_limit:
-                        break
-            finally:
-                await response.aclose()
+            async with connections.borrow(request.url) as transport:
+                response = await transport.handle_async_request(request)
+                try:
+                    data = b""
+                    async for chunk in response.aiter_raw():
+                        data += chunk
+                        if len(data) >= config.response_limit:
+                            break
+                finally:
+                    await response.aclose()
     except ssrf.Refused as exc:
         return Answer(None, error=f"refused: {exc}"[:300], refused=True)
     except TimeoutError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from sessions_app.models import WaSession
@@ -267,3 +268,32 @@ def test_a_delivery_made_due_now_is_claimable_in_the_same_millisecond(
         Delivery.objects.filter(pk=head.id).update(next_attempt_at=timezone.now())
         not_due += not delivery.claimable().filter(pk=head.id).exists()
     assert not_due == 0, f"{not_due} of 300 not due right after being made due"
+
+
+@pytest.mark.postgres  # PostgreSQL's batch statements (the second pass of make test)
+def test_outcome_batches_of_any_size_run_the_same_statements(
+    sessions: list[WaSession], hook: Endpoint
+) -> None:
+    """One statement text whatever the batch size (arrays, not a VALUES row per
+    attempt): psycopg converts each text once instead of parsing every batch anew."""
+    for session in sessions:
+        emit(session, 2)
+    claimed = sorted(delivery.claim("d1", 60, 10), key=lambda c: c.session_id)
+    texts: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if "SAVEPOINT" not in sql:  # (the test's transaction: a new name each time)
+            texts.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        delivery.finish_many("d1", [(claimed[0], Result(200))], SCHEDULE, WEEK)
+    one, texts[:] = list(texts), []
+    with connection.execute_wrapper(record):
+        recorded = delivery.finish_many(
+            "d1", [(c, Result(200)) for c in claimed[1:]], SCHEDULE, WEEK
+        )
+    assert recorded == [("delivered", "delivered")] * 2
+    assert texts == one
+    assert {Delivery.objects.get(pk=c.id).status for c in claimed} == {"delivered"}
+    assert len(delivery.claim("d1", 60, 10)) == 3  # every lane moved on

@@ -35,6 +35,7 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []  # every request: headers, body, behaviour
         self.accepted: list[dict[str, Any]] = []  # verified payloads answered 2xx
         self.accepted_at: list[float] = []  # time.monotonic() of each, in step
+        self.connections = 0  # TCP connections accepted
         self._changed = asyncio.Condition()
         self._release = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -57,6 +58,7 @@ class Receiver:
         self.script.extend(behaviours)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
