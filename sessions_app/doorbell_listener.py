@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds the doorbell's channel may take to leave the group when it stops.
+DISCARD_TIMEOUT = 1.0
+
 
 class DoorbellListenerMixin:
     """The doorbell loop and :meth:`ring`."""
@@ -78,8 +81,12 @@ class DoorbellListenerMixin:
                     continue
                 self.ring(message)
         finally:
+            # Bounded: on a stop, channels-redis's discard can wait out the socket
+            # timeout (30 s) on a connection the cancelled receive left mid-read, and
+            # held up the supervisor's shutdown. Unsaid, the membership expires.
             with contextlib.suppress(Exception):
-                await self.layer.group_discard(doorbell.SUPERVISORS_GROUP, channel)
+                async with asyncio.timeout(DISCARD_TIMEOUT):
+                    await self.layer.group_discard(doorbell.SUPERVISORS_GROUP, channel)
 
     def ring(self, message: dict[str, Any]) -> None:
         """Act on a doorbell message: poke the owner's runner, or look for work (a

@@ -44,6 +44,8 @@ R = TypeVar("R")
 DB_THREAD = "waconnect-webhooks-db"
 #: On stop, attempts in flight get this long to finish (a shutdown stays short).
 DRAIN_SECONDS = 2.0
+#: Seconds the doorbell's channel may take to leave the group when it stops.
+DISCARD_TIMEOUT = 1.0
 
 
 def make_owner_id() -> str:
@@ -184,8 +186,11 @@ class Dispatcher:
                     with contextlib.suppress(Exception):
                         await layer.group_add(ring.WEBHOOKS_GROUP, channel)
         finally:
+            # Bounded, as the supervisor's doorbell: a discard stuck on a Redis
+            # connection would hold up the stop (the membership expires anyway).
             with contextlib.suppress(Exception):
-                await layer.group_discard(ring.WEBHOOKS_GROUP, channel)
+                async with asyncio.timeout(DISCARD_TIMEOUT):
+                    await layer.group_discard(ring.WEBHOOKS_GROUP, channel)
 
     # -- the loop ----------------------------------------------------------------------
 
