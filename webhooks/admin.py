@@ -86,6 +86,8 @@ class EndpointAdmin(admin.ModelAdmin):
         elif "enabled" in form.changed_data and obj.enabled:
             obj.disabled_reason = ""
             obj.failing_since = None
+        elif "enabled" in form.changed_data and not obj.disabled_reason:
+            obj.disabled_reason = "disabled by an operator"  # as the API says it
         super().save_model(request, obj, form, change)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
