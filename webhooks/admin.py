@@ -36,6 +36,14 @@ class EndpointForm(forms.ModelForm):
         model = Endpoint
         fields = ["url", "description", "event_types", "all_sessions", "sessions", "enabled"]
 
+    def clean(self) -> dict[str, Any]:
+        """Some sessions, or all: an endpoint of no session would hear nothing (the API
+        refuses an empty ``session_ids`` too)."""
+        data = super().clean()
+        if not data.get("all_sessions") and not data.get("sessions"):
+            self.add_error("sessions", "Choose the sessions to hear about, or tick all sessions.")
+        return data
+
 
 def _secret_page(
     request: HttpRequest, admin_: admin.ModelAdmin, endpoint: Endpoint, title: str

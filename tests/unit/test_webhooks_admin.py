@@ -115,3 +115,16 @@ def test_the_reason_an_endpoint_was_disabled_is_shown(admin: Client) -> None:
     assert admin.post(change, form).status_code == 302
     manual.refresh_from_db()
     assert (manual.enabled, manual.disabled_reason) == (True, "")
+
+
+def test_an_endpoint_needs_some_sessions_or_all(admin: Client) -> None:
+    from sessions_app.models import WaSession
+
+    add = reverse("admin:webhooks_endpoint_add")
+    form = {"url": "https://93.184.215.14/hook", "enabled": "on"}  # all sessions unticked
+    answer = admin.post(add, form)
+    assert answer.status_code == 200 and "or tick all sessions" in answer.content.decode()
+    assert not Endpoint.objects.exists()
+    session = WaSession.objects.create(name="one")
+    assert admin.post(add, {**form, "sessions": [session.pk]}).status_code == 200  # its secret
+    assert list(Endpoint.objects.get().sessions.all()) == [session]
