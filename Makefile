@@ -55,7 +55,7 @@ test: venv chromium services lint
 	  tests/unit/test_messaging_runner.py tests/unit/test_messaging_batch.py \
 	  tests/unit/test_webhooks_outbox.py tests/unit/test_webhooks_delivery.py \
 	  tests/unit/test_webhooks_dispatch.py tests/unit/test_webhooks_messages.py \
-	  tests/unit/test_webhooks_flow.py \
+	  tests/unit/test_webhooks_flow.py tests/unit/test_webhooks_ring.py \
 	  tests/api/test_webhooks_api.py \
 	  tests/unit/test_peer_message.py \
 	  tests/unit/test_messaging_ack.py \

@@ -36,6 +36,14 @@ class EndpointForm(forms.ModelForm):
         model = Endpoint
         fields = ["url", "description", "event_types", "all_sessions", "sessions", "enabled"]
 
+    def clean(self) -> dict[str, Any]:
+        """Some sessions, or all: an endpoint of no session would hear nothing (the API
+        refuses an empty ``session_ids`` too)."""
+        data = super().clean()
+        if not data.get("all_sessions") and not data.get("sessions"):
+            self.add_error("sessions", "Choose the sessions to hear about, or tick all sessions.")
+        return data
+
 
 def _secret_page(
     request: HttpRequest, admin_: admin.ModelAdmin, endpoint: Endpoint, title: str
@@ -86,6 +94,8 @@ class EndpointAdmin(admin.ModelAdmin):
         elif "enabled" in form.changed_data and obj.enabled:
             obj.disabled_reason = ""
             obj.failing_since = None
+        elif "enabled" in form.changed_data and not obj.disabled_reason:
+            obj.disabled_reason = "disabled by an operator"  # as the API says it
         super().save_model(request, obj, form, change)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:

@@ -82,6 +82,15 @@ def test_refused_urls_are_a_422_problem(hooks: ApiClient, settings: Any, url: st
     assert not Endpoint.objects.exists()
 
 
+def test_a_changed_url_is_checked_too(hooks: ApiClient, settings: Any) -> None:
+    settings.WACONNECT_WEBHOOKS_ALLOW_PRIVATE = False
+    created = hooks.post("/webhooks/endpoints", {"url": "https://93.184.215.14/"}).json()
+    path = f"/webhooks/endpoints/{created['id']}"
+    answer = patch(hooks, path, {"url": "http://169.254.169.254/latest/meta-data"})
+    assert (answer.status_code, answer.json()["errors"][0]["field"]) == (422, "url")
+    assert Endpoint.objects.get().url == "https://93.184.215.14/"
+
+
 def test_unknown_event_types_and_sessions_are_refused(hooks: ApiClient) -> None:
     bad_type = hooks.post(
         "/webhooks/endpoints", {"url": "https://93.184.215.14/", "event_types": ["nope"]}

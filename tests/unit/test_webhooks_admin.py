@@ -95,3 +95,36 @@ def test_event_payloads_are_not_shown(admin: Client) -> None:
     assert event is not None and endpoint.pk
     page = admin.get(reverse("admin:webhooks_event_change", args=[event.pk]))
     assert page.status_code == 200 and "very-secret-qr" not in page.content.decode()
+
+
+def test_the_reason_an_endpoint_was_disabled_is_shown(admin: Client) -> None:
+    failing = Endpoint.objects.create(
+        url="https://93.184.215.14/a",
+        enabled=False,
+        disabled_reason="every attempt failed for 5 days (last: HTTP 503)",
+    )
+    manual = Endpoint.objects.create(url="https://93.184.215.14/b")
+    change = reverse("admin:webhooks_endpoint_change", args=[manual.pk])
+    form = {"url": manual.url, "description": "", "all_sessions": "on"}  # enabled unticked
+    assert admin.post(change, form).status_code == 302
+    manual.refresh_from_db()
+    assert (manual.enabled, manual.disabled_reason) == (False, "disabled by an operator")
+    listed = admin.get(reverse("admin:webhooks_endpoint_changelist")).content.decode()
+    assert failing.disabled_reason in listed and "disabled by an operator" in listed
+    form["enabled"] = "on"
+    assert admin.post(change, form).status_code == 302
+    manual.refresh_from_db()
+    assert (manual.enabled, manual.disabled_reason) == (True, "")
+
+
+def test_an_endpoint_needs_some_sessions_or_all(admin: Client) -> None:
+    from sessions_app.models import WaSession
+
+    add = reverse("admin:webhooks_endpoint_add")
+    form = {"url": "https://93.184.215.14/hook", "enabled": "on"}  # all sessions unticked
+    answer = admin.post(add, form)
+    assert answer.status_code == 200 and "or tick all sessions" in answer.content.decode()
+    assert not Endpoint.objects.exists()
+    session = WaSession.objects.create(name="one")
+    assert admin.post(add, {**form, "sessions": [session.pk]}).status_code == 200  # its secret
+    assert list(Endpoint.objects.get().sessions.all()) == [session]

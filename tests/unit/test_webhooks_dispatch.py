@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,10 +15,12 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import transaction
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from sessions_app.models import WaSession
 from tests.webhooks.receiver import Receiver
-from webhooks import delivery, endpoints, outbox, sender
+from webhooks import delivery, endpoints, outbox
 from webhooks.conf import webhook_config
 from webhooks.dispatcher import Dispatcher
 from webhooks.models import Delivery, Endpoint
@@ -155,6 +158,33 @@ async def test_a_test_event_reaches_only_its_endpoint(
     assert other.requests == []
 
 
+async def test_during_a_rotation_receivers_with_the_old_or_the_new_secret_verify(
+    dispatcher: Dispatcher, outcomes: Outcomes
+) -> None:
+    """After a rotation with an overlap the dispatcher signs with both secrets (a
+    receiver not yet given the new one verifies); after the overlap, the new only."""
+    async with Receiver() as receiver:
+        hook, sessions = await make_world(receiver.url, 1)
+        old = hook.secret
+        new = await sync_to_async(endpoints.rotate)(hook, 3600)
+        receiver.secret = old  # the receiver still has the old secret
+        await emit_many(sessions, 1)
+        await receiver.wait_accepted(1)
+        during = receiver.requests[-1]
+        Webhook(new).verify(during["body"], during["headers"])
+
+        await sync_to_async(endpoints.rotate)(hook, 0)  # no overlap: the newest only
+        await sync_to_async(hook.refresh_from_db)()
+        receiver.secret = hook.secret
+        await emit_many(sessions, 1)
+        await receiver.wait_accepted(2)
+    after = receiver.requests[-1]
+    assert len(during["headers"]["webhook-signature"].split(" ")) == 2
+    assert len(after["headers"]["webhook-signature"].split(" ")) == 1
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new).verify(after["body"], after["headers"])
+
+
 async def test_a_refused_address_is_never_connected_to(outcomes: Outcomes) -> None:
     config = webhook_config(**{**FAST, "allow_private": False, "schedule": (0,)})
     d = Dispatcher(config=config, observer=outcomes)
@@ -182,11 +212,11 @@ async def test_a_claim_too_old_to_cover_an_attempt_is_not_used() -> None:
         await emit_many(sessions, 1)
         config = webhook_config(**FAST)
         d = Dispatcher(config=config)
-        d._clients = [sender.build_client(config)]
         (claimed,) = await sync_to_async(delivery.claim)(d.owner, config.claim_ttl, 10)
         frozen_since = time.monotonic() - config.claim_ttl
         await d._attempt(claimed, frozen_since)
-        await d._clients[0].aclose()
+        await d._connections.aclose()
+        d._executor.shutdown()
         assert receiver.requests == []
     assert (await sync_to_async(Delivery.objects.get)()).status == "delivering"
 
@@ -207,19 +237,36 @@ async def test_redirects_are_not_followed_and_answers_are_read_bounded(
     assert 0 < len(after_big.last_response) <= 1000
 
 
-async def test_the_supervisor_service_runs_the_dispatcher_beside_it() -> None:
+@pytest.mark.parametrize("how", ["start_inline", "serve"])
+async def test_the_supervisor_service_runs_the_dispatcher_beside_it(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``start_inline`` (runserver) and ``serve`` (run_supervisor) start a dispatcher
     with the supervisor: a test event is delivered with nothing else running."""
     from sessions_app import service
 
+    built: list[Any] = []
+    build = service.build_supervisor
+
+    def keep(**kwargs: Any) -> Any:
+        built.append(build(**kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(service, "build_supervisor", keep)
+    loop = asyncio.get_running_loop()
     async with Receiver() as receiver:
         hook, _ = await make_world(receiver.url, 0)
         receiver.secret = hook.secret
-        supervisor = service.start_inline()
+        if how == "start_inline":
+            task = service.start_inline().task  # type: ignore[attr-defined]
+        else:
+            task = asyncio.create_task(service.serve())
         try:
             await sync_to_async(endpoints.send_test)(hook)
             (payload,) = await receiver.wait_accepted(1)
         finally:
-            supervisor.stop()
-            await supervisor.task  # type: ignore[attr-defined]
+            built[0].stop()
+            await task
+            for signum in (signal.SIGTERM, signal.SIGINT):  # serve's, back to the defaults
+                loop.remove_signal_handler(signum)
     assert payload["type"] == "webhook.test"

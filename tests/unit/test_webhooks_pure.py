@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from webhooks import retry, signing, ssrf
-from webhooks.conf import DEFAULT_SCHEDULE, WebhookConfig
+from webhooks.conf import DEFAULT_SCHEDULE, WebhookConfig, webhook_config
 from webhooks.models import new_secret, wants
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
@@ -47,6 +48,18 @@ def test_an_endpoint_is_disabled_only_after_failing_for_the_whole_time() -> None
     assert not retry.should_disable(None, NOW, 60)
     assert not retry.should_disable(NOW - dt.timedelta(seconds=59), NOW, 60)
     assert retry.should_disable(NOW - dt.timedelta(seconds=60), NOW, 60)
+
+
+def test_the_schedule_and_the_other_times_are_settable(settings: Any) -> None:
+    settings.WACONNECT_WEBHOOKS_SCHEDULE = [0, 1, 60]
+    settings.WACONNECT_WEBHOOKS_DISABLE_AFTER = 3600
+    settings.WACONNECT_WEBHOOKS_ROTATION_OVERLAP = 600
+    config = webhook_config()
+    assert config.schedule == (0.0, 1.0, 60.0)
+    assert (config.disable_after, config.rotation_overlap) == (3600, 600)
+    v = retry.verdict(retry.Outcome.FAILED, 2, config.schedule, NOW)
+    assert v.next_attempt_at == NOW + dt.timedelta(seconds=60)
+    assert retry.verdict(retry.Outcome.FAILED, 3, config.schedule, NOW).status == "dead"
 
 
 def test_config_refuses_an_empty_schedule_and_a_claim_shorter_than_an_attempt() -> None:
