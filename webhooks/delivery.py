@@ -266,9 +266,10 @@ def finish_many(
     disable_after: float,
 ) -> list[tuple[retry.Outcome, str] | None]:
     """:func:`finish` for several attempts in one transaction (one commit, not one
-    each). On PostgreSQL the fenced outcomes are one ``UPDATE … FROM (VALUES …)`` and
-    the lanes' promotions one more: a few round trips per batch, not three per
-    attempt — the dispatcher's database thread was its bottleneck."""
+    each). On PostgreSQL the fenced outcomes are one ``UPDATE … FROM unnest(…)`` (one
+    array per column: the same statement text for every batch size) and the lanes'
+    promotions one more: a few round trips per batch, not three per attempt — the
+    dispatcher's database thread was its bottleneck."""
     if connection.vendor != "postgresql":
         with transaction.atomic():
             return [_record(owner, c, r, schedule, disable_after) for c, r in attempts]
