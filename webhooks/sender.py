@@ -1,7 +1,8 @@
 """One HTTP attempt: POST the signed body, read a bounded answer, never follow a redirect.
 
-httpx does the HTTP; the one thing added is :class:`GuardedBackend`, the network
-backend of its connection pool: every new connection resolves the host itself,
+httpx does the HTTP, on one-connection transports each attempt borrows from
+:class:`Connections` (kept alive per origin). Added to httpx: :class:`GuardedBackend`,
+the network backend of every transport: every new connection resolves the host itself,
 checks every address with :mod:`webhooks.ssrf` and connects to the checked address
 (TLS still verifies the certificate for the URL's host name). So the address
 connected to is always the address checked: no DNS rebinding between the two.
@@ -88,16 +89,16 @@ def ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def build_transport(config: WebhookConfig, connections: int = 1) -> httpx.AsyncHTTPTransport:
-    """An httpx transport of ``connections`` connections over the guarded backend,
-    with the shared TLS context; no proxy (none is passed, the environment's unread)."""
+def build_transport(config: WebhookConfig) -> httpx.AsyncHTTPTransport:
+    """An httpx transport of one connection over the guarded backend, with the shared
+    TLS context; no proxy (none is passed, the environment's unread)."""
     transport = httpx.AsyncHTTPTransport(verify=ssl_context(), trust_env=False)
     # httpx (pinned) builds its pool without a way to pass a network backend:
     # replace the pool with the same one plus ours.
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=ssl_context(),
-        max_connections=connections,
-        max_keepalive_connections=connections,
+        max_connections=1,
+        max_keepalive_connections=1,
         keepalive_expiry=KEEPALIVE_SECONDS,
         http1=True,
         http2=False,
@@ -126,9 +127,10 @@ class Connections:
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self.timeout = httpx.Timeout(config.total_timeout, connect=config.connect_timeout).as_dict()
-        self._idle: collections.OrderedDict[
-            tuple[Origin, int], tuple[Origin, httpx.AsyncHTTPTransport]
-        ] = collections.OrderedDict()
+        #: Idle transports by ``id()``, the longest idle first, each with its origin.
+        self._idle: collections.OrderedDict[int, tuple[Origin, httpx.AsyncHTTPTransport]] = (
+            collections.OrderedDict()
+        )
         self._by_origin: dict[Origin, list[int]] = {}
         self._in_use: set[httpx.AsyncHTTPTransport] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -144,10 +146,7 @@ class Connections:
         the attempt ended normally, closed if it raised (or was cancelled)."""
         origin: Origin = (url.raw_scheme, url.raw_host, url.port)
         keys = self._by_origin.get(origin)
-        if keys:
-            transport = self._idle.pop((origin, keys.pop()))[1]
-        else:
-            transport = build_transport(self.config)
+        transport = self._idle.pop(keys.pop())[1] if keys else build_transport(self.config)
         self._in_use.add(transport)
         try:
             yield transport
@@ -157,10 +156,10 @@ class Connections:
             raise
         self._in_use.discard(transport)
         key = id(transport)
-        self._idle[(origin, key)] = (origin, transport)
+        self._idle[key] = (origin, transport)
         self._by_origin.setdefault(origin, []).append(key)
         while len(self._idle) > self.config.max_in_flight:
-            (old_origin, old_key), (_, old) = self._idle.popitem(last=False)
+            old_key, (old_origin, old) = self._idle.popitem(last=False)
             self._by_origin[old_origin].remove(old_key)
             task = asyncio.create_task(_close(old))
             self._closing.add(task)
@@ -180,18 +179,6 @@ class Connections:
 async def _close(transport: httpx.AsyncHTTPTransport) -> None:
     with contextlib.suppress(Exception):
         await transport.aclose()
-
-
-def build_client(config: WebhookConfig, connections: int | None = None) -> httpx.AsyncClient:
-    """A client (for one-off requests): timeouts, no redirects, no proxies, the
-    guarded backend."""
-    return httpx.AsyncClient(
-        transport=build_transport(config, connections or config.max_in_flight),
-        timeout=httpx.Timeout(config.total_timeout, connect=config.connect_timeout),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"user-agent": USER_AGENT},
-    )
 
 
 async def post(

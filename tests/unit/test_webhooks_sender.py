@@ -106,6 +106,5 @@ async def test_every_connection_shares_one_tls_context(monkeypatch: pytest.Monke
             url = httpx.URL(f"https://receiver-{i}.example/hook")
             await stack.enter_async_context(connections.borrow(url))
     await connections.aclose()
-    sender.build_client(conf)
     assert len(made) == 1
     sender.ssl_context.cache_clear()
