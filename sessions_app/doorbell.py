@@ -9,6 +9,7 @@ function here swallows a layer failure after logging it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,6 +23,22 @@ logger = logging.getLogger(__name__)
 
 SUPERVISORS_GROUP = "waconnect.supervisors"
 LIST_GROUP = "waconnect.sessions"
+
+
+#: Seconds a doorbell's channel may take to leave its group when its listener stops.
+LEAVE_TIMEOUT = 1.0
+
+
+async def leave_group(layer: Any, group: str, channel: str) -> None:
+    """Take ``channel`` out of ``group``, within :data:`LEAVE_TIMEOUT`, never raising.
+
+    For a listener that stops (the supervisor's doorbell, the webhook dispatcher's):
+    channels-redis's ``group_discard``, after the receive it waited in was
+    cancelled, once waited out Redis's 30 s socket timeout and held a stop up. An
+    unsaid membership expires (the layer's ``group_expiry``)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(LEAVE_TIMEOUT):
+            await layer.group_discard(group, channel)
 
 
 def session_group(pk: int) -> str:

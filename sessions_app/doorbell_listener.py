@@ -15,7 +15,6 @@ falls between joining and claiming.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from sessions_app.runner import SessionRunner
 
 logger = logging.getLogger(__name__)
-
-#: Seconds the doorbell's channel may take to leave the group when it stops.
-DISCARD_TIMEOUT = 1.0
 
 
 class DoorbellListenerMixin:
@@ -81,12 +77,7 @@ class DoorbellListenerMixin:
                     continue
                 self.ring(message)
         finally:
-            # Bounded: on a stop, channels-redis's discard can wait out the socket
-            # timeout (30 s) on a connection the cancelled receive left mid-read, and
-            # held up the supervisor's shutdown. Unsaid, the membership expires.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(DISCARD_TIMEOUT):
-                    await self.layer.group_discard(doorbell.SUPERVISORS_GROUP, channel)
+            await doorbell.leave_group(self.layer, doorbell.SUPERVISORS_GROUP, channel)
 
     def ring(self, message: dict[str, Any]) -> None:
         """Act on a doorbell message: poke the owner's runner, or look for work (a

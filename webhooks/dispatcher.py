@@ -32,6 +32,7 @@ from django.db import connections
 from django.utils import timezone
 
 from ops import metrics
+from sessions_app import doorbell
 from webhooks import delivery, ring, sender, signing
 from webhooks.conf import WebhookConfig, webhook_config
 from webhooks.delivery import Claimed, Result
@@ -44,8 +45,6 @@ R = TypeVar("R")
 DB_THREAD = "waconnect-webhooks-db"
 #: On stop, attempts in flight get this long to finish (a shutdown stays short).
 DRAIN_SECONDS = 2.0
-#: Seconds the doorbell's channel may take to leave the group when it stops.
-DISCARD_TIMEOUT = 1.0
 
 
 def make_owner_id() -> str:
@@ -186,11 +185,7 @@ class Dispatcher:
                     with contextlib.suppress(Exception):
                         await layer.group_add(ring.WEBHOOKS_GROUP, channel)
         finally:
-            # Bounded, as the supervisor's doorbell: a discard stuck on a Redis
-            # connection would hold up the stop (the membership expires anyway).
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(DISCARD_TIMEOUT):
-                    await layer.group_discard(ring.WEBHOOKS_GROUP, channel)
+            await doorbell.leave_group(layer, ring.WEBHOOKS_GROUP, channel)
 
     # -- the loop ----------------------------------------------------------------------
 
