@@ -146,8 +146,16 @@ def claim(owner: str, ttl: float, limit: int) -> list[Claimed]:
                 "id", "payload", "created_at"
             )
         }
+    now = timezone.now()
+    signing = {pk: _signing(e, now) for pk, e in endpoints.items()}
     return [
-        _claimed(row, endpoints[row[2]], _dumps(events[row[3]]["payload"]), events[row[3]])
+        _claimed(
+            row,
+            endpoints[row[2]].url,
+            signing[row[2]],
+            _dumps(events[row[3]]["payload"]),
+            events[row[3]]["created_at"],
+        )
         for row in rows
     ]
 
@@ -175,7 +183,7 @@ def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claime
     rows = delivery_pg.claim_rows(update, inner_sql, params)
     now = timezone.now()
     # A batch is mostly one endpoint's: its secrets are worked out once per batch.
-    endpoints: dict[tuple[Any, ...], tuple[tuple[str, ...], bool]] = {}
+    endpoints: dict[tuple[Any, ...], Signing] = {}
     out = []
     for row in rows:
         url, secret, previous, previous_expires, failing_since, payload, created_at = row[5:]
@@ -190,42 +198,36 @@ def _claim_joined(update: str, inner_sql: str, params: list[Any]) -> list[Claime
                 previous_secret_expires_at=previous_expires,
                 failing_since=failing_since,
             )
-            known = endpoints[key] = (
-                tuple(endpoint.signing_secrets(now)),
-                failing_since is not None,
-            )
-        secrets, failing = known
-        pk, attempts, endpoint_id, event_id, session_id = row[:5]
-        out.append(
-            Claimed(
-                id=pk,
-                attempts=attempts,
-                endpoint_id=endpoint_id,
-                session_id=session_id,
-                url=url,
-                secrets=secrets,
-                event_id=event_id,
-                body=_dumps(json.loads(payload) if isinstance(payload, str) else payload),
-                created_at=created_at,
-                endpoint_failing=failing,
-            )
-        )
+            known = endpoints[key] = _signing(endpoint, now)
+        body = _dumps(json.loads(payload) if isinstance(payload, str) else payload)
+        out.append(_claimed(row, url, known, body, created_at))
     return out
 
 
-def _claimed(row: Any, endpoint: Endpoint, body: str, event: dict[str, Any]) -> Claimed:
+Signing = tuple[tuple[str, ...], bool]
+
+
+def _signing(endpoint: Endpoint, now: dt.datetime) -> Signing:
+    """What a claim needs of its endpoint beyond the URL, worked out once per endpoint
+    and batch: the secrets that sign now, and whether its failure clock runs."""
+    return tuple(endpoint.signing_secrets(now)), endpoint.failing_since is not None
+
+
+def _claimed(row: Any, url: str, signing: Signing, body: str, created_at: dt.datetime) -> Claimed:
+    """``row``: the claim's ``(id, attempts, endpoint_id, event_id, session_id, …)``."""
     pk, attempts, endpoint_id, event_id, session_id = row[:5]
+    secrets, failing = signing
     return Claimed(
         id=pk,
         attempts=attempts,
         endpoint_id=endpoint_id,
         session_id=session_id,
-        url=endpoint.url,
-        secrets=tuple(endpoint.signing_secrets(timezone.now())),
+        url=url,
+        secrets=secrets,
         event_id=event_id,
         body=body,
-        created_at=event["created_at"],
-        endpoint_failing=endpoint.failing_since is not None,
+        created_at=created_at,
+        endpoint_failing=failing,
     )
 
 
