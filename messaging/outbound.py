@@ -46,6 +46,15 @@ NO_ANSWER = "timeout"
 #: ``failure_reason`` of a message whose outcome its owner could not record (the
 #: database failed meanwhile): the driver was asked, so it may have gone out.
 LOST_TRACK = "error"
+#: What a message ``sending`` becomes when it never reached WhatsApp: queued again,
+#: as if never taken.
+REQUEUED: dict[str, Any] = {
+    "status": str(Status.QUEUED),
+    "send_epoch": None,
+    "sending_at": None,
+    "failure_reason": "",
+    "failure_detail": "",
+}
 #: ``failure_reason`` of an expired message.
 DEADLINE = "deadline"
 
@@ -226,13 +235,7 @@ def mark_failed(
     trigger = failure_trigger(outcome, reason)
     assignments: dict[str, Any]
     if trigger is Trigger.REQUEUE:
-        assignments = {
-            "status": str(Status.QUEUED),
-            "send_epoch": None,
-            "sending_at": None,
-            "failure_reason": "",
-            "failure_detail": "",
-        }
+        assignments = dict(REQUEUED)
     else:
         target = Status.FAILED if trigger is Trigger.REFUSED else Status.UNKNOWN
         assignments = {
@@ -249,7 +252,14 @@ def mark_unknown(
 ) -> Message | None:
     """A message ``sending`` whose outcome the owner can no longer learn (the driver
     did not answer in time, or its connection closed first): ``unknown``."""
-    rows = _update(
+    rows = _mark_unknown_many(lease, [ref], reason, detail, now)
+    return rows[0] if rows else None
+
+
+def _mark_unknown_many(
+    lease: Lease, refs: Sequence[str], reason: str, detail: str, now: dt.datetime
+) -> list[Message]:
+    return _update(
         lease,
         Trigger.UNKNOWN,
         {
@@ -257,11 +267,10 @@ def mark_unknown(
             "failure_reason": reason[:32],
             "failure_detail": detail[:500],
         },
-        "ref = %s",
-        [ref],
+        f"ref IN ({_in(refs)})",
+        list(refs),
         now,
     )
-    return rows[0] if rows else None
 
 
 def settle_lost_track(
@@ -285,30 +294,18 @@ def settle_lost_track(
             if (row := mark_sent(lease, ref, wa_id, wa_timestamp, now)) is not None
         ]
         if asked:
-            rows += _update(
+            rows += _mark_unknown_many(
                 lease,
-                Trigger.UNKNOWN,
-                {
-                    "status": str(Status.UNKNOWN),
-                    "failure_reason": LOST_TRACK,
-                    "failure_detail": "its outcome could not be recorded (a database error); "
-                    "it may have gone out",
-                },
-                f"ref IN ({_in(asked)})",
-                list(asked),
+                asked,
+                LOST_TRACK,
+                "its outcome could not be recorded (a database error); it may have gone out",
                 now,
             )
         not_known = f"AND ref NOT IN ({_in(known)})" if known else ""
         rows += _update(
             lease,
             Trigger.REQUEUE,
-            {
-                "status": str(Status.QUEUED),
-                "send_epoch": None,
-                "sending_at": None,
-                "failure_reason": "",
-                "failure_detail": "",
-            },
+            dict(REQUEUED),
             f"send_epoch = %s {not_known}",
             [lease.epoch, *known],
             now,
