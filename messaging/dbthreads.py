@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from channels.db import DatabaseSyncToAsync
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
-from sessions_app.dbthread import SUPERVISOR_THREAD
+from sessions_app.dbthread import SUPERVISOR_THREAD, KeptConnectionCall
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,7 +62,12 @@ def message_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        runner = DatabaseSyncToAsync(func, thread_sensitive=False, executor=_get_executor())
+        runner = KeptConnectionCall(func, thread_sensitive=False, executor=_get_executor())
         return await runner(*args, **kwargs)
 
     return call
+
+
+#: Give back the pumps' kept SQLite connection (the supervisor's shutdown); on
+#: PostgreSQL each call gives its pooled connection back already.
+close = message_db(connections.close_all)

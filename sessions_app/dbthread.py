@@ -11,7 +11,8 @@ of sessions change state at once, their writes queue in the first thread, and a
 renewal queued behind them would arrive too late; the supervisor would fence
 itself under load, exactly when a hand-over costs most.
 
-On SQLite these threads keep their connection from call to call (``_OwnThreadCall``);
+On SQLite these threads keep their connection from call to call (``KeptConnectionCall``,
+also used by the message pumps' and the webhook dispatcher's threads);
 on PostgreSQL they borrow one from the pool for each call, and end a transaction
 left idle longer than the self-fence margin (:func:`end_idle_transactions`).
 """
@@ -59,8 +60,8 @@ def _keep_sqlite_connections() -> None:
             conn.close_at = None
 
 
-class _OwnThreadCall(DatabaseSyncToAsync):
-    """A call in one of the supervisor's long-lived threads.
+class KeptConnectionCall(DatabaseSyncToAsync):
+    """A call in a long-lived thread that keeps its SQLite connection.
 
     On SQLite the thread keeps its connection from call to call: opening one is a
     file open, two PRAGMAs and some forty SQL function registrations by Django, and
@@ -82,7 +83,7 @@ class _OwnThreadCall(DatabaseSyncToAsync):
 def _in_thread(name: str, func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        runner = _OwnThreadCall(func, thread_sensitive=False, executor=_get_executor(name))
+        runner = KeptConnectionCall(func, thread_sensitive=False, executor=_get_executor(name))
         return await runner(*args, **kwargs)
 
     return call
@@ -96,7 +97,7 @@ def socket_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     connection instead of opening one per call (the create socket's two calls sit
     on the path from "create" to the QR code). PostgreSQL: borrowed per call.
     """
-    return functools.wraps(func)(_OwnThreadCall(func, thread_sensitive=True))
+    return functools.wraps(func)(KeptConnectionCall(func, thread_sensitive=True))
 
 
 def supervisor_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:

@@ -28,6 +28,7 @@ from typing import Any
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.db import DatabaseError
 
+from messaging import dbthreads as message_threads
 from messaging import pump
 from sessions_app import doorbell, owner_db
 from sessions_app.conf import SupervisorConfig, supervisor_config
@@ -163,6 +164,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         with contextlib.suppress(Exception):  # give back our database connections
             await owner_db.close()
             await owner_db.close_lease()
+            await message_threads.close()
         logger.info(
             "supervisor %s stopped; %d sessions handed over",
             self.owner,

@@ -26,13 +26,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from channels.db import DatabaseSyncToAsync
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.db import connections
 from django.utils import timezone
 
 from ops import metrics
 from sessions_app import doorbell
+from sessions_app.dbthread import KeptConnectionCall
 from webhooks import delivery, ring, sender, signing
 from webhooks.conf import WebhookConfig, webhook_config
 from webhooks.delivery import Claimed, Result
@@ -86,7 +86,7 @@ class Dispatcher:
 
     def _db(self, func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            runner = DatabaseSyncToAsync(func, thread_sensitive=False, executor=self._executor)
+            runner = KeptConnectionCall(func, thread_sensitive=False, executor=self._executor)
             return await runner(*args, **kwargs)
 
         return call

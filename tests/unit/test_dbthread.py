@@ -46,3 +46,27 @@ async def test_a_connection_left_in_a_transaction_is_not_kept() -> None:
     after = await supervisor_db(_raw_connection)()
 
     assert after is not left
+
+
+async def test_the_message_pumps_thread_keeps_its_sqlite_connection() -> None:
+    """It opened one per call: a new session's pump start-up (three calls) cost three
+    connection opens on the way from "create" to the QR code."""
+    from messaging.dbthreads import message_db
+
+    first = await message_db(_raw_connection)()
+    second = await message_db(_raw_connection)()
+
+    assert first is second
+
+
+async def test_the_webhook_dispatchers_thread_keeps_its_sqlite_connection() -> None:
+    from webhooks.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(layer=None)
+    try:
+        first = await dispatcher._db(_raw_connection)()
+        second = await dispatcher._db(_raw_connection)()
+    finally:
+        dispatcher._executor.shutdown(wait=False)
+
+    assert first is second
