@@ -215,11 +215,9 @@ def prepare_app() -> Fixture:
     )
 
 
-def qr_svgs(count: int) -> list[str]:
-    """One new QR image per push, rendered before the clock starts (as the supervisor's is)."""
-    from sessions_app import snapshots
-
-    return [snapshots.qr_svg(whatsapp_like_qr()) for _ in range(count)]
+def qr_codes(count: int) -> list[str]:
+    """One new QR code per push, made before the clock starts (as WhatsApp's arrive)."""
+    return [whatsapp_like_qr() for _ in range(count)]
 
 
 # -- Daphne processes ------------------------------------------------------------------
@@ -441,7 +439,7 @@ class RoundResult:
 
 
 async def push(
-    fixture: Fixture, audience: Audience, version: int, svg: str, timeout: float
+    fixture: Fixture, audience: Audience, version: int, code: str, timeout: float
 ) -> RoundResult:
     """One QR rotation as the supervisor publishes it; wait for every socket to get it."""
     from sessions_app import doorbell
@@ -451,7 +449,7 @@ async def push(
     issued = int(sent_at)
     snapshot = fixture.snapshot | {
         "version": version,
-        "qr_svg": svg,
+        "qr_code": code,
         "qr_issued_at": issued,
         "qr_expires_at": issued + 20_000,
     }
@@ -572,7 +570,7 @@ async def push_rounds(
     redis: Any,
 ) -> tuple[list[RoundResult], CpuReading]:
     """Warm-up pushes, then the counted ones with the CPU read around them."""
-    svgs = qr_svgs(args.warmup + args.rounds)
+    codes = qr_codes(args.warmup + args.rounds)
     rounds: list[RoundResult] = []
     version = fixture.version
     before: CpuReading | None = None
@@ -581,7 +579,7 @@ async def push_rounds(
             await asyncio.sleep(args.pause)
             before = await read_cpu(daphnes, redis)
         version += 1
-        result = await push(fixture, audience, version, svgs[index], args.timeout)
+        result = await push(fixture, audience, version, codes[index], args.timeout)
         report_round(index, args.warmup, result, len(daphnes))
         if index >= args.warmup:
             rounds.append(result)

@@ -289,7 +289,7 @@ def qr_arrived(session_id: int, at: float) -> None:
 
 def pushed(snapshot: dict[str, Any], at: float) -> None:
     """A snapshot was pushed at ``at``: if it shows the QR code last seen, time it."""
-    if snapshot.get("qr_svg"):
+    if snapshot.get("qr_code"):
         seen = _qr_seen.pop(snapshot.get("id"), None)  # type: ignore[arg-type]
         if seen is not None:
             qr_push_latency.observe(max(0.0, at - seen))

@@ -35,7 +35,8 @@ STATE_LABELS: dict[str, str] = {
 
 @functools.lru_cache(maxsize=256)
 def qr_svg(code: str) -> str:
-    """The QR code as inline SVG.
+    """The QR code as inline SVG, for a page rendered server-side (the first render;
+    the pushes carry the code and the page draws it).
 
     The mask is fixed (any of the eight is valid and scans) because choosing the
     best one costs ~10 ms of CPU per code, on the path from WhatsApp to the page.
@@ -81,10 +82,14 @@ def row(session: WaSession) -> dict[str, Any]:
 
 
 def snapshot(session: WaSession, *, with_events: bool = True) -> dict[str, Any]:
-    """Everything the detail page shows; QR as SVG, never as its payload string."""
+    """Everything the detail page shows. The QR code as its text (``qr_code``, empty
+    when none is shown): the page draws it (session.js), so no SVG is made on the
+    way from WhatsApp to the browser (segno took ~5 ms of CPU a code there). A
+    snapshot goes only to the pages' sockets and the API's long polls, never to a log.
+    """
     showing_qr = session.state == State.QR_REQUIRED and bool(session.qr_code)
     data = row(session) | {
-        "qr_svg": qr_svg(session.qr_code) if showing_qr else "",
+        "qr_code": session.qr_code if showing_qr else "",
         "qr_issued_at": _ms(session.qr_issued_at) if showing_qr else None,
         "qr_expires_at": _ms(session.qr_expires_at) if showing_qr else None,
         "pairing_code": session.pairing_code if session.state == State.QR_REQUIRED else "",

@@ -121,7 +121,9 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        context["snapshot"] = snapshots.snapshot(self.object)
+        context["snapshot"] = snapshot = snapshots.snapshot(self.object)
+        # The first render shows the code as an image also without JavaScript.
+        context["qr_svg"] = snapshots.qr_svg(snapshot["qr_code"]) if snapshot["qr_code"] else ""
         simulated = conf.is_simulated()
         context["gestures"] = (
             [(v, label) for v, label in PhoneAction.Gesture.choices if v != "message"]

@@ -77,7 +77,7 @@ async def qr(
     session's long poll."""
     principal(request).require(scopes.SESSIONS_READ, scopes.VIEW)
     if wait > 0:
-        await wait_for_snapshot(request, session_id, wait, lambda snap: bool(snap["qr_svg"]))
+        await wait_for_snapshot(request, session_id, wait, lambda snap: bool(snap["qr_code"]))
     return await _answer(request, session_id)
 
 

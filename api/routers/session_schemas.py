@@ -67,7 +67,7 @@ def _when(ms: int | None) -> dt.datetime | None:
 
 
 def session_out(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The API's view of a snapshot (no SVG, no lease details)."""
+    """The API's view of a snapshot (no QR code: that is ``GET …/qr``; no lease details)."""
     return {
         "id": snapshot["id"],
         "name": snapshot["name"],
@@ -76,7 +76,7 @@ def session_out(snapshot: dict[str, Any]) -> dict[str, Any]:
         "version": snapshot["version"],
         "phone": snapshot["phone"],
         "push_name": snapshot["push_name"],
-        "qr_available": bool(snapshot["qr_svg"]),
+        "qr_available": bool(snapshot["qr_code"]),
         "qr_expires_at": _when(snapshot["qr_expires_at"]),
         "pairing_code": snapshot["pairing_code"],
         "last_error": snapshot["last_error"],

@@ -11,8 +11,10 @@
  * mount() runs at DOMContentLoaded. The create page (create.js) calls it as soon
  * as the session exists, then puts the detail page's markup into its <main> and
  * mounts. The page itself is rendered server-side from the same snapshot the
- * socket sends, so the QR code shows even without it. Each snapshot updates only
- * what changed; a new QR code is one innerHTML swap of #qr.
+ * socket sends, so the QR code shows even without it (segno's SVG, drawn by the
+ * server). Snapshots carry the code's text (qr_code); this script draws it with
+ * qrcode-generator (static/vendor/qrcode-generator/, loaded before it). Each
+ * snapshot updates only what changed; a new QR code is one innerHTML swap of #qr.
  *
  * The Messages panel (messages.js), when the page has one, gets the messages the
  * first snapshot of each connection carries and every "message" push.
@@ -90,6 +92,16 @@
 
     // -- rendering ----------------------------------------------------------------------
 
+    // A snapshot carries the QR code's text; the page draws it (qrcode-generator,
+    // static/vendor/), as the server draws the first render's with segno: byte mode,
+    // error correction L, 5 px modules, a 2-module quiet zone.
+    function qrSvg(code) {
+      const qr = window.qrcode(0, "L");
+      qr.addData(code, "Byte");
+      qr.make();
+      return qr.createSvgTag({ cellSize: 5, margin: 10 });
+    }
+
     function setButtonsDisabled(disabled) {
       const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button, #message-form button");
       for (const button of buttons) button.disabled = disabled;
@@ -120,8 +132,8 @@
     }
 
     function renderQr(snap) {
-      const showing = snap.state === "qr_required" && !!snap.qr_svg;
-      const key = showing ? (snap.qr_issued_at !== null ? String(snap.qr_issued_at) : snap.qr_svg) : null;
+      const showing = snap.state === "qr_required" && !!snap.qr_code;
+      const key = showing ? (snap.qr_issued_at !== null ? String(snap.qr_issued_at) : snap.qr_code) : null;
       if (key === shownQrKey) return;
       if (!showing) {
         setHidden(el.qrArea, true);
@@ -129,7 +141,7 @@
         shownQrKey = null;
         return;
       }
-      el.qr.innerHTML = snap.qr_svg; // segno's SVG, made server-side: never user input
+      el.qr.innerHTML = qrSvg(snap.qr_code); // the library's SVG markup: no text of the code in it
       setHidden(el.qrArea, false);
       const shownAt = waconnect.now();
       if (metrics.firstQrShownAt === null) {
@@ -332,8 +344,8 @@
       el.status.hidden = false; // only meaningful with this script running
 
       // The server rendered the page from `current`: adopt its QR code and events.
-      if (current.state === "qr_required" && current.qr_svg && el.qr.querySelector("svg")) {
-        shownQrKey = current.qr_issued_at !== null ? String(current.qr_issued_at) : current.qr_svg;
+      if (current.state === "qr_required" && current.qr_code && el.qr.querySelector("svg")) {
+        shownQrKey = current.qr_issued_at !== null ? String(current.qr_issued_at) : current.qr_code;
         metrics.firstQrShownAt = waconnect.now();
         metrics.firstQrIssuedAt = current.qr_issued_at;
         metrics.firstQrFrom = "page";

@@ -99,9 +99,9 @@ def decoded_qr(page: Page) -> str:
 def test_the_qr_code_shown_scans_to_whatsapps_code_pushed_or_rendered(
     logged_in_page: Page,
 ) -> None:
-    """The image is segno's with a fixed mask (snapshots.qr_svg: choosing the best
-    mask costs most of its time): a scanner reads it, pushed over the socket and
-    in the page's first render alike."""
+    """A scanner reads the code the page draws from a push (qrcode-generator, in the
+    browser) and the one in the page's first render (segno with a fixed mask,
+    server-side: snapshots.qr_svg) alike, and both are WhatsApp's code."""
     page = logged_in_page
     session_id = create_session(page, unique_name())
     page.wait_for_selector("#qr svg")

@@ -286,7 +286,7 @@ async def test_start_during_a_qr_round_keeps_the_code_being_scanned(
 
         await raw_intent(session.pk, connect_request=F("connect_request") + 1)
         snap = await until(session.pk, has_event("a QR round is under way; nothing restarted"))
-        assert (snap["qr_svg"], snap["qr_issued_at"]) == (first["qr_svg"], first["qr_issued_at"])
+        assert (snap["qr_code"], snap["qr_issued_at"]) == (first["qr_code"], first["qr_issued_at"])
         assert world.connects[session.pk] == 1 and world.qr_issued[session.pk] == 1
         await scan(session)  # the code on screen still links
         await until(session.pk, state_is("connected"))
@@ -341,7 +341,7 @@ async def test_a_round_interrupted_a_moment_ago_goes_on_until_its_own_end(
     # Cut when the original round would have ended, not a round's length after the restart.
     limit = short.qr_round_limit
     assert limit <= (ended.at - started).total_seconds() < limit + 1.0
-    assert snap["qr_svg"] == ""
+    assert snap["qr_code"] == ""
     row = await get(pk=session.pk)
     assert row.qr_round_started_at is None and row.pair_served == row.pair_request
 

@@ -104,13 +104,13 @@ async def test_create_shows_qr_then_scan_connects(
 ) -> None:
     session = await create("sales", "ada")
     snap = await until(session.pk, state_is("qr_required"))
-    assert snap["qr_svg"].startswith("<svg")
+    assert snap["qr_code"].startswith("https://wa.me/")
     assert snap["qr_expires_at"] > snap["qr_issued_at"]
 
     await scan(session)
     snap = await until(session.pk, state_is("connected"))
     assert snap["phone"].startswith("+")
-    assert snap["qr_svg"] == ""
+    assert snap["qr_code"] == ""
     row = await get(pk=session.pk)
     assert row.jid.endswith("@s.whatsapp.net")
     assert row.lease_owner == supervisor.owner
@@ -212,7 +212,7 @@ async def test_qr_round_ends_in_timeout_without_new_codes(
 ) -> None:
     session = await create("marketing", "ada")
     snap = await until(session.pk, settled("qr_timeout"), timeout=10)
-    assert snap["qr_svg"] == ""
+    assert snap["qr_code"] == ""
     assert world.qr_issued[session.pk] == 3
     await supervisor.reconcile()
     assert world.connects[session.pk] == 1, "a timed-out round waits for the admin"
@@ -237,7 +237,7 @@ async def test_new_qr_mid_round_replaces_the_round(
             and s["qr_issued_at"] != first["qr_issued_at"]
         ),
     )
-    assert second["qr_svg"] != first["qr_svg"]
+    assert second["qr_code"] != first["qr_code"]
     assert world.connects[session.pk] == 2
     assert world.max_live[session.pk] == 1
 
