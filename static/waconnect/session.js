@@ -13,7 +13,7 @@
  * mounts. The page itself is rendered server-side from the same snapshot the
  * socket sends, so the QR code shows even without it (segno's SVG, drawn by the
  * server). Snapshots carry the code's text (qr_code); this script draws it with
- * qrcode-generator (static/vendor/qrcode-generator/, loaded before it). Each
+ * waconnect.qrSvg (qr.mjs, a module that runs before DOMContentLoaded). Each
  * snapshot updates only what changed; a new QR code is one innerHTML swap of #qr.
  *
  * The Messages panel (messages.js), when the page has one, gets the messages the
@@ -92,15 +92,6 @@
 
     // -- rendering ----------------------------------------------------------------------
 
-    // A snapshot carries the QR code's text; the page draws it (qrcode-generator,
-    // static/vendor/), as the server draws the first render's with segno: byte mode,
-    // error correction L, 5 px modules, a 2-module quiet zone.
-    function qrSvg(code) {
-      const qr = window.qrcode(0, "L");
-      qr.addData(code, "Byte");
-      qr.make();
-      return qr.createSvgTag({ cellSize: 5, margin: 10 });
-    }
 
     function setButtonsDisabled(disabled) {
       const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button, #message-form button");
@@ -141,7 +132,7 @@
         shownQrKey = null;
         return;
       }
-      el.qr.innerHTML = qrSvg(snap.qr_code); // the library's SVG markup: no text of the code in it
+      el.qr.innerHTML = waconnect.qrSvg(snap.qr_code); // uqr's SVG (qr.mjs): no text of the code in it
       setHidden(el.qrArea, false);
       const shownAt = waconnect.now();
       if (metrics.firstQrShownAt === null) {

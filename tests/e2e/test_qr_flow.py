@@ -99,7 +99,7 @@ def decoded_qr(page: Page) -> str:
 def test_the_qr_code_shown_scans_to_whatsapps_code_pushed_or_rendered(
     logged_in_page: Page,
 ) -> None:
-    """A scanner reads the code the page draws from a push (qrcode-generator, in the
+    """A scanner reads the code the page draws from a push (uqr, in the
     browser) and the one in the page's first render (segno with a fixed mask,
     server-side: snapshots.qr_svg) alike, and both are WhatsApp's code."""
     page = logged_in_page
