@@ -123,7 +123,9 @@
     document.title = doc.title;
     history.pushState({ waconnect: "session-detail" }, "", url);
     // Back to /sessions/new/ is handled by session.js (mount): it loads the form afresh.
-    window.scrollTo(0, 0);
+    // Only when scrolled: scrolling forces a layout of the new page at once, while
+    // the QR code's message may be waiting (one layout at the next frame instead).
+    if (window.scrollY !== 0 || window.scrollX !== 0) window.scrollTo(0, 0);
     return true;
   }
 

@@ -1,19 +1,47 @@
 /* waconnect: draws a QR code from its text, for session.js (waconnect.qrSvg).
  *
- * Snapshots carry the code's text (qr_code); the page draws it with uqr 0.1.3
+ * Snapshots carry the code's text (qr_code); the page draws it. uqr 0.1.3
  * (static/vendor/uqr/, MIT, vendored unchanged; an ES module, hence this module
- * beside the classic scripts, run before DOMContentLoaded). Like the server's
- * first render (segno, sessions_app.snapshots.qr_svg): error correction L, mask
- * 0 (any mask is valid and scans; choosing the best one costs most of the time),
- * 5 px modules, a 2-module quiet zone.
+ * beside the classic scripts, run before DOMContentLoaded) encodes it, like the
+ * server's first render (segno, sessions_app.snapshots.qr_svg): error correction L,
+ * mask 0 (any mask is valid and scans; choosing the best one costs most of the
+ * time), a 2-module quiet zone, 5 px modules. The SVG is written here as segno
+ * writes it, one stroke per run of dark modules in a row: uqr's own renderSVG
+ * writes a square per module, which Chromium took ~4× longer to parse and paint.
  */
-import { renderSVG } from "../vendor/uqr/index.mjs";
+import { encode } from "../vendor/uqr/index.mjs";
 
 const waconnect = (window.waconnect = window.waconnect || {});
+const MODULE_PX = 5;
 
 waconnect.qrSvg = function (code) {
-  const svg = renderSVG(code, { ecc: "L", maskPattern: 0, border: 2, pixelSize: 5 });
-  // uqr sets a viewBox only: give the image its size in pixels, as segno's has.
-  const box = /viewBox="0 0 (\d+) (\d+)"/.exec(svg);
-  return box ? svg.replace("<svg ", '<svg width="' + box[1] + '" height="' + box[2] + '" ') : svg;
+  const qr = encode(code, { ecc: "L", maskPattern: 0, border: 2 });
+  const size = qr.size; // modules, quiet zone included
+  let runs = "";
+  for (let y = 0; y < size; y++) {
+    const row = qr.data[y];
+    for (let x = 0; x < size; ) {
+      if (!row[x]) {
+        x++;
+        continue;
+      }
+      let end = x + 1;
+      while (end < size && row[end]) end++;
+      runs += "M" + x + " " + (y + 0.5) + "h" + (end - x);
+      x = end;
+    }
+  }
+  const px = size * MODULE_PX;
+  return (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="' + px + '" height="' + px +
+    '" viewBox="0 0 ' + size + " " + size + '">' +
+    '<path fill="#fff" d="M0 0h' + size + "v" + size + 'H0z"/>' +
+    '<path stroke="#111" d="' + runs + '"/></svg>'
+  );
 };
+
+// Compile the encoder while the page is idle: the first code it draws is the one the
+// admin waits for (its first call took a few ms more than the next ones).
+(window.requestIdleCallback || window.setTimeout)(function () {
+  waconnect.qrSvg("waconnect");
+});
