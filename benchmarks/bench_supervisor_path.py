@@ -95,6 +95,7 @@ def instrument() -> None:
 async def run(samples: int) -> dict[str, list[float]]:
     from asgiref.sync import sync_to_async
 
+    from ops.heap import freeze_startup_heap
     from sessions_app import intents
     from sessions_app.conf import SupervisorConfig
     from sessions_app.drivers.simulated import (
@@ -113,6 +114,7 @@ async def run(samples: int) -> dict[str, list[float]]:
         await start(spec, lambda event: (mark(f"event {type(event).__name__}"), on_event(event)))
 
     driver.start = started  # type: ignore[method-assign]
+    freeze_startup_heap("bench_supervisor_path")  # as run_supervisor and the web tier do
     supervisor = Supervisor(driver, config=SupervisorConfig(backoff_base=3600, backoff_cap=3600))
     task = asyncio.create_task(supervisor.run())
     await supervisor.ready.wait()
