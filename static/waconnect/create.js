@@ -119,13 +119,15 @@
     const main = document.querySelector("main");
     const newMain = doc.querySelector("main");
     if (!main || !newMain || !doc.getElementById("detail")) return false;
+    // Read before the new markup goes in: reading (or setting) the scroll position
+    // after it forces a layout of the new page at once, while the QR code's message
+    // may be waiting; unscrolled, the page is laid out once, at the next frame.
+    const scrolled = window.scrollY !== 0 || window.scrollX !== 0;
     main.replaceChildren.apply(main, Array.prototype.slice.call(newMain.childNodes));
     document.title = doc.title;
     history.pushState({ waconnect: "session-detail" }, "", url);
     // Back to /sessions/new/ is handled by session.js (mount): it loads the form afresh.
-    // Only when scrolled: scrolling forces a layout of the new page at once, while
-    // the QR code's message may be waiting (one layout at the next frame instead).
-    if (window.scrollY !== 0 || window.scrollX !== 0) window.scrollTo(0, 0);
+    if (scrolled) window.scrollTo(0, 0);
     return true;
   }
 
