@@ -39,7 +39,7 @@ def qr_svg(code: str) -> str:
     the pushes carry the code and the page draws it).
 
     The mask is fixed (any of the eight is valid and scans) because choosing the
-    best one costs ~10 ms of CPU per code, on the path from WhatsApp to the page.
+    best one costs ~10 ms of CPU per code (the page draws with the same mask).
     """
     qr = segno.make_qr(code, error="l", mask=0)
     return qr.svg_inline(scale=5, border=2, dark="#111", light="#fff")
@@ -85,7 +85,8 @@ def snapshot(session: WaSession, *, with_events: bool = True) -> dict[str, Any]:
     """Everything the detail page shows. The QR code as its text (``qr_code``, empty
     when none is shown): the page draws it (session.js), so no SVG is made on the
     way from WhatsApp to the browser (segno took ~5 ms of CPU a code there). A
-    snapshot goes only to the pages' sockets and the API's long polls, never to a log.
+    snapshot travels through the channel layer to the pages' sockets and the API's
+    long polls (which answer without the code), never to a log.
     """
     showing_qr = session.state == State.QR_REQUIRED and bool(session.qr_code)
     data = row(session) | {

@@ -92,7 +92,6 @@
 
     // -- rendering ----------------------------------------------------------------------
 
-
     function setButtonsDisabled(disabled) {
       const buttons = root.querySelectorAll("#actions button, #simulated-phone button, #pair-phone-form button, #message-form button");
       for (const button of buttons) button.disabled = disabled;
