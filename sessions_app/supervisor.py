@@ -161,10 +161,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             await owner_db.release_all(self.owner)
         with contextlib.suppress(Exception):
             await self.driver.aclose()
-        with contextlib.suppress(Exception):  # give back our database connections
-            await owner_db.close()
-            await owner_db.close_lease()
-            await message_threads.close()
+        for close in (owner_db.close, owner_db.close_lease, message_threads.close):
+            with contextlib.suppress(Exception):  # give back our database connections
+                await close()
         logger.info(
             "supervisor %s stopped; %d sessions handed over",
             self.owner,

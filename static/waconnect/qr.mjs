@@ -40,6 +40,9 @@ waconnect.qrSvg = function (code) {
   );
 };
 
+// A snapshot that arrived before this module ran is drawn now (session.js listens).
+document.dispatchEvent(new Event("waconnect:qr-ready"));
+
 // Compile the encoder while the page is idle: the first code it draws is the one the
 // admin waits for (its first call took a few ms more than the next ones).
 (window.requestIdleCallback || window.setTimeout)(function () {

@@ -131,6 +131,9 @@
         shownQrKey = null;
         return;
       }
+      // qr.mjs not run yet (still loading, or it failed): the rest of the snapshot is
+      // shown; the code is drawn when the module is ready ("waconnect:qr-ready").
+      if (typeof waconnect.qrSvg !== "function") return;
       el.qr.innerHTML = waconnect.qrSvg(snap.qr_code); // uqr's SVG (qr.mjs): no text of the code in it
       setHidden(el.qrArea, false);
       const shownAt = waconnect.now();
@@ -348,6 +351,9 @@
       }
       render(current);
       setInterval(tick, 1000);
+      document.addEventListener("waconnect:qr-ready", function () {
+        renderQr(current);
+      });
 
       // The create page turns into this page in place (create.js, history.pushState),
       // so this document can be shown for another history entry: back to

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import zxingcpp
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from benchmarks.liveserver import LiveServer
 from tests.e2e.conftest import TIMEOUT_MS, log_in
@@ -115,6 +115,30 @@ def test_the_qr_code_shown_scans_to_whatsapps_code_pushed_or_rendered(
 
     assert pushed == rendered
     assert pushed.startswith("https://wa.me/settings/linked_devices#")
+
+
+def test_a_code_pushed_before_the_drawing_module_ran_is_drawn_once_it_runs(
+    logged_in_page: Page,
+) -> None:
+    """qr.mjs is a module, run after the page is parsed, and may be late (or fail):
+    the create page's session is live before it, the state still shows, and the
+    code is drawn as soon as the module runs (a TypeError stopped the page before)."""
+    page = logged_in_page
+    held: list[Route] = []
+    page.route(re.compile(r"/static/waconnect/qr[^/]*\.mjs$"), lambda route: held.append(route))
+    page.goto("/sessions/new/", wait_until="commit")
+    page.wait_for_selector("#create-form[data-socket=ready]")
+    page.fill("#id_name", unique_name())
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"), wait_until="commit")
+
+    expect(page.locator("#state")).to_have_attribute("data-state", "qr_required")
+    expect(page.locator("#qr svg")).to_have_count(0)
+    assert held, "the page asked for the module"
+    for route in held:
+        route.continue_()
+    page.wait_for_selector("#qr svg")
+    assert decoded_qr(page).startswith("https://wa.me/settings/linked_devices#")
 
 
 def test_new_qr_code_swaps_in_place(logged_in_page: Page) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from sessions_app.dbthread import lease_db, socket_db, supervisor_db
 from sessions_app.models import WaSession
@@ -66,6 +66,7 @@ async def test_the_webhook_dispatchers_thread_keeps_its_sqlite_connection() -> N
     try:
         first = await dispatcher._db(_raw_connection)()
         second = await dispatcher._db(_raw_connection)()
+        await dispatcher._db(connections.close_all)()  # as its run() does when it stops
     finally:
         dispatcher._executor.shutdown(wait=False)
 
