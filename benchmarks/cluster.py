@@ -107,12 +107,30 @@ class SupervisorProcess:
             try:
                 return self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                stacks = self.stacks()
                 self.process.kill()
                 self.process.wait(10)
                 raise ClusterError(
-                    f"{self.name} did not stop on SIGTERM:\n{self.output()}"
+                    f"{self.name} did not stop within {timeout:.0f}s of SIGTERM; its threads:\n"
+                    f"{stacks}\nthe end of its log:\n{self.tail()}"
                 ) from None
         return int(self.process.returncode)
+
+    def stacks(self, timeout: float = 5.0) -> str:
+        """Every thread's stack, as the process prints it on SIGUSR1 (faulthandler)."""
+        if not self.alive:
+            return "(not running)"
+        before = len(self.output())
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            time.sleep(0.1)  # another process writing its log: nothing to await
+            dump = self.output()[before:]
+            if "(most recent call first)" in dump and dump == seen:
+                break  # written, and no longer growing
+            seen = dump
+        return self.output()[before:] or "(no dump)"
 
     def kill(self) -> None:
         self.process.kill()
@@ -132,6 +150,9 @@ class SupervisorProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
 
 
 class Cluster:
