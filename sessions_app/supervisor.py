@@ -30,7 +30,7 @@ from django.db import DatabaseError
 
 from messaging import dbthreads as message_threads
 from messaging import pump
-from sessions_app import doorbell, owner_db
+from sessions_app import doorbell, owner_db, stopping
 from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.doorbell_listener import DoorbellListenerMixin
 from sessions_app.drivers.base import Driver
@@ -152,24 +152,57 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _shutdown(self) -> None:
-        with contextlib.suppress(Exception):  # first: the others may now take everything
-            await owner_db.withdraw(self.owner)
+        """Close every connection, hand the sessions over, give back the database
+        connections.
+
+        The connections close first, with no database call on the way (a runner
+        stops on its own); the database steps then get until the self-fence
+        deadline (:func:`~sessions_app.stopping.steps_within`), and the driver is
+        closed either way, so a database that does not answer neither keeps the
+        supervisor from stopping nor leaves a connection open when its lease
+        expires (the others then take the sessions without a release).
+        """
         runners = list(self.runners.values())
-        with contextlib.suppress(Exception):
-            await self._hand_over(runners, "supervisor shutting down; handing over")
-        with contextlib.suppress(Exception):  # anything left, e.g. a self-fenced lease
-            await owner_db.release_all(self.owner)
-        with contextlib.suppress(Exception):
-            await self.driver.aclose()
-        for close in (owner_db.close, owner_db.close_lease, message_threads.close):
-            with contextlib.suppress(Exception):  # give back our database connections
-                await close()
-        logger.info(
-            "supervisor %s stopped; %d sessions handed over",
-            self.owner,
-            len(runners),
-            extra=self._extra(),
+        # Queued first in the database thread: no census counts us once we release.
+        withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
+        stopped = await self._stop_runners(runners)
+        why = "supervisor shutting down; handing over"
+        handed_over = await stopping.steps_within(
+            max(1.0, self._fence_deadline() - self.clock()),
+            [
+                ("withdrawing from the census", lambda: withdrawn),
+                ("the hand-over", lambda: self._release_stopped(stopped, why)),
+                # anything left, e.g. a self-fenced lease
+                ("releasing the leases", lambda: owner_db.release_all(self.owner)),
+            ],
         )
+        await stopping.steps_within(
+            self.config.stop_timeout, [("closing the driver", self.driver.aclose)]
+        )
+        if handed_over:  # else the closes would queue behind the call left waiting
+            await stopping.steps_within(
+                self.config.stop_timeout,
+                [
+                    ("closing the database connections", owner_db.close),
+                    ("closing the lease connection", owner_db.close_lease),
+                    ("closing the message connections", message_threads.close),
+                ],
+            )
+            logger.info(
+                "supervisor %s stopped; %d sessions handed over",
+                self.owner,
+                len(runners),
+                extra=self._extra(),
+            )
+        else:
+            logger.warning(
+                "supervisor %s stopped without finishing its hand-over; the leases of its"
+                " %d sessions expire within %.0fs",
+                self.owner,
+                len(runners),
+                self.config.lease_ttl,
+                extra=self._extra(),
+            )
 
     def _runner_done(self, runner: SessionRunner) -> None:
         """Forget a runner (idempotent); it may still be closing its last write."""
@@ -384,7 +417,10 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
 
     async def _hand_over(self, runners: list[SessionRunner], why: str) -> None:
         """Close these sessions' connections, then release them all at once and ring."""
-        stopped = await self._stop_runners(runners)
+        await self._release_stopped(await self._stop_runners(runners), why)
+
+    async def _release_stopped(self, stopped: list[SessionRunner], why: str) -> None:
+        """Release the leases of these stopped runners at once, ring, publish."""
         if not stopped:
             return
         published = await owner_db.hand_over(self.owner, [r.session_id for r in stopped], why)

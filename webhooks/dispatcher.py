@@ -31,7 +31,7 @@ from django.db import connections
 from django.utils import timezone
 
 from ops import metrics
-from sessions_app import doorbell
+from sessions_app import doorbell, stopping
 from sessions_app.dbthread import KeptConnectionCall
 from webhooks import delivery, ring, sender, signing
 from webhooks.conf import WebhookConfig, webhook_config
@@ -45,6 +45,8 @@ R = TypeVar("R")
 DB_THREAD = "waconnect-webhooks-db"
 #: On stop, attempts in flight get this long to finish (a shutdown stays short).
 DRAIN_SECONDS = 2.0
+#: The whole stop (drain, doorbell, claims given back) gets this long.
+STOP_SECONDS = DRAIN_SECONDS + 8.0
 
 
 def make_owner_id() -> str:
@@ -359,5 +361,6 @@ async def run_beside(
         await main_task
     finally:
         dispatcher.stop()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await side
+        # Bounded: its last database calls (giving its claims back) may wait on a
+        # database that does not answer; unreleased claims expire by themselves.
+        await stopping.steps_within(STOP_SECONDS, [("the webhook dispatcher", lambda: side)])

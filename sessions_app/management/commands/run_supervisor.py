@@ -11,6 +11,10 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from ops.heap import freeze_startup_heap, observe_pauses
 from sessions_app.service import serve
+from sessions_app.stopping import exit_within
+
+#: Seconds the process may take to exit once the supervisor stopped.
+EXIT_GRACE = 5.0
 
 
 class Command(BaseCommand):
@@ -58,11 +62,18 @@ class Command(BaseCommand):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         freeze_startup_heap("supervisor")  # full collections skip start-up's objects
         observe_pauses()
-        asyncio.run(
-            serve(
+        asyncio.run(self.serve_then_exit(options))
+
+    async def serve_then_exit(self, options: dict[str, Any]) -> None:
+        """Serve until stopped; then the process exits within :data:`EXIT_GRACE`
+        seconds, even with a thread stuck in a call to a database that does not
+        answer (the sessions are handed over, or their leases expire)."""
+        try:
+            await serve(
                 max_sessions=options["max_sessions"],
                 poll_only=options["poll_only"],
                 metrics_port=options["metrics_port"],
                 metrics_host=options["metrics_host"],
             )
-        )
+        finally:
+            exit_within(EXIT_GRACE)

@@ -1,0 +1,110 @@
+"""A stop that ends: bounded shutdown steps, and a process exit nothing can hold up.
+
+A database call runs in a thread and blocks on its socket until the server
+answers. Cut off from PostgreSQL (a partition, a frozen server, a proxy that
+holds the bytes), that is forever: asyncio cannot cancel it (asgiref waits for
+the thread before it lets a cancelled call go), and the interpreter joins every
+executor thread before it exits. A supervisor asked to stop would then never
+stop, and a deploy would wait for its SIGKILL. Two bounds keep that from
+happening:
+
+- :func:`steps_within`: the shutdown's steps run in order until a deadline; a
+  step still waiting then is left behind (and logged), the later ones skipped.
+  For the supervisor the deadline is its lease TTL: by then its leases have
+  expired and the others take its sessions anyway.
+- :func:`exit_within`: once the work is done, the process exits within a grace
+  period even if a thread is still blocked; the blocked threads are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+Step = tuple[str, Callable[[], Awaitable[object]]]
+
+
+async def steps_within(seconds: float, steps: Sequence[Step]) -> bool:
+    """Run ``steps`` (``(name, start)`` pairs) one after another for at most
+    ``seconds`` in all; True if every step ended.
+
+    A step's exception is logged and the next step runs (each is worth trying on
+    its own). A step still running at the deadline keeps running in the
+    background, unawaited; the ones after it are not started (they would queue
+    behind it in the same database thread) and are named in the warning.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for index, (name, start) in enumerate(steps):
+        task = asyncio.ensure_future(start())
+        await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+        if not task.done():
+            skipped = [later for later, _ in steps[index + 1 :]]
+            logger.warning(
+                "stopping: %s did not end within %.1fs; left behind%s",
+                name,
+                seconds,
+                f", skipped: {', '.join(skipped)}" if skipped else "",
+            )
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("stopping: %s failed", name, exc_info=task.exception())
+    return True
+
+
+def exit_within(grace: float, status: int = 0) -> None:
+    """Make sure this process exits within ``grace`` seconds from now.
+
+    Call it once the process's work is done (its sessions handed over). A daemon
+    thread waits; if the process is still alive then (the interpreter joining a
+    thread stuck in a database call), it logs each thread still there with where
+    it waits (functions, files and lines: no data) and ends the process with
+    ``status`` via ``os._exit``.
+    """
+
+    def watch() -> None:
+        threading.Event().wait(grace)
+        stuck = [
+            f"{thread.name} in {_where(thread)}"
+            for thread in threading.enumerate()
+            if thread not in (threading.current_thread(), threading.main_thread())
+            and not thread.daemon
+        ]
+        logger.warning(
+            "still running %.1fs after stopping (%s); exiting anyway",
+            grace,
+            "; ".join(stuck) or "no thread left",
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=watch, name="waconnect-exit-watch", daemon=True).start()
+
+
+_OURS = str(Path(__file__).resolve().parent.parent)
+
+
+def _where(thread: threading.Thread) -> str:
+    """Where ``thread`` waits: its innermost frame, and the innermost of our code."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "?"
+    places = [f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"]
+    outer = frame
+    while outer is not None:
+        name = outer.f_code.co_filename
+        if name.startswith(_OURS) and "site-packages" not in name:
+            if outer is not frame:
+                places.append(f"{outer.f_code.co_name} ({name}:{outer.f_lineno})")
+            break
+        outer = outer.f_back
+    return " called from ".join(places)

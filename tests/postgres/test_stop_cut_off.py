@@ -1,0 +1,91 @@
+"""A supervisor cut off from PostgreSQL and Redis still stops on SIGTERM.
+
+A deploy or a scale-down during a network fault: ``run_supervisor`` gets SIGTERM
+while its database does not answer. Before the bounded stop
+(:mod:`sessions_app.stopping`) its shutdown's first database call blocked on the
+socket for good and the process never exited (found with this test: still there
+40 s after the SIGTERM, every database thread waiting in ``psycopg``). Now it
+closes its WhatsApp connections before its leases can expire, gives up on the
+hand-over at the self-fence deadline, and exits with status 0; its sessions are
+taken over once their leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from benchmarks.cluster import Cluster
+from sessions_app import intents
+from sessions_app.drivers.simulated_service import ServiceControl
+from sessions_app.management.commands.run_supervisor import EXIT_GRACE
+from tests.postgres.test_chaos import CLIENT_TIMEOUT, SETTINGS, TTL, database_url, lease_expiries
+from webhooks.dispatcher import STOP_SECONDS
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(180),
+]
+
+SESSIONS = 10
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(
+        database_url=database_url(),
+        redis_url=os.environ["REDIS_URL"],
+        log_dir=tmp_path,
+        settings=SETTINGS,
+        auto_scan=0.05,
+        client_timeout=CLIENT_TIMEOUT,
+        partitionable=True,
+    ) as running:
+        try:
+            yield running
+        finally:
+            running.close()
+            print(running.logs()[-50_000:])
+
+
+@pytest.fixture
+async def control(cluster: Cluster) -> AsyncIterator[ServiceControl]:
+    async with ServiceControl(cluster.address) as line:
+        yield line
+    await sync_to_async(connections.close_all)()
+
+
+@sync_to_async
+def create_sessions() -> set[int]:
+    return {intents.create_session(f"cut-{i:02d}", "test").pk for i in range(SESSIONS)}
+
+
+async def test_a_supervisor_cut_off_from_the_database_stops_on_sigterm(
+    cluster: Cluster, control: ServiceControl, redis_layer: None
+) -> None:
+    supervisor = cluster.start_supervisor()
+    ids = await create_sessions()
+    assert not await control.wait_connected(ids, 60, ""), "sessions never linked"
+    owner = supervisor.owner()
+    expiries = await lease_expiries(owner)  # renewals only push them later
+    assert set(expiries) == ids
+
+    supervisor.partition()
+    asked = time.monotonic()
+    status = await asyncio.to_thread(supervisor.terminate, TTL + STOP_SECONDS + EXIT_GRACE + 15)
+    took = time.monotonic() - asked
+
+    assert status == 0
+    print(f"stopped {took:.1f}s after SIGTERM")
+    live, ended_at = await control.wait_owner_idle(owner, 0.0)
+    assert live == 0
+    assert ended_at < min(expiries.values()), "a connection outlived its lease"
+    assert "stopped without finishing its hand-over" in supervisor.output()

@@ -1,0 +1,119 @@
+"""A stop that ends even when the database does not answer (sessions_app.stopping).
+
+CI's PostgreSQL pass once waited 30 s for a supervisor that had logged "stopped" to
+exit, and a supervisor cut off from PostgreSQL never stopped on SIGTERM at all: its
+shutdown's first database call blocked on the socket for good (asgiref cannot
+cancel a call under way, and the interpreter joins every executor thread before it
+exits). ``tests/postgres/test_stop_cut_off.py`` stops such a process for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from sessions_app import owner_db, stopping
+from sessions_app.dbthread import supervisor_db
+from sessions_app.drivers.simulated import SimulatedWhatsApp
+from sessions_app.models import WaSession
+from tests.unit.test_supervisor import paired, running
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_steps_run_in_order_and_a_failing_one_does_not_stop_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    async def step(name: str, fail: bool = False) -> None:
+        ran.append(name)
+        if fail:
+            raise RuntimeError(name)
+
+    ended = await stopping.steps_within(
+        5.0, [("a", lambda: step("a")), ("b", lambda: step("b", True)), ("c", lambda: step("c"))]
+    )
+    assert ended is True
+    assert ran == ["a", "b", "c"]
+    assert "stopping: b failed" in caplog.text
+
+
+async def test_a_step_past_the_deadline_is_left_behind_and_the_rest_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    never = asyncio.Event()
+    started: list[str] = []
+
+    async def stuck() -> None:
+        started.append("stuck")
+        await never.wait()
+
+    async def later() -> None:
+        started.append("later")
+
+    began = time.monotonic()
+    ended = await stopping.steps_within(0.2, [("stuck", stuck), ("later", later)])
+    assert ended is False
+    assert time.monotonic() - began < 2.0
+    assert started == ["stuck"]
+    assert "stuck did not end within 0.2s; left behind, skipped: later" in caplog.text
+    never.set()
+
+
+def test_a_process_whose_thread_is_stuck_exits_within_the_grace() -> None:
+    """The interpreter would join the stuck (non-daemon) thread forever."""
+    program = textwrap.dedent(
+        """
+        import threading
+        from sessions_app.stopping import exit_within
+        threading.Thread(target=threading.Event().wait, name="stuck-db").start()
+        exit_within(0.3, status=0)
+        """
+    )
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began < 15
+    assert "still running 0.3s after stopping (stuck-db in wait" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_supervisor_stops_while_the_database_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its connections close before its leases can expire, and ``run()`` returns
+    (the hand-over left behind; the lease expires by itself)."""
+    caplog.set_level(logging.WARNING)
+    answer = threading.Event()
+
+    def withdraw_that_hangs(owner: str) -> None:
+        answer.wait(30)
+
+    world = SimulatedWhatsApp()
+    try:
+        async with asyncio.timeout(20):  # before the bound: never returned
+            async with running(world) as supervisor:
+                session = await paired("cut-off", supervisor)
+                monkeypatch.setattr(owner_db, "withdraw", supervisor_db(withdraw_that_hangs))
+        assert answer.is_set() is False, "the stop did not wait for the database"
+    finally:
+        answer.set()  # the supervisor's database thread is shared by later tests
+    assert world.live[session.pk] == 0
+    expires = await sync_to_async(
+        lambda: WaSession.objects.values_list("lease_expires_at", flat=True).get(pk=session.pk)
+    )()
+    assert expires is not None, "nothing was released: the database never answered"
+    assert world.ended_at[supervisor.owner] < expires.timestamp()
+    assert "withdrawing from the census did not end" in caplog.text
+    assert "stopped without finishing its hand-over" in caplog.text
