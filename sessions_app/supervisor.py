@@ -83,7 +83,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
-        self._next_expiry = self.config.reconcile_interval
+        #: When (our clock) another's lease or presence runs out next, as the last
+        #: census saw it: a deadline, so that wake-ups in between do not put it off.
+        self._next_expiry_at = self.clock() + self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
@@ -155,29 +157,29 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         """Close every connection, hand the sessions over, give back the database
         connections.
 
-        The connections close first, with no database call on the way (a runner
-        stops on its own); the database steps then get until the self-fence
-        deadline (:func:`~sessions_app.stopping.steps_within`), and the driver is
-        closed either way, so a database that does not answer neither keeps the
-        supervisor from stopping nor leaves a connection open when its lease
-        expires (the others then take the sessions without a release).
+        The connections close first, with no database call on the way (the runners
+        stop on their own, then the driver closes whatever is left); the database
+        steps then get the lease TTL (:func:`~sessions_app.stopping.steps_within`).
+        So a database that does not answer neither leaves a connection open when
+        a lease expires nor keeps the supervisor from stopping: its sessions are
+        then taken over when their leases expire, as after a crash.
         """
         runners = list(self.runners.values())
         # Queued first in the database thread: no census counts us once we release.
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
+        await stopping.steps_within(
+            self.config.stop_timeout, [("closing the driver", self.driver.aclose)]
+        )
         why = "supervisor shutting down; handing over"
         handed_over = await stopping.steps_within(
-            max(1.0, self._fence_deadline() - self.clock()),
+            self.config.lease_ttl,
             [
                 ("withdrawing from the census", lambda: withdrawn),
                 ("the hand-over", lambda: self._release_stopped(stopped, why)),
                 # anything left, e.g. a self-fenced lease
                 ("releasing the leases", lambda: owner_db.release_all(self.owner)),
             ],
-        )
-        await stopping.steps_within(
-            self.config.stop_timeout, [("closing the driver", self.driver.aclose)]
         )
         if handed_over:  # else the closes would queue behind the call left waiting
             await stopping.steps_within(
@@ -238,9 +240,8 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             until_periodic = self.config.reconcile_interval - (self.clock() - last_periodic)
             woken = False
             with contextlib.suppress(TimeoutError):
-                wake_in = (
-                    until_periodic if self.poll_only else min(until_periodic, self._next_expiry)
-                )
+                until_expiry = self._next_expiry_at - self.clock()
+                wake_in = until_periodic if self.poll_only else min(until_periodic, until_expiry)
                 async with asyncio.timeout(max(0.0, wake_in)):
                     await self._wake.wait()
                     woken = True
@@ -253,7 +254,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 census = periodic or not woken or self._census_due
                 await self.reconcile(periodic=periodic, census=census)
             except Exception:
-                self._next_expiry = self.config.reconcile_interval
+                self._next_expiry_at = self.clock() + self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
             self.ready.set()
 
@@ -310,7 +311,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             self.config.claim_batch,
         )
         self._census = (taken, self.clock())
-        self._next_expiry = (
+        self._next_expiry_at = self.clock() + (
             self.config.reconcile_interval
             if taken.next_expiry is None
             else taken.next_expiry + EXPIRY_SLACK

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import time
 from collections.abc import Collection
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
-from sessions_app import intents, owner_db
+from sessions_app import doorbell, intents, owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
 from sessions_app.models import WaSession
 from tests.unit.helpers import state_is, until
@@ -102,3 +105,39 @@ async def test_a_wake_up_without_a_session_takes_a_census(
         await calls.census_done.wait()
         await until(unrung.pk, state_is("qr_required"))
         assert unrung.pk not in calls.by_id
+
+
+@sync_to_async
+def leased_to(owner: str, name: str, seconds: float) -> int:
+    """A session that wants to run, held by ``owner`` for ``seconds`` more."""
+    session = intents.create_session(name, "ada")
+    WaSession.objects.filter(pk=session.pk).update(
+        lease_owner=owner,
+        lease_epoch=1,
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=seconds),
+    )
+    return session.pk
+
+
+async def test_rings_in_between_do_not_put_off_the_wake_up_at_a_lease_expiry(
+    world: SimulatedWhatsApp,
+) -> None:
+    """A dead supervisor's session is taken when its lease runs out, though rings
+    about other sessions keep waking the claim pass meanwhile.
+
+    CI: after a SIGKILL, 29 sessions were not back within TTL + 5 s. The survivors
+    kept the time to the next expiry as "seconds from the last census", and each
+    ring that named a session they could not claim (the chaos test's messages to
+    sessions of others) started that wait again: the expiry was found only by the
+    periodic pass. Here the periodic pass is 30 s away."""
+    expires_in = 1.5
+    busy = await leased_to("live-supervisor", "busy", 60.0)
+    orphan = await leased_to("dead-supervisor", "orphan", expires_in)
+    leased_at = time.monotonic()
+    async with running(world, QUIET) as sup:
+        await sup.ready.wait()
+        while await owner_of(orphan) != sup.owner:
+            assert time.monotonic() - leased_at < expires_in + 3.0, "not taken at expiry"
+            await doorbell.ring_supervisors(busy, "a message to send")
+            await asyncio.sleep(0.2)  # the rings' cadence, not a wait for an outcome
+        await until(orphan, state_is("qr_required"))
