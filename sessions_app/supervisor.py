@@ -158,8 +158,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         connections.
 
         The connections close first, with no database call on the way (the runners
-        stop on their own, then the driver closes whatever is left); the database
-        steps then get the lease TTL (:func:`~sessions_app.stopping.steps_within`).
+        stop on their own; if one does not, the driver closes what is left before
+        anything else); the database steps then get the lease TTL
+        (:func:`~sessions_app.stopping.steps_within`).
         So a database that does not answer neither leaves a connection open when
         a lease expires nor keeps the supervisor from stopping: its sessions are
         then taken over when their leases expire, as after a crash.
@@ -168,9 +169,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         # Queued first in the database thread: no census counts us once we release.
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
-        await stopping.steps_within(
-            self.config.stop_timeout, [("closing the driver", self.driver.aclose)]
-        )
+        close_driver = ("closing the driver", self.driver.aclose)
+        if len(stopped) < len(runners):  # their connections must not wait for the database
+            await stopping.steps_within(self.config.stop_timeout, [close_driver])
         why = "supervisor shutting down; handing over"
         handed_over = await stopping.steps_within(
             self.config.lease_ttl,
@@ -181,6 +182,8 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 ("releasing the leases", lambda: owner_db.release_all(self.owner)),
             ],
         )
+        if len(stopped) == len(runners):
+            await stopping.steps_within(self.config.stop_timeout, [close_driver])
         if handed_over:  # else the closes would queue behind the call left waiting
             await stopping.steps_within(
                 self.config.stop_timeout,
