@@ -121,7 +121,11 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        context["snapshot"] = snapshot = snapshots.snapshot(self.object)
+        # One query for the events: the table and the snapshot show the same ones.
+        context["events"] = events = list(self.object.events.all()[: snapshots.EVENTS_SHOWN])
+        context["snapshot"] = snapshot = snapshots.snapshot(self.object, with_events=False) | {
+            "events": [snapshots.event_dict(e) for e in events]
+        }
         # The first render shows the code as an image also without JavaScript.
         context["qr_svg"] = snapshots.qr_svg(snapshot["qr_code"]) if snapshot["qr_code"] else ""
         simulated = conf.is_simulated()

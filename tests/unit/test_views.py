@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -72,6 +74,22 @@ def test_detail_page_renders_the_snapshot_and_the_simulated_badge(
     assert response.context["snapshot"]["phone"] == "+4915"
     assert response.context["simulated_driver"] is True
     assert b"simulate-scan" in response.content
+
+
+def test_the_detail_page_reads_its_events_once(staff_client: Client, session: WaSession) -> None:
+    """The event table and the page's snapshot show the same newest 20, one query
+    (on the create socket's way to the QR code, the page was read twice)."""
+    for i in range(25):
+        SessionEvent.objects.create(session=session, kind="info", message=f"event {i}")
+    table = SessionEvent._meta.db_table
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(reverse("sessions:detail", args=[session.pk]))
+    assert sum(f'FROM "{table}"' in q["sql"] for q in queries.captured_queries) == 1
+    shown = [e["id"] for e in response.context["snapshot"]["events"]]
+    newest = list(session.events.values_list("id", flat=True)[:20])
+    assert shown == newest
+    for pk in newest:
+        assert f'data-id="{pk}"'.encode() in response.content
 
 
 def test_simulate_buttons_vanish_with_a_real_driver(
