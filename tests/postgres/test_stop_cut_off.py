@@ -13,20 +13,17 @@ taken over once their leases expire.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 
 from benchmarks.cluster import Cluster
 from sessions_app import intents
 from sessions_app.drivers.simulated_service import ServiceControl
 from sessions_app.management.commands.run_supervisor import EXIT_GRACE
-from tests.postgres.test_chaos import CLIENT_TIMEOUT, SETTINGS, TTL, database_url, lease_expiries
+from tests.postgres import test_chaos
+from tests.postgres.test_chaos import TTL, lease_expiries
 from webhooks.dispatcher import STOP_SECONDS
 
 pytestmark = [
@@ -38,29 +35,10 @@ pytestmark = [
 SESSIONS = 10
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster(
-        database_url=database_url(),
-        redis_url=os.environ["REDIS_URL"],
-        log_dir=tmp_path,
-        settings=SETTINGS,
-        auto_scan=0.05,
-        client_timeout=CLIENT_TIMEOUT,
-        partitionable=True,
-    ) as running:
-        try:
-            yield running
-        finally:
-            running.close()
-            print(running.logs()[-50_000:])
-
-
-@pytest.fixture
-async def control(cluster: Cluster) -> AsyncIterator[ServiceControl]:
-    async with ServiceControl(cluster.address) as line:
-        yield line
-    await sync_to_async(connections.close_all)()
+# The chaos test's cluster (its timings, a fault proxy per supervisor) and its line
+# to the simulated WhatsApp service.
+cluster = test_chaos.cluster
+control = test_chaos.control
 
 
 @sync_to_async
