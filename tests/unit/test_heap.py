@@ -80,6 +80,6 @@ def test_run_supervisor_freezes_before_it_serves(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(run_supervisor, "serve", serve)
     # In this process, not its own: the exit it would make sure of is pytest's.
-    monkeypatch.setattr(run_supervisor, "exit_within", lambda grace: None)
+    monkeypatch.setattr(run_supervisor, "exit_within", lambda grace, status: None)
     call_command("run_supervisor")
     assert seen and seen[0] > STARTUP_OBJECTS

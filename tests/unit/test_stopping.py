@@ -10,6 +10,7 @@ exits). ``tests/postgres/test_stop_cut_off.py`` stops such a process for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -19,10 +20,12 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 
 from sessions_app import owner_db, stopping
 from sessions_app.dbthread import supervisor_db
 from sessions_app.drivers.simulated import SimulatedWhatsApp
+from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
 from tests.unit.test_supervisor import paired, running
 
@@ -117,3 +120,24 @@ async def test_a_supervisor_stops_while_the_database_does_not_answer(
     assert world.ended_at[supervisor.owner] < expires.timestamp()
     assert "withdrawing from the census did not end" in caplog.text
     assert "stopped without finishing its hand-over" in caplog.text
+
+
+@pytest.mark.parametrize(("fails", "status"), [(False, 0), (True, 1)])
+def test_run_supervisor_makes_sure_its_process_exits_with_the_right_status(
+    monkeypatch: pytest.MonkeyPatch, fails: bool, status: int
+) -> None:
+    """Armed once serving ended; 1 when it failed (the traceback's own status)."""
+    armed: list[tuple[float, int]] = []
+
+    async def serve(**options: object) -> None:
+        if fails:
+            raise RuntimeError("the supervisor died")
+
+    monkeypatch.setattr(run_supervisor, "serve", serve)
+    monkeypatch.setattr(run_supervisor, "freeze_startup_heap", lambda name: None)
+    monkeypatch.setattr(
+        run_supervisor, "exit_within", lambda grace, status: armed.append((grace, status))
+    )
+    with contextlib.suppress(RuntimeError):
+        call_command("run_supervisor")
+    assert armed == [(run_supervisor.EXIT_GRACE, status)]

@@ -67,7 +67,9 @@ class Command(BaseCommand):
     async def serve_then_exit(self, options: dict[str, Any]) -> None:
         """Serve until stopped; then the process exits within :data:`EXIT_GRACE`
         seconds, even with a thread stuck in a call to a database that does not
-        answer (the sessions are handed over, or their leases expire)."""
+        answer (the sessions are handed over, or their leases expire); with status
+        1 if serving failed, as the traceback's exit would have."""
+        served = False
         try:
             await serve(
                 max_sessions=options["max_sessions"],
@@ -75,5 +77,6 @@ class Command(BaseCommand):
                 metrics_port=options["metrics_port"],
                 metrics_host=options["metrics_host"],
             )
+            served = True
         finally:
-            exit_within(EXIT_GRACE)
+            exit_within(EXIT_GRACE, status=0 if served else 1)
