@@ -252,13 +252,19 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             if periodic:
                 last_periodic = self.clock()
             self._wake.clear()
+            # Past the deadline, a census even if a ring woke us (rings may come
+            # faster than passes, and would put the expiry off again).
+            expired = not self.poll_only and self.clock() >= self._next_expiry_at
             try:
                 # Only rings that name sessions: perhaps no census (see reconcile).
-                census = periodic or not woken or self._census_due
+                census = periodic or not woken or self._census_due or expired
                 await self.reconcile(periodic=periodic, census=census)
             except Exception:
                 self._next_expiry_at = self.clock() + self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
+            if census and self._next_expiry_at <= self.clock():
+                # The pass took no census after all (fenced, say): not again at once.
+                self._next_expiry_at = self.clock() + self.config.reconcile_interval
             self.ready.set()
 
     async def _join(self) -> None:
