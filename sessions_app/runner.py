@@ -85,6 +85,9 @@ class SessionRunner(LifecycleMixin):
         self.row: WaSession | None = None
         self.exit_reason = "done"
         self._stopping: asyncio.Future[None] | None = None  # the driver stop under way
+        #: A driver stop did not finish in time: the connection may still be open,
+        #: so the lease is not released with the others (given back later).
+        self.stop_unconfirmed = False
         self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
@@ -191,7 +194,7 @@ class SessionRunner(LifecycleMixin):
             # partition) while the lease runs out.
             await self._close_connection()
             await self.messages.aclose()
-            if self.exit_reason == "crashed":
+            if self.exit_reason == "crashed" and not self.stop_unconfirmed:
                 await self._release_with_handover_state()
         except Exception:
             logger.warning(

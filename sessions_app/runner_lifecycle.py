@@ -56,6 +56,7 @@ class LifecycleMixin:
     row: WaSession | None
     exit_reason: str
     _stopping: asyncio.Future[None] | None
+    stop_unconfirmed: bool
     messages: MessagePump
 
     def _extra(self) -> dict[str, Any]:
@@ -226,6 +227,7 @@ class LifecycleMixin:
             async with asyncio.timeout(self.sup.config.stop_timeout):
                 await asyncio.shield(self._stopping)
         except Exception as exc:
+            self.stop_unconfirmed = True
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
         self._stopping = None
 

@@ -170,18 +170,21 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
         close_driver = ("closing the driver", self.driver.aclose)
-        if len(stopped) < len(runners):  # their connections must not wait for the database
-            await stopping.steps_within(self.config.stop_timeout, [close_driver])
+        all_closed = len(stopped) == len(runners)
+        if not all_closed:  # their connections must not wait for the database
+            closing = asyncio.ensure_future(self.driver.aclose())
+            await stopping.steps_within(
+                self.config.stop_timeout, [(close_driver[0], lambda: closing)]
+            )
+            all_closed = closing.done() and not closing.cancelled() and not closing.exception()
         why = "supervisor shutting down; handing over"
-        handed_over = await stopping.steps_within(
-            self.config.lease_ttl,
-            [
-                ("withdrawing from the census", lambda: withdrawn),
-                ("the hand-over", lambda: self._release_stopped(stopped, why)),
-                # anything left, e.g. a self-fenced lease
-                ("releasing the leases", lambda: owner_db.release_all(self.owner)),
-            ],
-        )
+        steps: list[stopping.Step] = [
+            ("withdrawing from the census", lambda: withdrawn),
+            ("the hand-over", lambda: self._release_stopped(stopped, why)),
+        ]
+        if all_closed:  # anything left, e.g. a self-fenced lease; else left to expire
+            steps.append(("releasing the leases", lambda: owner_db.release_all(self.owner)))
+        handed_over = await stopping.steps_within(self.config.lease_ttl, steps)
         if len(stopped) == len(runners):
             await stopping.steps_within(self.config.stop_timeout, [close_driver])
         if handed_over:  # else the closes would queue behind the call left waiting
@@ -193,6 +196,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                     ("closing the message connections", message_threads.close),
                 ],
             )
+        if handed_over and all_closed:
             logger.info(
                 "supervisor %s stopped; %d sessions handed over",
                 self.owner,
@@ -214,7 +218,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         if self.runners.get(runner.session_id) is not runner:
             return
         del self.runners[runner.session_id]
-        if runner.exit_reason in ("self-fenced", "crashed"):
+        if runner.exit_reason in ("self-fenced", "crashed") or runner.stop_unconfirmed:
             # Perhaps still ours in the database: the next renewal gives it back.
             self._orphans[runner.session_id] = runner.lease.epoch
         if runner.exit_reason in ("released", "deleted"):
@@ -396,7 +400,12 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         for runner in runners:
             if not runner.task.done():
                 logger.warning("did not stop in time; keeping it", extra=runner._extra())
-        return [runner for runner in runners if runner.task.done()]
+            elif runner.stop_unconfirmed:
+                logger.warning(
+                    "its connection may still be open; its lease is given back later",
+                    extra=runner._extra(),
+                )
+        return [r for r in runners if r.task.done() and not r.stop_unconfirmed]
 
     async def _poke_changed(self) -> None:
         """The safety net for a lost ring: poke only the runners whose session

@@ -24,10 +24,10 @@ from django.core.management import call_command
 
 from sessions_app import owner_db, stopping
 from sessions_app.dbthread import supervisor_db
-from sessions_app.drivers.simulated import SimulatedWhatsApp
+from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
-from tests.unit.test_supervisor import paired, running
+from tests.unit.test_supervisor import paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,3 +141,41 @@ def test_run_supervisor_makes_sure_its_process_exits_with_the_right_status(
     with contextlib.suppress(RuntimeError):
         call_command("run_supervisor")
     assert armed == [(run_supervisor.EXIT_GRACE, status)]
+
+
+class StuckStopDriver(SimulatedDriver):
+    """A driver whose stop never finishes (a neonize worker that does not answer):
+    the connection stays open on WhatsApp's side."""
+
+    def __init__(self, world: SimulatedWhatsApp) -> None:
+        super().__init__(world)
+        self.unstick = asyncio.Event()
+
+    async def stop(self, session_id: int) -> None:
+        await self.unstick.wait()
+        await super().stop(session_id)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Released with the others, its session could be claimed and connected by
+    another supervisor while this connection is still open: a double connection.
+    It is left to expire instead (before: released, connection and all)."""
+    caplog.set_level(logging.WARNING)
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world)
+    try:
+        async with asyncio.timeout(30):
+            async with running_driver(driver) as supervisor:
+                session = await paired("stuck-stop", supervisor)
+    finally:
+        driver.unstick.set()
+    assert world.live[session.pk] == 1, "the stop never reached WhatsApp"
+    owner = await sync_to_async(
+        lambda: WaSession.objects.values_list("lease_owner", flat=True).get(pk=session.pk)
+    )()
+    assert owner == supervisor.owner
+    assert "its connection may still be open" in caplog.text
+    assert "stopped without finishing its hand-over" in caplog.text
