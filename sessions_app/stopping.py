@@ -2,11 +2,11 @@
 
 A database call runs in a thread and blocks on its socket until the server
 answers. Cut off from PostgreSQL (a partition, a frozen server, a proxy that
-holds the bytes), that is forever: asyncio cannot cancel it (asgiref waits for
-the thread before it lets a cancelled call go), and the interpreter joins every
-executor thread before it exits. A supervisor asked to stop would then never
-stop, and a deploy would wait for its SIGKILL. Two bounds keep that from
-happening:
+holds the bytes), that is forever: a shutdown that awaits such a call never goes
+on (cancelling the await lets the caller go, the thread itself goes on), and the
+interpreter joins every executor thread before it exits. A supervisor asked to
+stop would then never stop, and a deploy would wait for its SIGKILL. Two bounds
+keep that from happening:
 
 - :func:`steps_within`: the shutdown's steps run in order until a deadline; a
   step still waiting then is left behind (and logged), the later ones skipped.

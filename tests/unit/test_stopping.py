@@ -2,9 +2,9 @@
 
 CI's PostgreSQL pass once waited 30 s for a supervisor that had logged "stopped" to
 exit, and a supervisor cut off from PostgreSQL never stopped on SIGTERM at all: its
-shutdown's first database call blocked on the socket for good (asgiref cannot
-cancel a call under way, and the interpreter joins every executor thread before it
-exits). ``tests/postgres/test_stop_cut_off.py`` stops such a process for real.
+shutdown awaited its first database call, blocked on the socket for good (no thread
+can be stopped, and the interpreter joins every executor thread before it exits).
+``tests/postgres/test_stop_cut_off.py`` stops such a process for real.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
 from sessions_app import owner_db, stopping
-from sessions_app.dbthread import supervisor_db
+from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
@@ -179,3 +179,35 @@ async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
     assert owner == supervisor.owner
     assert "its connection may still be open" in caplog.text
     assert "stopped without finishing its hand-over" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_connections_close_at_the_stop_not_after_the_stuck_side_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renewal stuck in the database (its thread blocked) must not hold up the
+    connections' close at a stop: past the self-fence deadline they would outlive
+    their leases (TTL 3 s here). A guard, not a fix: asgiref lets a cancelled
+    plain database call go at once (its thread goes on), so the renew task ends
+    promptly; a review feared it would hold the stop up for the side tasks' 5 s."""
+    answer = threading.Event()
+    stuck = threading.Event()
+
+    def renew_that_hangs(owner: str, ttl: float) -> list[object]:
+        stuck.set()
+        answer.wait(30)
+        return []
+
+    world = SimulatedWhatsApp()
+    try:
+        async with running(world) as supervisor:
+            session = await paired("renewal-stuck", supervisor)
+            monkeypatch.setattr(owner_db, "renew", lease_db(renew_that_hangs))
+            await asyncio.to_thread(stuck.wait, 10)  # the renew loop is in the call
+            asked = time.time()
+            supervisor.stop()
+            assert await world.until(lambda: world.live[session.pk] == 0, 20)
+            closed = time.time() - asked
+    finally:
+        answer.set()
+    assert closed < 1.0, f"the connection closed {closed:.1f}s after the stop"
