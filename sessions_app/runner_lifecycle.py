@@ -226,6 +226,7 @@ class LifecycleMixin:
         try:
             async with asyncio.timeout(self.sup.config.stop_timeout):
                 await asyncio.shield(self._stopping)
+            self.stop_unconfirmed = False  # the driver closed what it had of the session
         except Exception as exc:
             self.stop_unconfirmed = True
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
