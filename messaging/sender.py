@@ -86,11 +86,14 @@ class Sender:
     def _extra(self) -> dict[str, Any]:
         return {"session": self.session_id}
 
-    def settled(self, connected: bool) -> None:
+    def settled(self, connected: bool, *, wake: bool = True) -> None:
+        """The runner's step ended: ``connected`` or not; ``wake``: look at the queue
+        (and the deadlines) now."""
         if connected and not self.connected:
             self.paused_until = 0.0  # a new connection ends a not_connected pause
         self.connected = connected
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def pause(self) -> None:
         """The driver refused a send as not connected: wait before the next."""

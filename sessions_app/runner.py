@@ -320,17 +320,27 @@ class SessionRunner(LifecycleMixin):
         ``session`` is the row as this step read it, under this runner's lease.
         Every inbox message but the pump's own ends in a step, so this runs after
         each lifecycle event (``Connected`` included), ring, retry timer and
-        periodic poke.
+        periodic poke. A step that opened a connection says so: the pump then
+        keeps its database calls out of the way of WhatsApp's first answer.
         """
         connected = session.state in (State.CONNECTED, State.DEGRADED)
-        self.messages.settled(self.connection_open and connected)
+        connecting = session.state == State.CONNECTING
+        self.messages.settled(
+            self.connection_open and connected, connecting=self.connection_open and connecting
+        )
 
     # -- writing -----------------------------------------------------------------------
 
     async def _write(
-        self, fields: dict[str, Any], event: EventRecord | None, row: WaSession | None = None
-    ) -> None:
-        """Fenced write of the session's ``fields`` (and ``event``), then publish it.
+        self,
+        fields: dict[str, Any],
+        event: EventRecord | None,
+        row: WaSession | None = None,
+        *,
+        publish: bool = True,
+    ) -> owner_db.Published:
+        """Fenced write of the session's ``fields`` (and ``event``), then push it
+        (unless ``publish`` is false: the caller pushes what this returns).
 
         Raises :class:`LeaseLost` when the lease is no longer this runner's."""
         published = await owner_db.write(self.lease, fields, event, row)
@@ -342,7 +352,9 @@ class SessionRunner(LifecycleMixin):
             hasattr(value, "resolve_expression") for value in fields.values()
         )
         self.row = row if applied else None
-        await doorbell.publish(*published)
+        if publish:
+            await doorbell.publish(*published)
+        return published
 
     # -- driver events -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
@@ -23,7 +24,7 @@ from sessions_app.drivers.base import ConnectError, ConnectSpec, DriverError, Dr
 from sessions_app.event_mapping import map_event, round_ended
 from sessions_app.leases import QR_CLEARED, EventRecord, Lease
 from sessions_app.models import SessionEvent, WaSession
-from sessions_app.owner_db import LeaseLost
+from sessions_app.owner_db import LeaseLost, Published
 from sessions_app.policy import DROPS_REQUESTS, SETTLED_STATES, Action
 from sessions_app.states import State, Trigger, is_allowed, transition
 
@@ -33,8 +34,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Removal pushes under way (referenced: a shielded task must not be collected).
-_removals: set[asyncio.Future[None]] = set()
+#: Pushes under way in tasks of their own (referenced: a task must not be
+#: collected before it ends, even if the runner that started it was cancelled).
+_pushes: set[asyncio.Future[None]] = set()
+
+
+def _push_soon(push: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """Run ``push`` (a :mod:`~sessions_app.doorbell` push) in a task of its own."""
+    task = asyncio.ensure_future(push)
+    _pushes.add(task)
+    task.add_done_callback(_pushes.discard)
+    return task
 
 
 class LifecycleMixin:
@@ -66,8 +76,13 @@ class LifecycleMixin:
         raise NotImplementedError
 
     async def _write(
-        self, fields: dict[str, Any], event: EventRecord | None, row: WaSession | None = None
-    ) -> None:
+        self,
+        fields: dict[str, Any],
+        event: EventRecord | None,
+        row: WaSession | None = None,
+        *,
+        publish: bool = True,
+    ) -> Published:
         raise NotImplementedError
 
     # -- the policy's actions ----------------------------------------------------------
@@ -147,7 +162,14 @@ class LifecycleMixin:
             **QR_CLEARED,
             **(fields or {}),
         }
-        await self._transition(session, trigger, why, fields, row=session)
+        published = await self._transition(
+            session, trigger, why, fields, row=session, publish=False
+        )
+        # The push of "connecting" (a Redis round trip or two on the production
+        # shape) overlaps the connection's opening instead of delaying it: both are
+        # on the way from a create to its first QR code. It ends before this step
+        # does, so the next snapshot (the code) still follows it.
+        pushing = _push_soon(doorbell.publish(*published))
         self.attempt += 1
         attempt = self.attempt
         self.connection_open = True
@@ -159,6 +181,7 @@ class LifecycleMixin:
         except Exception as exc:
             logger.warning("driver could not start: %s", exc, extra=self._extra())
             self._deliver(attempt, ConnectError(self.session_id, f"could not start: {exc}"))
+        await pushing
 
     def _deliver(self, attempt: int, event: DriverEvent) -> None:
         """The connection's ``on_event``: into the inbox, tagged with its attempt."""
@@ -202,10 +225,7 @@ class LifecycleMixin:
         # In a task of its own: the renewal that no longer finds the row abandons
         # this runner ("lease lost"), and that must not cancel the push every
         # watcher of the session waits for.
-        push = asyncio.ensure_future(doorbell.publish_removed(self.session_id))
-        _removals.add(push)
-        push.add_done_callback(_removals.discard)
-        await asyncio.shield(push)
+        await asyncio.shield(_push_soon(doorbell.publish_removed(self.session_id)))
         self._end("deleted")
 
     async def _close_connection(self) -> None:
@@ -241,14 +261,17 @@ class LifecycleMixin:
         why: str,
         fields: dict[str, Any],
         row: WaSession | None = None,
-    ) -> None:
+        *,
+        publish: bool = True,
+    ) -> Published:
         """Move to the trigger's state with ``fields``; a state that no longer needs
-        the move (e.g. stop when already stopped) gets the fields alone."""
+        the move (e.g. stop when already stopped) gets the fields alone. The change
+        is pushed unless ``publish`` is false; it is returned either way."""
         current = State(session.state)
         if not is_allowed(current, trigger):
             logger.info("%s while %s: no state change", trigger, current, extra=self._extra())
-            await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why), row)
-            return
+            info = EventRecord(SessionEvent.Kind.INFO, why)
+            return await self._write(fields, info, row, publish=publish)
         target = transition(current, trigger)
         if target in SETTLED_STATES:  # an old failure no longer applies
             fields = {"last_error": "", "retry_count": 0, "next_retry_at": None, **fields}
@@ -260,7 +283,7 @@ class LifecycleMixin:
             fields["state_changed_at"] = timezone.now()
             event = EventRecord(SessionEvent.Kind.STATE, why, current, target)
             logger.info("%s → %s: %s", current, target, why, extra=self._extra())
-        await self._write(fields, event, row)
+        return await self._write(fields, event, row, publish=publish)
 
     # -- lifecycle driver events ---------------------------------------------------------
 

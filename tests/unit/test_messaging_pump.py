@@ -188,6 +188,7 @@ async def test_a_new_owner_marks_the_old_epochs_send_unknown_and_sends_the_rest(
     newer = Lease(h.lease.session_id, "owner-b", h.lease.epoch + 1)
     successor = await start(newer)
     try:
+        successor.pump.settled(connected=False)  # the runner's first step ended
         await until_messages(newer.session_id, lambda ms: ms[0]["status"] == "unknown")
         successor.pump.settled(connected=True)
         done = await until_messages(newer.session_id, statuses("unknown", "sent"))
@@ -196,6 +197,50 @@ async def test_a_new_owner_marks_the_old_epochs_send_unknown_and_sends_the_rest(
         assert h.sends.refs() == [first.ref]
     finally:
         await successor.pump.aclose()
+
+
+async def test_the_start_up_waits_while_a_connection_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pump, "START_HOLD", 60.0)
+    called = asyncio.Event()
+    mark_stale = pump._mark_stale
+
+    async def recording(lease: Lease, now: dt.datetime) -> list[Message]:
+        called.set()
+        return await mark_stale(lease, now)
+
+    monkeypatch.setattr(pump, "_mark_stale", recording)
+    h = await start(await claimed())
+    try:
+        h.pump.settled(connected=False, connecting=True)
+        for _ in range(3):  # the pump's task runs up to its first wait
+            await asyncio.sleep(0)
+        assert not called.is_set(), "no database call while WhatsApp's first answer is due"
+        h.pump.settled(connected=False)  # the answer came (a QR code, say)
+        await asyncio.wait_for(called.wait(), 10)
+    finally:
+        await h.pump.aclose()
+
+
+async def test_the_start_up_waits_no_longer_than_its_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pump, "START_HOLD", 0.05)
+    called = asyncio.Event()
+    mark_stale = pump._mark_stale
+
+    async def recording(lease: Lease, now: dt.datetime) -> list[Message]:
+        called.set()
+        return await mark_stale(lease, now)
+
+    monkeypatch.setattr(pump, "_mark_stale", recording)
+    h = await start(await claimed())
+    try:
+        h.pump.settled(connected=False, connecting=True)  # and no answer ever comes
+        await asyncio.wait_for(called.wait(), 10)
+    finally:
+        await h.pump.aclose()
 
 
 async def test_queued_messages_expire_at_their_deadline_while_not_connected(h: Harness) -> None:
