@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -30,6 +31,33 @@ from sessions_app.models import WaSession
 from tests.unit.test_supervisor import paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
+
+
+class Unanswered:
+    """Database calls that block their thread, as one to a server that does not
+    answer does, until ``answer`` is set (30 s at most); ``entered`` is set once a
+    call is in one."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+        self.entered = threading.Event()
+
+    def call(self, result: object = None) -> Callable[..., object]:
+        """A plain function that hangs so, then returns ``result``."""
+
+        def hangs(*args: object) -> object:
+            self.entered.set()
+            self.answer.wait(30)
+            return result
+
+        return hangs
+
+
+@pytest.fixture
+def unanswered() -> Iterator[Unanswered]:
+    calls = Unanswered()
+    yield calls
+    calls.answer.set()  # the supervisor's database threads are shared by later tests
 
 
 async def test_steps_run_in_order_and_a_failing_one_does_not_stop_the_rest(
@@ -93,25 +121,17 @@ def test_a_process_whose_thread_is_stuck_exits_within_the_grace() -> None:
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_supervisor_stops_while_the_database_does_not_answer(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, unanswered: Unanswered
 ) -> None:
     """Its connections close before its leases can expire, and ``run()`` returns
     (the hand-over left behind; the lease expires by itself)."""
     caplog.set_level(logging.WARNING)
-    answer = threading.Event()
-
-    def withdraw_that_hangs(owner: str) -> None:
-        answer.wait(30)
-
     world = SimulatedWhatsApp()
-    try:
-        async with asyncio.timeout(20):  # before the bound: never returned
-            async with running(world) as supervisor:
-                session = await paired("cut-off", supervisor)
-                monkeypatch.setattr(owner_db, "withdraw", supervisor_db(withdraw_that_hangs))
-        assert answer.is_set() is False, "the stop did not wait for the database"
-    finally:
-        answer.set()  # the supervisor's database thread is shared by later tests
+    async with asyncio.timeout(20):  # before the bound: never returned
+        async with running(world) as supervisor:
+            session = await paired("cut-off", supervisor)
+            monkeypatch.setattr(owner_db, "withdraw", supervisor_db(unanswered.call()))
+    assert unanswered.answer.is_set() is False, "the stop did not wait for the database"
     assert world.live[session.pk] == 0
     expires = await sync_to_async(
         lambda: WaSession.objects.values_list("lease_expires_at", flat=True).get(pk=session.pk)
@@ -183,31 +203,20 @@ async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
 
 @pytest.mark.django_db(transaction=True)
 async def test_connections_close_at_the_stop_not_after_the_stuck_side_tasks(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, unanswered: Unanswered
 ) -> None:
     """A renewal stuck in the database (its thread blocked) must not hold up the
     connections' close at a stop: past the self-fence deadline they would outlive
     their leases (TTL 3 s here). A guard, not a fix: asgiref lets a cancelled
     plain database call go at once (its thread goes on), so the renew task ends
     promptly; a review feared it would hold the stop up for the side tasks' 5 s."""
-    answer = threading.Event()
-    stuck = threading.Event()
-
-    def renew_that_hangs(owner: str, ttl: float) -> list[object]:
-        stuck.set()
-        answer.wait(30)
-        return []
-
     world = SimulatedWhatsApp()
-    try:
-        async with running(world) as supervisor:
-            session = await paired("renewal-stuck", supervisor)
-            monkeypatch.setattr(owner_db, "renew", lease_db(renew_that_hangs))
-            await asyncio.to_thread(stuck.wait, 10)  # the renew loop is in the call
-            asked = time.time()
-            supervisor.stop()
-            assert await world.until(lambda: world.live[session.pk] == 0, 20)
-            closed = time.time() - asked
-    finally:
-        answer.set()
+    async with running(world) as supervisor:
+        session = await paired("renewal-stuck", supervisor)
+        monkeypatch.setattr(owner_db, "renew", lease_db(unanswered.call([])))
+        await asyncio.to_thread(unanswered.entered.wait, 10)  # the renew loop is in the call
+        asked = time.time()
+        supervisor.stop()
+        assert await world.until(lambda: world.live[session.pk] == 0, 20)
+        closed = time.time() - asked
     assert closed < 1.0, f"the connection closed {closed:.1f}s after the stop"
