@@ -159,9 +159,12 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         connections.
 
         The connections close first, with no database call on the way (the runners
-        stop on their own; if one does not, the driver closes what is left before
-        anything else); the database steps then get the lease TTL
-        (:func:`~sessions_app.stopping.steps_within`).
+        stop on their own; if one does not, or an orphan's connection may still be
+        open, the driver closes what is left before anything else); the database
+        steps then get the lease TTL (:func:`~sessions_app.stopping.steps_within`).
+        No lease is given back while a connection that may hold it is open: those
+        of runners that did not stop, and the orphans', are released only if that
+        close of the driver ended without error, else left to expire.
         So a database that does not answer neither leaves a connection open when
         a lease expires nor keeps the supervisor from stopping: its sessions are
         then taken over when their leases expire, as after a crash.
@@ -170,7 +173,10 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         # Queued first in the database thread: no census counts us once we release.
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
-        closed_first = len(stopped) < len(runners)
+        # A runner that did not stop, or any orphan (one that ended earlier
+        # self-fenced, crashed or with its driver stop unconfirmed): its connection
+        # may still be open, and release_all would give its lease back.
+        closed_first = len(stopped) < len(runners) or bool(self._orphans)
         all_closed = True
         if closed_first:  # their connections must not wait for the database
             all_closed = await self._close_driver()
@@ -179,7 +185,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             ("withdrawing from the census", lambda: withdrawn),
             ("the hand-over", lambda: self._release_stopped(stopped, why)),
         ]
-        if all_closed:  # anything left, e.g. a self-fenced lease; else left to expire
+        if all_closed:  # anything left, e.g. an orphan's lease; else left to expire
             steps.append(("releasing the leases", lambda: owner_db.release_all(self.owner)))
         handed_over = await stopping.steps_within(self.config.lease_ttl, steps)
         if not closed_first:

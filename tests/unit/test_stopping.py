@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -22,13 +23,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
+from django.db import DatabaseError
 
 from sessions_app import owner_db, stopping
 from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
-from tests.unit.test_supervisor import paired, running, running_driver
+from tests.unit.test_supervisor import FAST, paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,15 +167,33 @@ def test_run_supervisor_makes_sure_its_process_exits_with_the_right_status(
 
 class StuckStopDriver(SimulatedDriver):
     """A driver whose stop never finishes (a neonize worker that does not answer):
-    the connection stays open on WhatsApp's side."""
+    the connection stays open on WhatsApp's side.
 
-    def __init__(self, world: SimulatedWhatsApp) -> None:
+    ``stuck``: only these sessions' stops hang (None: every session's);
+    ``close_ends_them``: closing the whole driver does close them (the worker
+    process ends), else that close hangs too.
+    """
+
+    def __init__(
+        self,
+        world: SimulatedWhatsApp,
+        stuck: set[int] | None = None,
+        close_ends_them: bool = False,
+    ) -> None:
         super().__init__(world)
         self.unstick = asyncio.Event()
+        self.stuck = stuck
+        self.close_ends_them = close_ends_them
 
     async def stop(self, session_id: int) -> None:
-        await self.unstick.wait()
+        if self.stuck is None or session_id in self.stuck:
+            await self.unstick.wait()
         await super().stop(session_id)
+
+    async def aclose(self) -> None:
+        if self.close_ends_them:
+            self.unstick.set()
+        await super().aclose()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -199,6 +219,67 @@ async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
     assert owner == supervisor.owner
     assert "its connection may still be open" in caplog.text
     assert "stopped without finishing its hand-over" in caplog.text
+
+
+@pytest.mark.parametrize("close_ends_it", [True, False], ids=["driver-closes", "close-hangs"])
+@pytest.mark.django_db(transaction=True)
+async def test_an_orphan_whose_connection_may_be_open_keeps_its_lease_until_the_driver_closed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, close_ends_it: bool
+) -> None:
+    """A runner that crashed while its driver stop did not finish leaves an orphan:
+    the lease still ours, the connection perhaps still open. At a shutdown where
+    every other runner stops cleanly, the orphan's lease is given back only once
+    the driver has closed, and kept (left to expire) if that close does not end.
+    Before: ``release_all`` gave it back first, connection open, so another
+    supervisor could claim the session and connect the device a second time."""
+    caplog.set_level(logging.WARNING)
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set(), close_ends_them=close_ends_it)
+    # No renewal while the test runs: it would give the orphan back first.
+    config = dataclasses.replace(FAST, lease_ttl=30.0, renew_interval=20.0)
+    release_all = owner_db.release_all
+    open_at_release: list[int] = []  # the orphan's live connections when release_all ran
+    try:
+        async with asyncio.timeout(30):
+            async with running_driver(driver, config) as supervisor:
+                orphan = await paired("orphan", supervisor)
+                clean = await paired("clean", supervisor)
+                driver.stuck.add(orphan.pk)
+                load = owner_db.load
+
+                async def load_that_fails(session_id: int) -> WaSession | None:
+                    if session_id == orphan.pk:
+                        raise DatabaseError("server closed the connection unexpectedly")
+                    return await load(session_id)
+
+                with monkeypatch.context() as patched:
+                    patched.setattr(owner_db, "load", load_that_fails)
+                    runner = supervisor.runners[orphan.pk]
+                    runner.poke("test")
+                    await asyncio.wait({runner.task})
+                assert runner.exit_reason == "crashed" and runner.stop_unconfirmed
+                assert supervisor._orphans == {orphan.pk: orphan.lease_epoch}
+                assert world.live[orphan.pk] == 1, "the orphan's connection is still open"
+
+                async def recorded_release_all(owner: str) -> int:
+                    open_at_release.append(world.live[orphan.pk])
+                    return await release_all(owner)
+
+                monkeypatch.setattr(owner_db, "release_all", recorded_release_all)
+        open_after_stop = world.live[orphan.pk]  # before the stuck stops may go on
+    finally:
+        driver.unstick.set()
+    owners = await sync_to_async(lambda: dict(WaSession.objects.values_list("pk", "lease_owner")))()
+    assert open_at_release in ([], [0]), "the orphan's lease was given back, connection open"
+    assert owners[clean.pk] == "", "the clean runner was handed over"
+    if close_ends_it:
+        assert open_at_release == [0]
+        assert open_after_stop == 0
+        assert owners[orphan.pk] == "", "given back once the driver closed"
+    else:
+        assert open_after_stop == 1
+        assert owners[orphan.pk] == supervisor.owner, "kept, left to expire"
+        assert "stopped without finishing its hand-over" in caplog.text
 
 
 @pytest.mark.django_db(transaction=True)
