@@ -87,6 +87,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         #: census saw it: a deadline, so that wake-ups in between do not put it off.
         self._next_expiry_at = self.clock() + self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
+        self._driver_closing: asyncio.Future[None] | None = None  # see _close_driver
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
         self._rung: set[int] = set()
@@ -158,9 +159,12 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         connections.
 
         The connections close first, with no database call on the way (the runners
-        stop on their own; if one does not, the driver closes what is left before
-        anything else); the database steps then get the lease TTL
-        (:func:`~sessions_app.stopping.steps_within`).
+        stop on their own; if one does not, or an orphan's connection may still be
+        open, the driver closes what is left before anything else); the database
+        steps then get the lease TTL (:func:`~sessions_app.stopping.steps_within`).
+        No lease is given back while a connection that may hold it is open: those
+        of runners that did not stop, and the orphans', are released only if that
+        close of the driver ended without error, else left to expire.
         So a database that does not answer neither leaves a connection open when
         a lease expires nor keeps the supervisor from stopping: its sessions are
         then taken over when their leases expire, as after a crash.
@@ -169,24 +173,23 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         # Queued first in the database thread: no census counts us once we release.
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
-        close_driver = ("closing the driver", self.driver.aclose)
-        all_closed = len(stopped) == len(runners)
-        if not all_closed:  # their connections must not wait for the database
-            closing = asyncio.ensure_future(self.driver.aclose())
-            await stopping.steps_within(
-                self.config.stop_timeout, [(close_driver[0], lambda: closing)]
-            )
-            all_closed = closing.done() and not closing.cancelled() and not closing.exception()
+        # A runner that did not stop, or any orphan (one that ended earlier
+        # self-fenced, crashed or with its driver stop unconfirmed): its connection
+        # may still be open, and release_all would give its lease back.
+        closed_first = len(stopped) < len(runners) or bool(self._orphans)
+        all_closed = True
+        if closed_first:  # their connections must not wait for the database
+            all_closed = await self._close_driver()
         why = "supervisor shutting down; handing over"
         steps: list[stopping.Step] = [
             ("withdrawing from the census", lambda: withdrawn),
             ("the hand-over", lambda: self._release_stopped(stopped, why)),
         ]
-        if all_closed:  # anything left, e.g. a self-fenced lease; else left to expire
+        if all_closed:  # anything left, e.g. an orphan's lease; else left to expire
             steps.append(("releasing the leases", lambda: owner_db.release_all(self.owner)))
         handed_over = await stopping.steps_within(self.config.lease_ttl, steps)
-        if len(stopped) == len(runners):
-            await stopping.steps_within(self.config.stop_timeout, [close_driver])
+        if not closed_first:
+            await self._close_driver()
         if handed_over:  # else the closes would queue behind the call left waiting
             await stopping.steps_within(
                 self.config.stop_timeout,
@@ -212,6 +215,17 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 self.config.lease_ttl,
                 extra=self._extra(),
             )
+
+    async def _close_driver(self) -> bool:
+        """Close the driver, waiting at most the stop timeout: True only if the close
+        ended, without error. Closed once: a later call waits for the same close."""
+        if self._driver_closing is None:
+            self._driver_closing = asyncio.ensure_future(self.driver.aclose())
+        closing = self._driver_closing
+        await stopping.steps_within(
+            self.config.stop_timeout, [("closing the driver", lambda: closing)]
+        )
+        return closing.done() and not closing.cancelled() and closing.exception() is None
 
     def _runner_done(self, runner: SessionRunner) -> None:
         """Forget a runner (idempotent); it may still be closing its last write."""

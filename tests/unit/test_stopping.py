@@ -11,25 +11,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
+from django.db import DatabaseError
 
 from sessions_app import owner_db, stopping
 from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
-from tests.unit.test_supervisor import paired, running, running_driver
+from tests.unit.test_supervisor import FAST, paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
+
+
+class Unanswered:
+    """Database calls that block their thread, as one to a server that does not
+    answer does, until ``answer`` is set (30 s at most); ``entered`` is set once a
+    call is in one."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+        self.entered = threading.Event()
+
+    def call(self, result: object = None) -> Callable[..., object]:
+        """A plain function that hangs so, then returns ``result``."""
+
+        def hangs(*args: object) -> object:
+            self.entered.set()
+            self.answer.wait(30)
+            return result
+
+        return hangs
+
+
+@pytest.fixture
+def unanswered() -> Iterator[Unanswered]:
+    calls = Unanswered()
+    yield calls
+    calls.answer.set()  # the supervisor's database threads are shared by later tests
 
 
 async def test_steps_run_in_order_and_a_failing_one_does_not_stop_the_rest(
@@ -93,25 +123,17 @@ def test_a_process_whose_thread_is_stuck_exits_within_the_grace() -> None:
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_supervisor_stops_while_the_database_does_not_answer(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, unanswered: Unanswered
 ) -> None:
     """Its connections close before its leases can expire, and ``run()`` returns
     (the hand-over left behind; the lease expires by itself)."""
     caplog.set_level(logging.WARNING)
-    answer = threading.Event()
-
-    def withdraw_that_hangs(owner: str) -> None:
-        answer.wait(30)
-
     world = SimulatedWhatsApp()
-    try:
-        async with asyncio.timeout(20):  # before the bound: never returned
-            async with running(world) as supervisor:
-                session = await paired("cut-off", supervisor)
-                monkeypatch.setattr(owner_db, "withdraw", supervisor_db(withdraw_that_hangs))
-        assert answer.is_set() is False, "the stop did not wait for the database"
-    finally:
-        answer.set()  # the supervisor's database thread is shared by later tests
+    async with asyncio.timeout(20):  # before the bound: never returned
+        async with running(world) as supervisor:
+            session = await paired("cut-off", supervisor)
+            monkeypatch.setattr(owner_db, "withdraw", supervisor_db(unanswered.call()))
+    assert unanswered.answer.is_set() is False, "the stop did not wait for the database"
     assert world.live[session.pk] == 0
     expires = await sync_to_async(
         lambda: WaSession.objects.values_list("lease_expires_at", flat=True).get(pk=session.pk)
@@ -145,15 +167,33 @@ def test_run_supervisor_makes_sure_its_process_exits_with_the_right_status(
 
 class StuckStopDriver(SimulatedDriver):
     """A driver whose stop never finishes (a neonize worker that does not answer):
-    the connection stays open on WhatsApp's side."""
+    the connection stays open on WhatsApp's side.
 
-    def __init__(self, world: SimulatedWhatsApp) -> None:
+    ``stuck``: only these sessions' stops hang (None: every session's);
+    ``close_ends_them``: closing the whole driver does close them (the worker
+    process ends), else that close hangs too.
+    """
+
+    def __init__(
+        self,
+        world: SimulatedWhatsApp,
+        stuck: set[int] | None = None,
+        close_ends_them: bool = False,
+    ) -> None:
         super().__init__(world)
         self.unstick = asyncio.Event()
+        self.stuck = stuck
+        self.close_ends_them = close_ends_them
 
     async def stop(self, session_id: int) -> None:
-        await self.unstick.wait()
+        if self.stuck is None or session_id in self.stuck:
+            await self.unstick.wait()
         await super().stop(session_id)
+
+    async def aclose(self) -> None:
+        if self.close_ends_them:
+            self.unstick.set()
+        await super().aclose()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -181,33 +221,83 @@ async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
     assert "stopped without finishing its hand-over" in caplog.text
 
 
+@pytest.mark.parametrize("close_ends_it", [True, False], ids=["driver-closes", "close-hangs"])
+@pytest.mark.django_db(transaction=True)
+async def test_an_orphan_whose_connection_may_be_open_keeps_its_lease_until_the_driver_closed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, close_ends_it: bool
+) -> None:
+    """A runner that crashed while its driver stop did not finish leaves an orphan:
+    the lease still ours, the connection perhaps still open. At a shutdown where
+    every other runner stops cleanly, the orphan's lease is given back only once
+    the driver has closed, and kept (left to expire) if that close does not end.
+    Before: ``release_all`` gave it back first, connection open, so another
+    supervisor could claim the session and connect the device a second time."""
+    caplog.set_level(logging.WARNING)
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set(), close_ends_them=close_ends_it)
+    # No renewal while the test runs: it would give the orphan back first.
+    config = dataclasses.replace(FAST, lease_ttl=30.0, renew_interval=20.0)
+    release_all = owner_db.release_all
+    open_at_release: list[int] = []  # the orphan's live connections when release_all ran
+    try:
+        async with asyncio.timeout(30):
+            async with running_driver(driver, config) as supervisor:
+                orphan = await paired("orphan", supervisor)
+                clean = await paired("clean", supervisor)
+                driver.stuck.add(orphan.pk)
+                load = owner_db.load
+
+                async def load_that_fails(session_id: int) -> WaSession | None:
+                    if session_id == orphan.pk:
+                        raise DatabaseError("server closed the connection unexpectedly")
+                    return await load(session_id)
+
+                with monkeypatch.context() as patched:
+                    patched.setattr(owner_db, "load", load_that_fails)
+                    runner = supervisor.runners[orphan.pk]
+                    runner.poke("test")
+                    await asyncio.wait({runner.task})
+                assert runner.exit_reason == "crashed" and runner.stop_unconfirmed
+                assert supervisor._orphans == {orphan.pk: orphan.lease_epoch}
+                assert world.live[orphan.pk] == 1, "the orphan's connection is still open"
+
+                async def recorded_release_all(owner: str) -> int:
+                    open_at_release.append(world.live[orphan.pk])
+                    return await release_all(owner)
+
+                monkeypatch.setattr(owner_db, "release_all", recorded_release_all)
+        open_after_stop = world.live[orphan.pk]  # before the stuck stops may go on
+    finally:
+        driver.unstick.set()
+    owners = await sync_to_async(lambda: dict(WaSession.objects.values_list("pk", "lease_owner")))()
+    assert open_at_release in ([], [0]), "the orphan's lease was given back, connection open"
+    assert owners[clean.pk] == "", "the clean runner was handed over"
+    if close_ends_it:
+        assert open_at_release == [0]
+        assert open_after_stop == 0
+        assert owners[orphan.pk] == "", "given back once the driver closed"
+    else:
+        assert open_after_stop == 1
+        assert owners[orphan.pk] == supervisor.owner, "kept, left to expire"
+        assert "stopped without finishing its hand-over" in caplog.text
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_connections_close_at_the_stop_not_after_the_stuck_side_tasks(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, unanswered: Unanswered
 ) -> None:
     """A renewal stuck in the database (its thread blocked) must not hold up the
     connections' close at a stop: past the self-fence deadline they would outlive
     their leases (TTL 3 s here). A guard, not a fix: asgiref lets a cancelled
     plain database call go at once (its thread goes on), so the renew task ends
     promptly; a review feared it would hold the stop up for the side tasks' 5 s."""
-    answer = threading.Event()
-    stuck = threading.Event()
-
-    def renew_that_hangs(owner: str, ttl: float) -> list[object]:
-        stuck.set()
-        answer.wait(30)
-        return []
-
     world = SimulatedWhatsApp()
-    try:
-        async with running(world) as supervisor:
-            session = await paired("renewal-stuck", supervisor)
-            monkeypatch.setattr(owner_db, "renew", lease_db(renew_that_hangs))
-            await asyncio.to_thread(stuck.wait, 10)  # the renew loop is in the call
-            asked = time.time()
-            supervisor.stop()
-            assert await world.until(lambda: world.live[session.pk] == 0, 20)
-            closed = time.time() - asked
-    finally:
-        answer.set()
+    async with running(world) as supervisor:
+        session = await paired("renewal-stuck", supervisor)
+        monkeypatch.setattr(owner_db, "renew", lease_db(unanswered.call([])))
+        await asyncio.to_thread(unanswered.entered.wait, 10)  # the renew loop is in the call
+        asked = time.time()
+        supervisor.stop()
+        assert await world.until(lambda: world.live[session.pk] == 0, 20)
+        closed = time.time() - asked
     assert closed < 1.0, f"the connection closed {closed:.1f}s after the stop"
