@@ -88,6 +88,10 @@ class SessionRunner(LifecycleMixin):
         #: A driver stop did not finish in time: the connection may still be open,
         #: so the lease is not released with the others (given back later).
         self.stop_unconfirmed = False
+        #: That stop, if it was still running when the runner gave up waiting: the
+        #: supervisor waits for it before it gives the lease back (a second stop
+        #: may find nothing left to stop and return at once, e.g. neonize's).
+        self.unfinished_stop: asyncio.Future[None] | None = None
         self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
