@@ -24,7 +24,7 @@ from sessions_app.leases import Lease
 from sessions_app.models import WaSession
 from sessions_app.supervisor import Supervisor
 from tests.unit.test_stopping import StuckStopDriver
-from tests.unit.test_supervisor import FAST, paired, running_driver
+from tests.unit.test_supervisor import FAST, paired, running_driver, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -48,8 +48,8 @@ class ForgettingStopDriver(StuckStopDriver):
 
 class GivenBack:
     """Every lease given back (by a runner or by the renewal), with the number of
-    live connections its session had at that moment; ``released`` is set once
-    ``watched``'s lease is given back."""
+    live connections its session had at that moment; ``released`` is set once a
+    call that gave back ``watched``'s lease has returned."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, world: SimulatedWhatsApp, watched: int):
         self.world = world
@@ -60,17 +60,25 @@ class GivenBack:
 
         async def recorded_release(lease: Lease, fields: dict[str, Any], event: Any = None) -> Any:
             self._record([lease.session_id])
-            return await release(lease, fields, event)
+            try:
+                return await release(lease, fields, event)
+            finally:
+                self._done([lease.session_id])
 
         async def recorded_release_leases(owner: str, held: Collection[Lease]) -> int:
             self._record([lease.session_id for lease in held])
-            return await release_leases(owner, held)
+            try:
+                return await release_leases(owner, held)
+            finally:
+                self._done([lease.session_id for lease in held])
 
         monkeypatch.setattr(owner_db, "release", recorded_release)
         monkeypatch.setattr(owner_db, "release_leases", recorded_release_leases)
 
     def _record(self, session_ids: list[int]) -> None:
         self.leases += [(sid, self.world.live[sid]) for sid in session_ids]
+
+    def _done(self, session_ids: list[int]) -> None:
         if self.watched in session_ids:
             self.released.set()
 
@@ -103,6 +111,11 @@ async def renewals(monkeypatch: pytest.MonkeyPatch, supervisor: Supervisor, coun
 @sync_to_async
 def lease_of(session_id: int) -> tuple[str, int]:
     return WaSession.objects.values_list("lease_owner", "lease_epoch").get(pk=session_id)
+
+
+@sync_to_async
+def state_of(session_id: int) -> str:
+    return WaSession.objects.values_list("state", flat=True).get(pk=session_id)
 
 
 @pytest.mark.parametrize(
@@ -157,5 +170,45 @@ async def test_the_renewal_keeps_an_orphan_whose_stop_is_unconfirmed_until_a_sto
             assert given_back.of_watched() == [0], "given back once its connection closed"
             assert orphan.pk not in supervisor._unconfirmed
             assert world.max_live[orphan.pk] == 1
+    finally:
+        driver.unstick.set()
+
+
+async def test_a_stop_whose_driver_stop_hangs_keeps_the_lease_until_the_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin stops a session and the driver's stop hangs: the row says
+    "stopped", but the runner does not release the lease (the policy's release
+    after the close): it ends as an orphan, the lease stays ours (same epoch)
+    through the renewals, and is given back once the driver's stop finished, the
+    connection closed. Before: the runner released it at once, connection open."""
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set())
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await paired("stopping", supervisor)
+            given_back = GivenBack(monkeypatch, world, session.pk)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await stop(session, "ada")
+            async with asyncio.timeout(FAST.stop_timeout + 10):
+                await asyncio.wait({runner.task})
+            assert given_back.of_watched() == [], "given back while its connection was open"
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+            assert await state_of(session.pk) == "stopped"
+            assert runner.exit_reason == "stop unconfirmed" and runner.stop_unconfirmed
+            assert supervisor._orphans == {session.pk: session.lease_epoch}
+            assert world.live[session.pk] == 1
+
+            await renewals(monkeypatch, supervisor, 3)
+            assert given_back.of_watched() == []
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+
+            driver.unstick.set()
+            async with asyncio.timeout(10):
+                await given_back.released.wait()
+            assert given_back.of_watched() == [0], "given back once its connection closed"
+            assert await lease_of(session.pk) == ("", session.lease_epoch)
+            assert await state_of(session.pk) == "stopped"
     finally:
         driver.unstick.set()
