@@ -6,9 +6,11 @@ lease thread, :func:`sessions_app.dbthread.lease_db`, never behind session
 writes) and drops the runners whose lease is gone; a watchdog on the
 supervisor's monotonic clock drops every connection before its leases can
 expire when renewal stalls (self-fencing); leases still ours whose runner ended
-without releasing them are given back at the next renewal that works.
+without releasing them are given back at the next renewal that works, those
+whose connection may still be open (the driver's stop did not finish) only once
+a stop of the session has finished (:meth:`LeaseKeepingMixin._confirm_stop`).
 
-A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``) is the
+A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``, ``_unconfirmed``) is the
 supervisor's, read by its claim pass and its health check
 (:func:`ops.health.supervisor_readiness`).
 """
@@ -16,6 +18,7 @@ supervisor's, read by its claim pass and its health check
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,9 +29,22 @@ from sessions_app.conf import SupervisorConfig
 from sessions_app.leases import Lease
 
 if TYPE_CHECKING:
+    from sessions_app.drivers.base import Driver
     from sessions_app.runner import SessionRunner
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class UnconfirmedStop:
+    """An orphan whose connection may still be open: the driver's stop of it did not
+    finish in time. Its lease is given back only once ``confirming`` ended True."""
+
+    #: The latest stop of the session, perhaps still running (it is never cancelled:
+    #: a stop cut short may leave the connection open with nothing left to stop it).
+    stop: asyncio.Future[None] | None
+    #: The stop retried in the background: True once it finished without error.
+    confirming: asyncio.Task[bool] | None = None
 
 
 class LeaseKeepingMixin:
@@ -44,6 +60,9 @@ class LeaseKeepingMixin:
     _last_renewal: float
     #: session id -> epoch of leases perhaps still ours without a runner.
     _orphans: dict[int, int]
+    #: The orphans whose connection may still be open, by session id.
+    _unconfirmed: dict[int, UnconfirmedStop]
+    driver: Driver
     _wake: asyncio.Event
 
     def _extra(self) -> dict[str, Any]:
@@ -93,13 +112,31 @@ class LeaseKeepingMixin:
 
     async def _release_orphans(self, held: dict[int, Lease]) -> None:
         """Give back leases still ours whose runner ended without releasing them
-        (we self-fenced, or it crashed), so that anyone may claim them."""
-        orphans = [
-            held[sid]
+        (we self-fenced, or it crashed), so that anyone may claim them.
+
+        Not while the connection may still be open (the runner's driver stop did not
+        finish): given back, the session could be claimed and connected by another
+        supervisor while our driver still holds it, a double connection. Such an
+        orphan stays ours (this renewal renewed it, as the next ones will) until a
+        stop of the session has finished without error (:meth:`_confirm_stop`).
+        """
+        owned = {
+            sid: held[sid]
             for sid, epoch in self._orphans.items()
             if sid in held and held[sid].epoch == epoch and sid not in self.runners
-        ]
+        }
         self._orphans = {}  # the rest were not ours any more at this renewal
+        for sid in list(self._unconfirmed):
+            if sid not in owned:  # not ours any more: nothing left to give back
+                confirming = self._unconfirmed.pop(sid).confirming
+                if confirming is not None:  # the stop itself goes on (shielded)
+                    confirming.cancel()
+        orphans = []
+        for sid, lease in owned.items():
+            if self._stop_confirmed(sid):
+                orphans.append(lease)
+            else:
+                self._orphans[sid] = lease.epoch
         if not orphans:
             return
         try:
@@ -111,6 +148,66 @@ class LeaseKeepingMixin:
         if released:
             self.look_for_work()
             await doorbell.wake_supervisors("leases given back")
+
+    def _confirm_stop(self, runner: SessionRunner) -> None:
+        """Record a runner that ended with its driver stop unconfirmed (an orphan) and
+        stop its session again in the background."""
+        unconfirmed = UnconfirmedStop(runner.unfinished_stop)
+        self._unconfirmed[runner.session_id] = unconfirmed
+        unconfirmed.confirming = self._stop_again(runner.session_id, unconfirmed)
+
+    def _stop_confirmed(self, session_id: int) -> bool:
+        """Whether this orphan's connection is closed: no stop of it went unconfirmed,
+        or one since finished; if the last try failed, try again (in the background)."""
+        unconfirmed = self._unconfirmed.get(session_id)
+        if unconfirmed is None:
+            return True
+        confirming = unconfirmed.confirming
+        if confirming is not None and not confirming.done():
+            return False
+        if confirming is not None and not confirming.cancelled() and confirming.result():
+            del self._unconfirmed[session_id]
+            return True
+        unconfirmed.confirming = self._stop_again(session_id, unconfirmed)
+        return False
+
+    def _stop_again(self, session_id: int, unconfirmed: UnconfirmedStop) -> asyncio.Task[bool]:
+        """Stop the session again, in a task of its own: True once the stop still
+        under way (if any) and a new one both finished without error, within the
+        stop timeout.
+
+        In a task, not in the renewal: the fence watchdog measures the renewals'
+        cadence, and a stop that hangs for its whole timeout (5 s by default) would
+        push the next renewal from 5 s to over 10 s after the last, within reach of
+        the self-fence deadline (TTL 15 s minus a 2 s margin): one stuck session
+        would then make a slow database drop every connection. The renewal only
+        looks at the task's result; the lease is given back at the first renewal
+        after it ended True.
+        """
+
+        async def stop_again() -> bool:
+            try:
+                async with asyncio.timeout(self.config.stop_timeout):
+                    if unconfirmed.stop is not None and not unconfirmed.stop.done():
+                        await asyncio.shield(unconfirmed.stop)
+                    unconfirmed.stop = asyncio.ensure_future(self.driver.stop(session_id))
+                    await asyncio.shield(unconfirmed.stop)
+            except Exception as exc:
+                logger.warning(
+                    "driver stop still not finished (%r); keeping the lease",
+                    exc,
+                    extra={"session": session_id},
+                )
+                return False
+            logger.info(
+                "driver stop finished; the lease is given back at the next renewal",
+                extra={"session": session_id},
+            )
+            return True
+
+        return asyncio.get_running_loop().create_task(
+            stop_again(), name=f"waconnect-stop-again-{session_id}"
+        )
 
     def _fence_deadline(self) -> float:
         """When, on our monotonic clock, we must have dropped every connection."""

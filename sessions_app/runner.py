@@ -88,6 +88,10 @@ class SessionRunner(LifecycleMixin):
         #: A driver stop did not finish in time: the connection may still be open,
         #: so the lease is not released with the others (given back later).
         self.stop_unconfirmed = False
+        #: That stop, if it was still running when the runner gave up waiting: the
+        #: supervisor waits for it before it gives the lease back (a second stop
+        #: may find nothing left to stop and return at once, e.g. neonize's).
+        self.unfinished_stop: asyncio.Future[None] | None = None
         self._canceller: asyncio.Task[None] | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
@@ -257,6 +261,8 @@ class SessionRunner(LifecycleMixin):
                 self._arm_retry_timer(wake)
                 await self._settled(session)
                 return
+            if action is Action.RELEASE and self.stop_unconfirmed:
+                await self._keep_unconfirmed(session)
             if action is Action.RELEASE:
                 self.exit_reason = "released"
                 # Deregister before the release is visible, so that a claim racing
@@ -271,6 +277,19 @@ class SessionRunner(LifecycleMixin):
             await self._act(action, session)
             self.fresh = False
             reread = False
+
+    async def _keep_unconfirmed(self, session: WaSession) -> NoReturn:
+        """Nothing left to run, but the driver's stop did not finish: the connection
+        may still be open, so the lease is not released. The runner ends as an
+        orphan (``_finish`` releases nothing either); the renewal gives the lease
+        back once a stop of the session has finished
+        (:meth:`~sessions_app.lease_keeping.LeaseKeepingMixin._confirm_stop`). The
+        row keeps what the close wrote (e.g. "stopped"); the request is served."""
+        why = "the connection may still be open (its stop did not finish): lease kept"
+        fields = {"connect_served": session.connect_request}
+        await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why), session)
+        logger.warning("driver stop unconfirmed; not releasing the lease", extra=self._extra())
+        self._end("stop unconfirmed")
 
     def _view(self, session: WaSession) -> tuple[SessionView, float | None]:
         """The policy's view of the row, and when a wait should look again (epoch s).

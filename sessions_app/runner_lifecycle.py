@@ -67,6 +67,7 @@ class LifecycleMixin:
     exit_reason: str
     _stopping: asyncio.Future[None] | None
     stop_unconfirmed: bool
+    unfinished_stop: asyncio.Future[None] | None
     messages: MessagePump
 
     def _extra(self) -> dict[str, Any]:
@@ -241,14 +242,17 @@ class LifecycleMixin:
             self.continuing_round = False
             self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
             await self.messages.connection_closed()  # no answer comes after a stop
-        if self._stopping is None:
+        stopping = self._stopping
+        if stopping is None:
             return
         try:
             async with asyncio.timeout(self.sup.config.stop_timeout):
-                await asyncio.shield(self._stopping)
+                await asyncio.shield(stopping)
             self.stop_unconfirmed = False  # the driver closed what it had of the session
+            self.unfinished_stop = None
         except Exception as exc:
             self.stop_unconfirmed = True
+            self.unfinished_stop = None if stopping.done() else stopping
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
         self._stopping = None
 

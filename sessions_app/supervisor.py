@@ -34,7 +34,7 @@ from sessions_app import doorbell, owner_db, stopping
 from sessions_app.conf import SupervisorConfig, supervisor_config
 from sessions_app.doorbell_listener import DoorbellListenerMixin
 from sessions_app.drivers.base import Driver
-from sessions_app.lease_keeping import LeaseKeepingMixin
+from sessions_app.lease_keeping import LeaseKeepingMixin, UnconfirmedStop
 from sessions_app.leases import Census, Lease
 from sessions_app.policy import Backoff, ConnectCeiling, fair_share, pick_to_shed, shed_count
 from sessions_app.runner import SessionRunner
@@ -87,6 +87,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         #: census saw it: a deadline, so that wake-ups in between do not put it off.
         self._next_expiry_at = self.clock() + self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
+        self._unconfirmed: dict[int, UnconfirmedStop] = {}  # see _confirm_stop
         self._driver_closing: asyncio.Future[None] | None = None  # see _close_driver
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
@@ -190,6 +191,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         handed_over = await stopping.steps_within(self.config.lease_ttl, steps)
         if not closed_first:
             await self._close_driver()
+        for unconfirmed in self._unconfirmed.values():  # the driver is closed (or tried)
+            if unconfirmed.confirming is not None:
+                unconfirmed.confirming.cancel()
         if handed_over:  # else the closes would queue behind the call left waiting
             await stopping.steps_within(
                 self.config.stop_timeout,
@@ -233,8 +237,11 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             return
         del self.runners[runner.session_id]
         if runner.exit_reason in ("self-fenced", "crashed") or runner.stop_unconfirmed:
-            # Perhaps still ours in the database: the next renewal gives it back.
+            # Perhaps still ours in the database: the next renewal gives it back
+            # (once a stop has finished, if the connection may still be open).
             self._orphans[runner.session_id] = runner.lease.epoch
+            if runner.stop_unconfirmed:
+                self._confirm_stop(runner)
         if runner.exit_reason in ("released", "deleted"):
             # An intent may have changed while it was finishing: look again.
             self.look_for_work()
