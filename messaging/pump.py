@@ -177,11 +177,13 @@ class MessagePump:
 
     async def _hold_start(self) -> None:
         """Wait (at most :data:`START_HOLD` s) until the pump is woken: a step that
-        did not end with a connection opening, or a queued message; the wake stays
-        set for the loop."""
+        did not end with a connection opening, or a queued message. The loop's first
+        pass follows either way (the wake is left set): it arms the deadline of a
+        message queued before this owner, which no ring will announce."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_HOLD):
                 await self.sender.wake.wait()
+        self.sender.wake.set()
 
     # -- deadlines -----------------------------------------------------------------------
 

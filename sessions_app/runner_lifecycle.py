@@ -169,7 +169,9 @@ class LifecycleMixin:
         # The push of "connecting" (a Redis round trip or two on the production
         # shape) overlaps the connection's opening instead of delaying it: both are
         # on the way from a create to its first QR code. It ends before this step
-        # does, so the next snapshot (the code) still follows it.
+        # does, so the next snapshot (the code) still follows it. (A runner
+        # cancelled meanwhile leaves it to end on its own; a later snapshot may then
+        # overtake it, and every client keeps the higher version.)
         pushing = _push_soon(doorbell.publish(*published))
         self.attempt += 1
         attempt = self.attempt

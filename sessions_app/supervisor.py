@@ -46,6 +46,12 @@ logger = logging.getLogger(__name__)
 EXPIRY_SLACK = 0.1
 
 
+def _log_close_failure(closing: asyncio.Future[None]) -> None:
+    """Read (and log) how the driver's close ended, even when nobody waited that long."""
+    if not closing.cancelled() and closing.exception() is not None:
+        logger.warning("the driver's close failed: %r", closing.exception())
+
+
 def make_owner_id() -> str:
     """Unique per supervisor process start: host, pid and a random tag."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -225,6 +231,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         ended, without error. Closed once: a later call waits for the same close."""
         if self._driver_closing is None:
             self._driver_closing = asyncio.ensure_future(self.driver.aclose())
+            self._driver_closing.add_done_callback(_log_close_failure)
         closing = self._driver_closing
         await stopping.steps_within(
             self.config.stop_timeout, [("closing the driver", lambda: closing)]

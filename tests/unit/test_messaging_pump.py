@@ -214,8 +214,9 @@ async def test_the_start_up_waits_while_a_connection_opens(
     h = await start(await claimed())
     try:
         h.pump.settled(connected=False, connecting=True)
-        for _ in range(3):  # the pump's task runs up to its first wait
-            await asyncio.sleep(0)
+        assert not h.pump.sender.wake.is_set()
+        with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
+            await asyncio.wait_for(asyncio.shield(called.wait()), 0.2)
         assert not called.is_set(), "no database call while WhatsApp's first answer is due"
         h.pump.settled(connected=False)  # the answer came (a QR code, say)
         await asyncio.wait_for(called.wait(), 10)
@@ -239,6 +240,21 @@ async def test_the_start_up_waits_no_longer_than_its_hold(
     try:
         h.pump.settled(connected=False, connecting=True)  # and no answer ever comes
         await asyncio.wait_for(called.wait(), 10)
+    finally:
+        await h.pump.aclose()
+
+
+async def test_a_message_queued_before_the_owner_expires_while_its_connection_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pump, "START_HOLD", 0.05)
+    h = await start(await claimed())
+    try:
+        # Queued before this owner's runner: no ring will tell its pump.
+        await queue(h, 1, deadline=timezone.now() + dt.timedelta(seconds=0.3))
+        h.pump.settled(connected=False, connecting=True)  # and it stays connecting
+        done = await until_messages(h.lease.session_id, statuses("expired"))
+        assert done[0]["failure_reason"] == "deadline"
     finally:
         await h.pump.aclose()
 

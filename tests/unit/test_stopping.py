@@ -301,3 +301,28 @@ async def test_connections_close_at_the_stop_not_after_the_stuck_side_tasks(
         assert await world.until(lambda: world.live[session.pk] == 0, 20)
         closed = time.time() - asked
     assert closed < 1.0, f"the connection closed {closed:.1f}s after the stop"
+
+
+async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+
+    class LateFailingDriver(SimulatedDriver):
+        async def aclose(self) -> None:
+            await release.wait()
+            raise OSError("worker pipe broken")
+
+    from sessions_app.supervisor import Supervisor
+
+    sup = Supervisor(
+        LateFailingDriver(SimulatedWhatsApp()), config=dataclasses.replace(FAST, stop_timeout=0.05)
+    )
+    assert not await sup._close_driver(), "not closed within the wait"
+    closing = sup._driver_closing
+    assert closing is not None
+    with caplog.at_level(logging.WARNING, logger="sessions_app.supervisor"):
+        release.set()
+        await asyncio.wait({closing})
+        await asyncio.sleep(0)  # done callbacks run on the loop's next turn
+    assert "the driver's close failed: OSError('worker pipe broken')" in caplog.text
