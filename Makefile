@@ -49,6 +49,7 @@ test: venv chromium services lint
 	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \
 	  tests/unit/test_supervisor_partition.py tests/unit/test_supervisor_rung_claim.py \
 	  tests/unit/test_middleware_on_loop.py tests/unit/test_doorbell_stop.py \
+	  tests/unit/test_connect_path.py tests/unit/test_unconfirmed_stops.py \
 	  tests/api/test_long_poll.py tests/api/test_sessions_api.py tests/api/test_auth.py \
 	  tests/api/test_concurrency.py tests/api/test_tokens_ui.py tests/unit/test_permissions.py \
 	  tests/unit/test_messaging_outbound.py tests/unit/test_messaging_pump.py tests/unit/test_messaging_lost_track.py tests/unit/test_messaging_intents.py \
