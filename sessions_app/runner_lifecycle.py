@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
@@ -51,7 +51,7 @@ class LifecycleMixin:
     """Acting on the policy's actions and on lifecycle driver events.
 
     Expects of the class it is mixed into (:class:`~sessions_app.runner.SessionRunner`)
-    the attributes below and ``_write``, ``_end`` and ``_extra``.
+    the attributes below and ``_write``, ``_end``, ``_keep_unconfirmed`` and ``_extra``.
     """
 
     sup: Supervisor
@@ -74,6 +74,11 @@ class LifecycleMixin:
         raise NotImplementedError
 
     def _end(self, reason: str) -> NoReturn:
+        raise NotImplementedError
+
+    async def _keep_unconfirmed(
+        self, why: str, fields: dict[str, Any] | None = None, row: WaSession | None = None
+    ) -> NoReturn:
         raise NotImplementedError
 
     async def _write(
@@ -189,17 +194,18 @@ class LifecycleMixin:
         self.inbox.put_nowait(("event", (attempt, event)))
 
     async def _logout(self, session: WaSession) -> None:
+        """Log the device out and close the connection (the driver's logout stops it).
+
+        The logout is a stop like any other (:meth:`_begin_stop`, :meth:`_await_stop`):
+        one that does not finish in time, or fails, leaves the connection perhaps
+        open (``stop_unconfirmed``), so the release that follows keeps the lease
+        until a stop has finished (before, it gave it back at once)."""
         self.attempt += 1
         self.connection_open = False
         self.continuing_round = False
+        self._begin_stop(lambda: self.sup.driver.logout(self.session_id, session.jid))
         await self.messages.connection_closed()
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-            # cancellation of a hand-over, and the runner would never end.
-            async with asyncio.timeout(self.sup.config.stop_timeout):
-                await self.sup.driver.logout(self.session_id, session.jid)
-        except Exception as exc:
-            logger.warning("logout did not finish cleanly: %r", exc, extra=self._extra())
+        await self._await_stop()
         fields = {
             "jid": "",
             "push_name": "",
@@ -240,8 +246,32 @@ class LifecycleMixin:
             self.connection_open = False
             self.attempt += 1
             self.continuing_round = False
-            self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+            self._begin_stop(lambda: self.sup.driver.stop(self.session_id))
             await self.messages.connection_closed()  # no answer comes after a stop
+        await self._await_stop()
+
+    def _begin_stop(self, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``stop`` (the driver's stop or logout of the session) in a task of its
+        own (``_stopping``), once the stop still under way since an earlier timeout
+        (``unfinished_stop``), if any, has ended: a second stop may find nothing left
+        to stop and return at once (neonize's forgets the worker before ending it),
+        so only both ending says the connection is closed."""
+        earlier = self.unfinished_stop
+
+        async def stopping() -> None:
+            if earlier is not None and not earlier.done():
+                await asyncio.wait({earlier})  # its end, not its result; never cancels it
+            await stop()
+
+        self._stopping = asyncio.ensure_future(stopping())
+
+    async def _await_stop(self) -> None:
+        """Wait, bounded by the stop timeout, for the stop under way (``_stopping``),
+        never cutting it short (shielded), and record whether the connection is
+        closed: if the stop did not finish without error in time, it may still be
+        open (``stop_unconfirmed``; ``unfinished_stop`` keeps the stop if it still
+        runs), and the lease is not given back until a stop has finished (see
+        :meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`)."""
         stopping = self._stopping
         if stopping is None:
             return

@@ -1,11 +1,12 @@
 """A lease is not given back while its connection may still be open.
 
-When the driver's stop of a session does not finish in time (a neonize worker that
-does not answer), the runner marks it ``stop_unconfirmed``: the connection may
-still be open on WhatsApp's side. Released then, the lease lets another supervisor
-claim the session and connect the device a second time. These tests hang the
-driver's stop of one session and watch every lease given back: none while that
-session's connection is open, and the lease once a stop of it has finished.
+When the driver's stop (or logout) of a session does not finish in time (a neonize
+worker that does not answer), the runner marks it ``stop_unconfirmed``: the
+connection may still be open on WhatsApp's side. Released then, the lease lets
+another supervisor claim the session and connect the device a second time. These
+tests hang the driver's stop of one session and watch every lease given back: none
+while that session's connection is open, and the lease once a stop of it has
+finished; nor does the runner open a new connection or delete the row meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from sessions_app.leases import Lease
 from sessions_app.models import WaSession
 from sessions_app.supervisor import Supervisor
 from tests.unit.test_stopping import StuckStopDriver
-from tests.unit.test_supervisor import FAST, paired, running_driver, stop
+from tests.unit.test_supervisor import (
+    FAST,
+    logout,
+    paired,
+    running_driver,
+    stop,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -210,5 +217,39 @@ async def test_a_stop_whose_driver_stop_hangs_keeps_the_lease_until_the_connecti
             assert given_back.of_watched() == [0], "given back once its connection closed"
             assert await lease_of(session.pk) == ("", session.lease_epoch)
             assert await state_of(session.pk) == "stopped"
+    finally:
+        driver.unstick.set()
+
+
+async def test_a_logout_that_did_not_finish_keeps_the_lease_until_the_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin logs a session out and the driver's logout hangs in its stop (as
+    neonize's does: it asks the worker, then stops it): the row says "logged_out",
+    but the runner ends as "stop unconfirmed", an orphan keeping the lease (same
+    epoch), given back once the stop finished, the connection closed. Before: the
+    release after the logout gave it back at once, connection open."""
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set())
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await paired("logging-out", supervisor)
+            given_back = GivenBack(monkeypatch, world, session.pk)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await logout(session, "ada")
+            async with asyncio.timeout(FAST.stop_timeout + 10):
+                await asyncio.wait({runner.task})
+            assert given_back.of_watched() == [], "given back while its connection was open"
+            assert runner.exit_reason == "stop unconfirmed" and runner.stop_unconfirmed
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+            assert await state_of(session.pk) == "logged_out"
+            assert world.live[session.pk] == 1
+
+            driver.unstick.set()
+            async with asyncio.timeout(10):
+                await given_back.released.wait()
+            assert given_back.of_watched() == [0], "given back once its connection closed"
+            assert await lease_of(session.pk) == ("", session.lease_epoch)
     finally:
         driver.unstick.set()
