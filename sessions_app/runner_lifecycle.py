@@ -152,6 +152,24 @@ class LifecycleMixin:
     async def _connect(
         self, session: WaSession, spec: ConnectSpec, why: str, fields: dict[str, Any] | None = None
     ) -> None:
+        """Open the session's connection (a QR round or a resume).
+
+        Never while the last one may still be open (a driver stop of it went
+        unconfirmed, e.g. an admin's start or a new QR code right after a stuck
+        stop): with neonize that would be a second worker for the same device in
+        this very process. The stop is first asked again and waited for, bounded
+        (:meth:`_stopped`); if it still has not finished, nothing is started and the
+        runner ends as an orphan keeping the lease
+        (:meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`), as after a
+        close whose stop is unconfirmed: the renewal stops the session again until
+        a stop finishes, then gives the lease back. Not a retry timer of its own:
+        the orphan path already retries without spinning, and what was asked (a
+        start, a new round, a retry due) is left unserved in the row, so the next
+        owner does it, the connection closed.
+        """
+        if not await self._stopped():
+            why = f"{why}: not started, the last connection's stop did not finish"
+            await self._keep_unconfirmed(why)
         trigger = Trigger.CONNECT
         if not is_allowed(session.state, Trigger.CONNECT):
             # A new owner starts from whatever the last one left; an owner of its
@@ -285,6 +303,15 @@ class LifecycleMixin:
             self.unfinished_stop = None if stopping.done() else stopping
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
         self._stopping = None
+
+    async def _stopped(self) -> bool:
+        """Whether the session's connection is closed: True unless a driver stop went
+        unconfirmed; then stop it again (after the stop still under way) and wait,
+        bounded, for both."""
+        if self.stop_unconfirmed:
+            self._begin_stop(lambda: self.sup.driver.stop(self.session_id))
+            await self._await_stop()
+        return not self.stop_unconfirmed
 
     # -- the state machine ---------------------------------------------------------------
 

@@ -24,10 +24,14 @@ from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.leases import Lease
 from sessions_app.models import WaSession
 from sessions_app.supervisor import Supervisor
+from tests.unit.helpers import state_is, until
 from tests.unit.test_stopping import StuckStopDriver
 from tests.unit.test_supervisor import (
     FAST,
+    create,
+    get,
     logout,
+    new_qr,
     paired,
     running_driver,
     stop,
@@ -251,5 +255,42 @@ async def test_a_logout_that_did_not_finish_keeps_the_lease_until_the_connection
                 await given_back.released.wait()
             assert given_back.of_watched() == [0], "given back once its connection closed"
             assert await lease_of(session.pk) == ("", session.lease_epoch)
+    finally:
+        driver.unstick.set()
+
+
+async def test_no_new_connection_while_the_last_ones_stop_is_unconfirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new QR code asked for during a round whose driver stop hangs (neonize's
+    shape: the stop forgets the worker at once, so a start finds the way clear):
+    the runner waits for that stop, bounded, does not connect, and ends as an
+    orphan keeping the lease; once the stop finished, the lease is given back and
+    the next owner starts the round asked for. One connection at a time
+    throughout. Before: the new round connected at once, next to the old one."""
+    world = SimulatedWhatsApp()
+    driver = ForgettingStopDriver(world, stuck=set())
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await create("new-round", "ada")
+            first = await until(session.pk, state_is("qr_required"))
+            given_back = GivenBack(monkeypatch, world, session.pk)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await new_qr(await get(pk=session.pk), "ada")
+            # Bounded, not a sleep: it ends with the runner (two stop timeouts).
+            await asyncio.wait({runner.task}, timeout=2 * FAST.stop_timeout + 5)
+            assert world.connects[session.pk] == 1, "connected before the stop finished"
+            assert world.overlaps == [] and world.max_live[session.pk] == 1
+            assert runner.task.done() and runner.exit_reason == "stop unconfirmed"
+            assert given_back.of_watched() == []
+            assert (await lease_of(session.pk))[0] == supervisor.owner
+
+            driver.stuck.discard(session.pk)
+            driver.unstick.set()
+            await until(session.pk, lambda snap: snap["qr_code"] not in ("", first["qr_code"]), 10)
+            assert given_back.of_watched() == [0]
+            assert world.connects[session.pk] == 2, "the round asked for, by the next owner"
+            assert world.overlaps == [] and world.max_live[session.pk] == 1
     finally:
         driver.unstick.set()
