@@ -238,12 +238,25 @@ class LifecycleMixin:
             await self._transition(session, Trigger.LOGGED_OUT, "logged out as asked", fields)
 
     async def _delete(self, session: WaSession) -> NoReturn:
+        """Close the connection, unlink the device, delete the row.
+
+        Not while the connection may still be open (its stop or the logout did not
+        finish, and a stop asked again did not either): deleted then, the session
+        would have no runner and no lease, and nobody would ever stop that
+        connection again. The runner keeps the lease and ends as an orphan instead
+        (:meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`); the renewal
+        stops the session again until a stop finishes, then gives the lease back;
+        the row still asks for its deletion, so the next owner deletes it, the
+        connection closed. A logout that fails for another reason (e.g. the device
+        store) does not hold the delete up once a stop has finished.
+        """
         await self._close_connection()
-        try:
-            async with asyncio.timeout(self.sup.config.stop_timeout):
-                await self.sup.driver.logout(self.session_id, session.jid)
-        except Exception as exc:
-            logger.warning("could not unlink before deleting: %r", exc, extra=self._extra())
+        if not self.stop_unconfirmed:  # else the next owner logs out (not 3 stop timeouts)
+            self._begin_stop(lambda: self.sup.driver.logout(self.session_id, session.jid))
+            await self._await_stop()
+        if not await self._stopped():
+            why = "not deleted yet: the connection may still be open (its stop did not finish)"
+            await self._keep_unconfirmed(why)
         if not await owner_db.delete(self.lease):
             raise LeaseLost
         logger.info("deleted session %r", session.name, extra=self._extra())

@@ -29,6 +29,7 @@ from tests.unit.test_stopping import StuckStopDriver
 from tests.unit.test_supervisor import (
     FAST,
     create,
+    delete,
     get,
     logout,
     new_qr,
@@ -292,5 +293,44 @@ async def test_no_new_connection_while_the_last_ones_stop_is_unconfirmed(
             assert given_back.of_watched() == [0]
             assert world.connects[session.pk] == 2, "the round asked for, by the next owner"
             assert world.overlaps == [] and world.max_live[session.pk] == 1
+    finally:
+        driver.unstick.set()
+
+
+async def test_a_delete_waits_until_the_connection_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin deletes a session whose driver stop hangs: the row is not deleted
+    while the connection may be open (deleted, nobody would ever stop it again).
+    The runner ends as an orphan keeping the lease; once the stop finished, the
+    lease is given back and the next owner deletes the row, connection closed.
+    Before: the row was deleted at once and the connection stayed open."""
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set())
+    deleted_with: list[int] = []  # the session's live connections at each delete
+    real_delete = owner_db.delete
+
+    async def recorded_delete(lease: Lease) -> bool:
+        deleted_with.append(world.live[lease.session_id])
+        return await real_delete(lease)
+
+    monkeypatch.setattr(owner_db, "delete", recorded_delete)
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await paired("deleting", supervisor)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await delete(session, "ada")
+            async with asyncio.timeout(2 * FAST.stop_timeout + 10):
+                await asyncio.wait({runner.task})
+            assert deleted_with == [], "deleted while its connection was open"
+            assert runner.exit_reason == "stop unconfirmed"
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+            assert world.live[session.pk] == 1
+
+            driver.unstick.set()
+            await until(session.pk, lambda snap: snap is None, timeout=10)
+            assert deleted_with == [0], "deleted once its connection closed"
+            assert world.live[session.pk] == 0 and session.jid not in world.devices
     finally:
         driver.unstick.set()
