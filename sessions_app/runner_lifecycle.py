@@ -165,11 +165,12 @@ class LifecycleMixin:
         a stop finishes, then gives the lease back. Not a retry timer of its own:
         the orphan path already retries without spinning, and what was asked (a
         start, a new round, a retry due) is left unserved in the row, so the next
-        owner does it, the connection closed.
+        owner does it, the connection closed. The last round's QR code is cleared:
+        nobody should scan it.
         """
         if not await self._stopped():
             why = f"{why}: not started, the last connection's stop did not finish"
-            await self._keep_unconfirmed(why)
+            await self._keep_unconfirmed(why, dict(QR_CLEARED))
         trigger = Trigger.CONNECT
         if not is_allowed(session.state, Trigger.CONNECT):
             # A new owner starts from whatever the last one left; an owner of its

@@ -286,6 +286,7 @@ async def test_no_new_connection_while_the_last_ones_stop_is_unconfirmed(
             assert runner.task.done() and runner.exit_reason == "stop unconfirmed"
             assert given_back.of_watched() == []
             assert (await lease_of(session.pk))[0] == supervisor.owner
+            assert (await get(pk=session.pk)).qr_code == "", "the old round's code stays up"
 
             driver.stuck.discard(session.pk)
             driver.unstick.set()
