@@ -262,7 +262,12 @@ class SessionRunner(LifecycleMixin):
                 await self._settled(session)
                 return
             if action is Action.RELEASE and self.stop_unconfirmed:
-                await self._keep_unconfirmed(session)
+                # Nothing left to run; the row keeps what the close wrote (e.g.
+                # "stopped"); the request is served.
+                why = "the connection may still be open (its stop did not finish): lease kept"
+                await self._keep_unconfirmed(
+                    why, {"connect_served": session.connect_request}, session
+                )
             if action is Action.RELEASE:
                 self.exit_reason = "released"
                 # Deregister before the release is visible, so that a claim racing
@@ -278,17 +283,18 @@ class SessionRunner(LifecycleMixin):
             self.fresh = False
             reread = False
 
-    async def _keep_unconfirmed(self, session: WaSession) -> NoReturn:
-        """Nothing left to run, but the driver's stop did not finish: the connection
-        may still be open, so the lease is not released. The runner ends as an
-        orphan (``_finish`` releases nothing either); the renewal gives the lease
-        back once a stop of the session has finished
-        (:meth:`~sessions_app.lease_keeping.LeaseKeepingMixin._confirm_stop`). The
-        row keeps what the close wrote (e.g. "stopped"); the request is served."""
-        why = "the connection may still be open (its stop did not finish): lease kept"
-        fields = {"connect_served": session.connect_request}
-        await self._write(fields, EventRecord(SessionEvent.Kind.INFO, why), session)
-        logger.warning("driver stop unconfirmed; not releasing the lease", extra=self._extra())
+    async def _keep_unconfirmed(
+        self, why: str, fields: dict[str, Any] | None = None, row: WaSession | None = None
+    ) -> NoReturn:
+        """The driver's stop (or logout) did not finish: the connection may still be
+        open, so the lease is not released and nothing more is done (no release, no
+        new connection, no delete). The runner writes ``fields`` and ``why`` and ends
+        as an orphan (``_finish`` releases nothing either); the renewal gives the
+        lease back once a stop of the session has finished
+        (:meth:`~sessions_app.lease_keeping.LeaseKeepingMixin._confirm_stop`), and
+        what the row still asks for is the next owner's."""
+        await self._write(fields or {}, EventRecord(SessionEvent.Kind.INFO, why), row)
+        logger.warning("driver stop unconfirmed; keeping the lease (%s)", why, extra=self._extra())
         self._end("stop unconfirmed")
 
     def _view(self, session: WaSession) -> tuple[SessionView, float | None]:

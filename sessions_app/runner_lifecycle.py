@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
@@ -51,7 +51,7 @@ class LifecycleMixin:
     """Acting on the policy's actions and on lifecycle driver events.
 
     Expects of the class it is mixed into (:class:`~sessions_app.runner.SessionRunner`)
-    the attributes below and ``_write``, ``_end`` and ``_extra``.
+    the attributes below and ``_write``, ``_end``, ``_keep_unconfirmed`` and ``_extra``.
     """
 
     sup: Supervisor
@@ -74,6 +74,11 @@ class LifecycleMixin:
         raise NotImplementedError
 
     def _end(self, reason: str) -> NoReturn:
+        raise NotImplementedError
+
+    async def _keep_unconfirmed(
+        self, why: str, fields: dict[str, Any] | None = None, row: WaSession | None = None
+    ) -> NoReturn:
         raise NotImplementedError
 
     async def _write(
@@ -147,6 +152,25 @@ class LifecycleMixin:
     async def _connect(
         self, session: WaSession, spec: ConnectSpec, why: str, fields: dict[str, Any] | None = None
     ) -> None:
+        """Open the session's connection (a QR round or a resume).
+
+        Never while the last one may still be open (a driver stop of it went
+        unconfirmed, e.g. an admin's start or a new QR code right after a stuck
+        stop): with neonize that would be a second worker for the same device in
+        this very process. The stop is first asked again and waited for, bounded
+        (:meth:`_stopped`); if it still has not finished, nothing is started and the
+        runner ends as an orphan keeping the lease
+        (:meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`), as after a
+        close whose stop is unconfirmed: the renewal stops the session again until
+        a stop finishes, then gives the lease back. Not a retry timer of its own:
+        the orphan path already retries without spinning, and what was asked (a
+        start, a new round, a retry due) is left unserved in the row, so the next
+        owner does it, the connection closed. The last round's QR code is cleared:
+        nobody should scan it.
+        """
+        if not await self._stopped():
+            why = f"{why}: not started, the last connection's stop did not finish"
+            await self._keep_unconfirmed(why, dict(QR_CLEARED))
         trigger = Trigger.CONNECT
         if not is_allowed(session.state, Trigger.CONNECT):
             # A new owner starts from whatever the last one left; an owner of its
@@ -191,17 +215,18 @@ class LifecycleMixin:
         self.inbox.put_nowait(("event", (attempt, event)))
 
     async def _logout(self, session: WaSession) -> None:
+        """Log the device out and close the connection (the driver's logout stops it).
+
+        The logout is a stop like any other (:meth:`_begin_stop`, :meth:`_await_stop`):
+        one that does not finish in time, or fails, leaves the connection perhaps
+        open (``stop_unconfirmed``), so the release that follows keeps the lease
+        until a stop has finished (before, it gave it back at once)."""
         self.attempt += 1
         self.connection_open = False
         self.continuing_round = False
+        self._begin_stop(lambda: self.sup.driver.logout(self.session_id, session.jid))
         await self.messages.connection_closed()
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-            # cancellation of a hand-over, and the runner would never end.
-            async with asyncio.timeout(self.sup.config.stop_timeout):
-                await self.sup.driver.logout(self.session_id, session.jid)
-        except Exception as exc:
-            logger.warning("logout did not finish cleanly: %r", exc, extra=self._extra())
+        await self._await_stop()
         fields = {
             "jid": "",
             "push_name": "",
@@ -216,12 +241,25 @@ class LifecycleMixin:
             await self._transition(session, Trigger.LOGGED_OUT, "logged out as asked", fields)
 
     async def _delete(self, session: WaSession) -> NoReturn:
+        """Close the connection, unlink the device, delete the row.
+
+        Not while the connection may still be open (its stop or the logout did not
+        finish, and a stop asked again did not either): deleted then, the session
+        would have no runner and no lease, and nobody would ever stop that
+        connection again. The runner keeps the lease and ends as an orphan instead
+        (:meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`); the renewal
+        stops the session again until a stop finishes, then gives the lease back;
+        the row still asks for its deletion, so the next owner deletes it, the
+        connection closed. A logout that fails for another reason (e.g. the device
+        store) does not hold the delete up once a stop has finished.
+        """
         await self._close_connection()
-        try:
-            async with asyncio.timeout(self.sup.config.stop_timeout):
-                await self.sup.driver.logout(self.session_id, session.jid)
-        except Exception as exc:
-            logger.warning("could not unlink before deleting: %r", exc, extra=self._extra())
+        if not self.stop_unconfirmed:  # else the next owner logs out (not 3 stop timeouts)
+            self._begin_stop(lambda: self.sup.driver.logout(self.session_id, session.jid))
+            await self._await_stop()
+        if not await self._stopped():
+            why = "not deleted yet: the connection may still be open (its stop did not finish)"
+            await self._keep_unconfirmed(why)
         if not await owner_db.delete(self.lease):
             raise LeaseLost
         logger.info("deleted session %r", session.name, extra=self._extra())
@@ -242,8 +280,32 @@ class LifecycleMixin:
             self.connection_open = False
             self.attempt += 1
             self.continuing_round = False
-            self._stopping = asyncio.ensure_future(self.sup.driver.stop(self.session_id))
+            self._begin_stop(lambda: self.sup.driver.stop(self.session_id))
             await self.messages.connection_closed()  # no answer comes after a stop
+        await self._await_stop()
+
+    def _begin_stop(self, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``stop`` (the driver's stop or logout of the session) in a task of its
+        own (``_stopping``), once the stop still under way since an earlier timeout
+        (``unfinished_stop``), if any, has ended: a second stop may find nothing left
+        to stop and return at once (neonize's forgets the worker before ending it),
+        so only both ending says the connection is closed."""
+        earlier = self.unfinished_stop
+
+        async def stopping() -> None:
+            if earlier is not None and not earlier.done():
+                await asyncio.wait({earlier})  # its end, not its result; never cancels it
+            await stop()
+
+        self._stopping = asyncio.ensure_future(stopping())
+
+    async def _await_stop(self) -> None:
+        """Wait, bounded by the stop timeout, for the stop under way (``_stopping``),
+        never cutting it short (shielded), and record whether the connection is
+        closed: if the stop did not finish without error in time, it may still be
+        open (``stop_unconfirmed``; ``unfinished_stop`` keeps the stop if it still
+        runs), and the lease is not given back until a stop has finished (see
+        :meth:`~sessions_app.runner.SessionRunner._keep_unconfirmed`)."""
         stopping = self._stopping
         if stopping is None:
             return
@@ -257,6 +319,15 @@ class LifecycleMixin:
             self.unfinished_stop = None if stopping.done() else stopping
             logger.warning("driver stop did not finish cleanly: %r", exc, extra=self._extra())
         self._stopping = None
+
+    async def _stopped(self) -> bool:
+        """Whether the session's connection is closed: True unless a driver stop went
+        unconfirmed; then stop it again (after the stop still under way) and wait,
+        bounded, for both."""
+        if self.stop_unconfirmed:
+            self._begin_stop(lambda: self.sup.driver.stop(self.session_id))
+            await self._await_stop()
+        return not self.stop_unconfirmed
 
     # -- the state machine ---------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """A lease is not given back while its connection may still be open.
 
-When the driver's stop of a session does not finish in time (a neonize worker that
-does not answer), the runner marks it ``stop_unconfirmed``: the connection may
-still be open on WhatsApp's side. Released then, the lease lets another supervisor
-claim the session and connect the device a second time. These tests hang the
-driver's stop of one session and watch every lease given back: none while that
-session's connection is open, and the lease once a stop of it has finished.
+When the driver's stop (or logout) of a session does not finish in time (a neonize
+worker that does not answer), the runner marks it ``stop_unconfirmed``: the
+connection may still be open on WhatsApp's side. Released then, the lease lets
+another supervisor claim the session and connect the device a second time. These
+tests hang the driver's stop of one session and watch every lease given back: none
+while that session's connection is open, and the lease once a stop of it has
+finished; nor does the runner open a new connection or delete the row meanwhile.
 """
 
 from __future__ import annotations
@@ -23,8 +24,19 @@ from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.leases import Lease
 from sessions_app.models import WaSession
 from sessions_app.supervisor import Supervisor
+from tests.unit.helpers import state_is, until
 from tests.unit.test_stopping import StuckStopDriver
-from tests.unit.test_supervisor import FAST, paired, running_driver, stop
+from tests.unit.test_supervisor import (
+    FAST,
+    create,
+    delete,
+    get,
+    logout,
+    new_qr,
+    paired,
+    running_driver,
+    stop,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -210,5 +222,116 @@ async def test_a_stop_whose_driver_stop_hangs_keeps_the_lease_until_the_connecti
             assert given_back.of_watched() == [0], "given back once its connection closed"
             assert await lease_of(session.pk) == ("", session.lease_epoch)
             assert await state_of(session.pk) == "stopped"
+    finally:
+        driver.unstick.set()
+
+
+async def test_a_logout_that_did_not_finish_keeps_the_lease_until_the_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin logs a session out and the driver's logout hangs in its stop (as
+    neonize's does: it asks the worker, then stops it): the row says "logged_out",
+    but the runner ends as "stop unconfirmed", an orphan keeping the lease (same
+    epoch), given back once the stop finished, the connection closed. Before: the
+    release after the logout gave it back at once, connection open."""
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set())
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await paired("logging-out", supervisor)
+            given_back = GivenBack(monkeypatch, world, session.pk)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await logout(session, "ada")
+            async with asyncio.timeout(FAST.stop_timeout + 10):
+                await asyncio.wait({runner.task})
+            assert given_back.of_watched() == [], "given back while its connection was open"
+            assert runner.exit_reason == "stop unconfirmed" and runner.stop_unconfirmed
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+            assert await state_of(session.pk) == "logged_out"
+            assert world.live[session.pk] == 1
+
+            driver.unstick.set()
+            async with asyncio.timeout(10):
+                await given_back.released.wait()
+            assert given_back.of_watched() == [0], "given back once its connection closed"
+            assert await lease_of(session.pk) == ("", session.lease_epoch)
+    finally:
+        driver.unstick.set()
+
+
+async def test_no_new_connection_while_the_last_ones_stop_is_unconfirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new QR code asked for during a round whose driver stop hangs (neonize's
+    shape: the stop forgets the worker at once, so a start finds the way clear):
+    the runner waits for that stop, bounded, does not connect, and ends as an
+    orphan keeping the lease; once the stop finished, the lease is given back and
+    the next owner starts the round asked for. One connection at a time
+    throughout. Before: the new round connected at once, next to the old one."""
+    world = SimulatedWhatsApp()
+    driver = ForgettingStopDriver(world, stuck=set())
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await create("new-round", "ada")
+            first = await until(session.pk, state_is("qr_required"))
+            given_back = GivenBack(monkeypatch, world, session.pk)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await new_qr(await get(pk=session.pk), "ada")
+            # Bounded, not a sleep: it ends with the runner (two stop timeouts).
+            await asyncio.wait({runner.task}, timeout=2 * FAST.stop_timeout + 5)
+            assert world.connects[session.pk] == 1, "connected before the stop finished"
+            assert world.overlaps == [] and world.max_live[session.pk] == 1
+            assert runner.task.done() and runner.exit_reason == "stop unconfirmed"
+            assert given_back.of_watched() == []
+            assert (await lease_of(session.pk))[0] == supervisor.owner
+            assert (await get(pk=session.pk)).qr_code == "", "the old round's code stays up"
+
+            driver.stuck.discard(session.pk)
+            driver.unstick.set()
+            await until(session.pk, lambda snap: snap["qr_code"] not in ("", first["qr_code"]), 10)
+            assert given_back.of_watched() == [0]
+            assert world.connects[session.pk] == 2, "the round asked for, by the next owner"
+            assert world.overlaps == [] and world.max_live[session.pk] == 1
+    finally:
+        driver.unstick.set()
+
+
+async def test_a_delete_waits_until_the_connection_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin deletes a session whose driver stop hangs: the row is not deleted
+    while the connection may be open (deleted, nobody would ever stop it again).
+    The runner ends as an orphan keeping the lease; once the stop finished, the
+    lease is given back and the next owner deletes the row, connection closed.
+    Before: the row was deleted at once and the connection stayed open."""
+    world = SimulatedWhatsApp()
+    driver = StuckStopDriver(world, stuck=set())
+    deleted_with: list[int] = []  # the session's live connections at each delete
+    real_delete = owner_db.delete
+
+    async def recorded_delete(lease: Lease) -> bool:
+        deleted_with.append(world.live[lease.session_id])
+        return await real_delete(lease)
+
+    monkeypatch.setattr(owner_db, "delete", recorded_delete)
+    try:
+        async with running_driver(driver) as supervisor:
+            session = await paired("deleting", supervisor)
+            driver.stuck.add(session.pk)
+            runner = supervisor.runners[session.pk]
+            await delete(session, "ada")
+            async with asyncio.timeout(2 * FAST.stop_timeout + 10):
+                await asyncio.wait({runner.task})
+            assert deleted_with == [], "deleted while its connection was open"
+            assert runner.exit_reason == "stop unconfirmed"
+            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
+            assert world.live[session.pk] == 1
+
+            driver.unstick.set()
+            await until(session.pk, lambda snap: snap is None, timeout=10)
+            assert deleted_with == [0], "deleted once its connection closed"
+            assert world.live[session.pk] == 0 and session.jid not in world.devices
     finally:
         driver.unstick.set()
