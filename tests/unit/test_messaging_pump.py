@@ -199,10 +199,9 @@ async def test_a_new_owner_marks_the_old_epochs_send_unknown_and_sends_the_rest(
         await successor.pump.aclose()
 
 
-async def test_the_start_up_waits_while_a_connection_opens(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(pump, "START_HOLD", 60.0)
+@pytest.fixture
+def start_up(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set when a pump's start-up makes its first database call."""
     called = asyncio.Event()
     mark_stale = pump._mark_stale
 
@@ -211,35 +210,34 @@ async def test_the_start_up_waits_while_a_connection_opens(
         return await mark_stale(lease, now)
 
     monkeypatch.setattr(pump, "_mark_stale", recording)
+    return called
+
+
+async def test_the_start_up_waits_while_a_connection_opens(
+    monkeypatch: pytest.MonkeyPatch, start_up: asyncio.Event
+) -> None:
+    monkeypatch.setattr(pump, "START_HOLD", 60.0)
     h = await start(await claimed())
     try:
         h.pump.settled(connected=False, connecting=True)
         assert not h.pump.sender.wake.is_set()
         with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
-            await asyncio.wait_for(asyncio.shield(called.wait()), 0.2)
-        assert not called.is_set(), "no database call while WhatsApp's first answer is due"
+            await asyncio.wait_for(asyncio.shield(start_up.wait()), 0.2)
+        assert not start_up.is_set(), "no database call while WhatsApp's first answer is due"
         h.pump.settled(connected=False)  # the answer came (a QR code, say)
-        await asyncio.wait_for(called.wait(), 10)
+        await asyncio.wait_for(start_up.wait(), 10)
     finally:
         await h.pump.aclose()
 
 
 async def test_the_start_up_waits_no_longer_than_its_hold(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, start_up: asyncio.Event
 ) -> None:
     monkeypatch.setattr(pump, "START_HOLD", 0.05)
-    called = asyncio.Event()
-    mark_stale = pump._mark_stale
-
-    async def recording(lease: Lease, now: dt.datetime) -> list[Message]:
-        called.set()
-        return await mark_stale(lease, now)
-
-    monkeypatch.setattr(pump, "_mark_stale", recording)
     h = await start(await claimed())
     try:
         h.pump.settled(connected=False, connecting=True)  # and no answer ever comes
-        await asyncio.wait_for(called.wait(), 10)
+        await asyncio.wait_for(start_up.wait(), 10)
     finally:
         await h.pump.aclose()
 

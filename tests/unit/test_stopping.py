@@ -30,6 +30,8 @@ from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
+from sessions_app.runner import SessionRunner
+from sessions_app.supervisor import Supervisor
 from tests.unit.test_supervisor import FAST, paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,6 +198,28 @@ class StuckStopDriver(SimulatedDriver):
         await super().aclose()
 
 
+async def crash_with_its_stop_stuck(
+    monkeypatch: pytest.MonkeyPatch, supervisor: Supervisor, session_id: int
+) -> SessionRunner:
+    """Make the session's runner crash (its next read fails) while the driver's stop
+    of it hangs (``StuckStopDriver.stuck`` must hold it): an orphan whose
+    connection may still be open."""
+    load = owner_db.load
+
+    async def load_that_fails(sid: int) -> WaSession | None:
+        if sid == session_id:
+            raise DatabaseError("server closed the connection unexpectedly")
+        return await load(sid)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(owner_db, "load", load_that_fails)
+        runner = supervisor.runners[session_id]
+        runner.poke("test")
+        await asyncio.wait({runner.task})
+    assert runner.exit_reason == "crashed" and runner.stop_unconfirmed
+    return runner
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_connection_whose_stop_did_not_finish_keeps_its_lease(
     caplog: pytest.LogCaptureFixture,
@@ -245,19 +269,7 @@ async def test_an_orphan_whose_connection_may_be_open_keeps_its_lease_until_the_
                 orphan = await paired("orphan", supervisor)
                 clean = await paired("clean", supervisor)
                 driver.stuck.add(orphan.pk)
-                load = owner_db.load
-
-                async def load_that_fails(session_id: int) -> WaSession | None:
-                    if session_id == orphan.pk:
-                        raise DatabaseError("server closed the connection unexpectedly")
-                    return await load(session_id)
-
-                with monkeypatch.context() as patched:
-                    patched.setattr(owner_db, "load", load_that_fails)
-                    runner = supervisor.runners[orphan.pk]
-                    runner.poke("test")
-                    await asyncio.wait({runner.task})
-                assert runner.exit_reason == "crashed" and runner.stop_unconfirmed
+                await crash_with_its_stop_stuck(monkeypatch, supervisor, orphan.pk)
                 assert supervisor._orphans == {orphan.pk: orphan.lease_epoch}
                 assert world.live[orphan.pk] == 1, "the orphan's connection is still open"
 
@@ -312,8 +324,6 @@ async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged
         async def aclose(self) -> None:
             await release.wait()
             raise OSError("worker pipe broken")
-
-    from sessions_app.supervisor import Supervisor
 
     sup = Supervisor(
         LateFailingDriver(SimulatedWhatsApp()), config=dataclasses.replace(FAST, stop_timeout=0.05)

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
 
 from sessions_app import owner_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
@@ -25,7 +24,7 @@ from sessions_app.leases import Lease
 from sessions_app.models import WaSession
 from sessions_app.supervisor import Supervisor
 from tests.unit.helpers import state_is, until
-from tests.unit.test_stopping import StuckStopDriver
+from tests.unit.test_stopping import StuckStopDriver, crash_with_its_stop_stuck
 from tests.unit.test_supervisor import (
     FAST,
     create,
@@ -152,19 +151,7 @@ async def test_the_renewal_keeps_an_orphan_whose_stop_is_unconfirmed_until_a_sto
             other = await paired("other", supervisor)
             given_back = GivenBack(monkeypatch, world, orphan.pk)
             driver.stuck.add(orphan.pk)
-            load = owner_db.load
-
-            async def load_that_fails(session_id: int) -> WaSession | None:
-                if session_id == orphan.pk:
-                    raise DatabaseError("server closed the connection unexpectedly")
-                return await load(session_id)
-
-            with monkeypatch.context() as patched:
-                patched.setattr(owner_db, "load", load_that_fails)
-                runner = supervisor.runners[orphan.pk]
-                runner.poke("test")
-                await asyncio.wait({runner.task})
-            assert runner.exit_reason == "crashed" and runner.stop_unconfirmed
+            await crash_with_its_stop_stuck(monkeypatch, supervisor, orphan.pk)
             assert world.live[orphan.pk] == 1, "the orphan's connection is still open"
 
             # More than a whole stop timeout: one retry has hung to its end.
