@@ -27,6 +27,7 @@ from ops import metrics
 from sessions_app import doorbell, owner_db
 from sessions_app.conf import SupervisorConfig
 from sessions_app.leases import Lease
+from sessions_app.stopping import stop_after
 
 if TYPE_CHECKING:
     from sessions_app.drivers.base import Driver
@@ -172,9 +173,9 @@ class LeaseKeepingMixin:
         return False
 
     def _stop_again(self, session_id: int, unconfirmed: UnconfirmedStop) -> asyncio.Task[bool]:
-        """Stop the session again, in a task of its own: True once the stop still
-        under way (if any) and a new one both finished without error, within the
-        stop timeout.
+        """Stop the session again, in a task of its own: True once a new stop, started
+        after the one still under way (:func:`~sessions_app.stopping.stop_after`),
+        finished without error within the stop timeout.
 
         In a task, not in the renewal: the fence watchdog measures the renewals'
         cadence, and a stop that hangs for its whole timeout (5 s by default) would
@@ -188,10 +189,9 @@ class LeaseKeepingMixin:
         async def stop_again() -> bool:
             try:
                 async with asyncio.timeout(self.config.stop_timeout):
-                    if unconfirmed.stop is not None and not unconfirmed.stop.done():
-                        await asyncio.shield(unconfirmed.stop)
-                    unconfirmed.stop = asyncio.ensure_future(self.driver.stop(session_id))
-                    await asyncio.shield(unconfirmed.stop)
+                    stop = stop_after(unconfirmed.stop, lambda: self.driver.stop(session_id))
+                    unconfirmed.stop = stop
+                    await asyncio.shield(stop)
             except Exception as exc:
                 logger.warning(
                     "driver stop still not finished (%r); keeping the lease",

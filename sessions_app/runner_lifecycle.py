@@ -27,6 +27,7 @@ from sessions_app.models import SessionEvent, WaSession
 from sessions_app.owner_db import LeaseLost, Published
 from sessions_app.policy import DROPS_REQUESTS, SETTLED_STATES, Action
 from sessions_app.states import State, Trigger, is_allowed, transition
+from sessions_app.stopping import stop_after
 
 if TYPE_CHECKING:
     from messaging.pump import MessagePump
@@ -285,19 +286,10 @@ class LifecycleMixin:
         await self._await_stop()
 
     def _begin_stop(self, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start ``stop`` (the driver's stop or logout of the session) in a task of its
-        own (``_stopping``), once the stop still under way since an earlier timeout
-        (``unfinished_stop``), if any, has ended: a second stop may find nothing left
-        to stop and return at once (neonize's forgets the worker before ending it),
-        so only both ending says the connection is closed."""
-        earlier = self.unfinished_stop
-
-        async def stopping() -> None:
-            if earlier is not None and not earlier.done():
-                await asyncio.wait({earlier})  # its end, not its result; never cancels it
-            await stop()
-
-        self._stopping = asyncio.ensure_future(stopping())
+        """Start ``stop`` (the driver's stop or logout of the session) as ``_stopping``,
+        after the stop still under way since an earlier timeout (``unfinished_stop``),
+        if any (:func:`~sessions_app.stopping.stop_after`)."""
+        self._stopping = stop_after(self.unfinished_stop, stop)
 
     async def _await_stop(self) -> None:
         """Wait, bounded by the stop timeout, for the stop under way (``_stopping``),

@@ -14,6 +14,10 @@ keep that from happening:
   expired and the others take its sessions anyway.
 - :func:`exit_within`: once the work is done, the process exits within a grace
   period even if a thread is still blocked; the blocked threads are logged.
+
+And one rule for stopping a session's connection again (:func:`stop_after`): a
+new stop only after the last one ended, so that only a stop that finished says
+the connection is closed.
 """
 
 from __future__ import annotations
@@ -108,3 +112,22 @@ def _where(thread: threading.Thread) -> str:
             break
         outer = outer.f_back
     return " called from ".join(places)
+
+
+def stop_after(
+    earlier: asyncio.Future[None] | None, stop: Callable[[], Awaitable[None]]
+) -> asyncio.Future[None]:
+    """Run ``stop`` (a driver's stop or logout of one session) in a task of its own,
+    once ``earlier`` (a stop of the same session still under way since a timeout),
+    if any, has ended: its end, not its result, and it is never cancelled (a stop
+    cut short may leave the connection open with nothing left to stop it). A
+    second stop alone may find nothing left to stop and return at once (neonize's
+    forgets the worker before ending it), so only the returned task finishing
+    without error says the connection is closed."""
+
+    async def in_order() -> None:
+        if earlier is not None and not earlier.done():
+            await asyncio.wait({earlier})
+        await stop()
+
+    return asyncio.ensure_future(in_order())
