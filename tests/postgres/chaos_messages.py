@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -47,6 +48,7 @@ from sessions_app.drivers.simulated_messages import Carried
 from sessions_app.drivers.simulated_service import ServiceControl
 from sessions_app.intents import IntentRefused
 from sessions_app.models import WaSession
+from tests.background import repeating
 
 #: A peer's phone that is on WhatsApp, and one that is not (sends to it fail).
 PEER = "4915550001234"
@@ -164,7 +166,7 @@ class MessageTraffic:
         self.peer_ids: dict[str, int] = {}  # WhatsApp id → session messaged
         self.sampler = StatusSampler(database_url)
         self._control: ServiceControl | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._traffic = contextlib.AsyncExitStack()
 
     async def start(self, sessions: set[int]) -> None:
         self.numbers = await linked_numbers(sessions)
@@ -174,27 +176,19 @@ class MessageTraffic:
         await self._control.delays(ack_delay=0.4, delivered_delay=0.3, read_delay=0.7)
         await self._control.fault("not_on_whatsapp", ABSENT)
         self.sampler.start()
-        self._tasks = [
-            asyncio.create_task(self._outbound(), name="chaos-outbound"),
-            asyncio.create_task(self._inbound(), name="chaos-inbound"),
-        ]
+        for step, name in [(self._outbound, "chaos-outbound"), (self._inbound, "chaos-inbound")]:
+            await self._traffic.enter_async_context(repeating(step, name=name))
 
     async def stop_sending(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task in self._tasks:  # a loop that died early is a test failure
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await self._traffic.aclose()  # raises what a loop that died early raised
         print(
             f"traffic: {len(self.sent)} messages queued, {len(self.peer_ids)} from peers,"
             f" refused at the door: {dict(self.refused)}"
         )
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the test has failed already if a loop did
+            await self._traffic.aclose()
         if self.sampler.is_alive():
             await asyncio.to_thread(self.sampler.stop)
         if self._control is not None:
@@ -203,18 +197,18 @@ class MessageTraffic:
     # -- the traffic ----------------------------------------------------------------
 
     async def _outbound(self) -> None:
-        while True:
-            await asyncio.sleep(self.rng.expovariate(self.out_rate))  # the traffic's rate
-            sender = self.rng.choice(sorted(self.running))
-            roll = self.rng.random()
-            if roll < 0.85:
-                to = self.numbers[self.rng.choice([s for s in self.numbers if s != sender])]
-            elif roll < 0.95:
-                to = PEER
-            else:
-                to = ABSENT
-            short = self.rng.random() < 0.1
-            await self._enqueue(sender, to, short)
+        """One message queued, after a random pause (the traffic's rate)."""
+        await asyncio.sleep(self.rng.expovariate(self.out_rate))
+        sender = self.rng.choice(sorted(self.running))
+        roll = self.rng.random()
+        if roll < 0.85:
+            to = self.numbers[self.rng.choice([s for s in self.numbers if s != sender])]
+        elif roll < 0.95:
+            to = PEER
+        else:
+            to = ABSENT
+        short = self.rng.random() < 0.1
+        await self._enqueue(sender, to, short)
 
     @sync_to_async
     def _enqueue(self, sender: int, to: str, short: bool) -> None:
@@ -227,14 +221,14 @@ class MessageTraffic:
         self.sent[message.ref] = Sent(message.ref, sender, to, short)
 
     async def _inbound(self) -> None:
+        """One message from a peer, after a random pause (the traffic's rate)."""
         assert self._control is not None
-        while True:
-            await asyncio.sleep(self.rng.expovariate(self.in_rate))  # the traffic's rate
-            session = self.rng.choice(sorted(self.numbers))
-            peer = f"49170{self.rng.randrange(10**7):07d}"
-            message_id = await self._control.peer_message(session, peer, "hi from a peer", "Pe")
-            assert message_id, f"session {session} has no linked device to message"
-            self.peer_ids[message_id] = session
+        await asyncio.sleep(self.rng.expovariate(self.in_rate))
+        session = self.rng.choice(sorted(self.numbers))
+        peer = f"49170{self.rng.randrange(10**7):07d}"
+        message_id = await self._control.peer_message(session, peer, "hi from a peer", "Pe")
+        assert message_id, f"session {session} has no linked device to message"
+        self.peer_ids[message_id] = session
 
     # -- the end --------------------------------------------------------------------
 

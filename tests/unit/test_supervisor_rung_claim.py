@@ -17,6 +17,7 @@ from django.utils import timezone
 from sessions_app import doorbell, intents, owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
 from sessions_app.models import WaSession
+from tests.background import repeating
 from tests.unit.helpers import state_is, until
 from tests.unit.test_supervisor import FAST, running
 
@@ -135,18 +136,14 @@ async def test_rings_in_between_do_not_put_off_the_wake_up_at_a_lease_expiry(
     busy = await leased_to("live-supervisor", "busy", 60.0)
     orphan = await leased_to("dead-supervisor", "orphan", expires_in)
 
-    async def ring_on() -> None:
-        while True:
-            await doorbell.ring_supervisors(busy, "a message to send")
-            await asyncio.sleep(cadence)  # the rings' cadence, not a wait for an outcome
+    async def ring() -> None:
+        await doorbell.ring_supervisors(busy, "a message to send")
 
     async with running(world, QUIET) as sup:
         await sup.ready.wait()
-        ringer = asyncio.create_task(ring_on())
-        try:
+        # ``pause``: the rings' cadence, not a wait for an outcome
+        async with repeating(ring, pause=cadence, name="ringer"):
             await until(orphan, state_is("qr_required"), timeout=expires_in + 3.0)
-        finally:
-            ringer.cancel()
         assert await owner_of(orphan) == sup.owner
 
 
