@@ -122,11 +122,12 @@ class SessionRunner(LifecycleMixin):
     def _cancel(self) -> None:
         """Cancel the runner, and again until it takes.
 
-        asgiref's ``sync_to_async`` (every database call) swallows a cancellation
-        that arrives while its thread is busy: it waits for the call and returns
-        its result. Under load most runners are in a database call, so a single
-        ``cancel()`` would often be lost and the runner would go on, connection
-        and all.
+        A cancellation can be lost inside a library: Python 3.11's
+        ``asyncio.wait_for`` (redis-py's socket writes, so every push to the
+        browsers) returns the inner call's outcome when that call finished as the
+        cancellation came (gh-86296); so does asgiref's ``sync_to_async`` for a
+        call that runs ``async_to_sync`` inside. One lost ``cancel()`` and the
+        runner would go on, connection and all (CI's chaos run, 5714032).
         """
         self.task.cancel()
         if self._canceller is None:
