@@ -521,8 +521,9 @@ async def test_the_periodic_pass_repairs_a_lost_ring_and_leaves_the_rest_alone(
 async def test_a_cancellation_swallowed_by_a_database_call_is_repeated(
     world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # asgiref swallows a cancellation that arrives during a database call (and
-    # 3.11 wait_for can too); a hand-over waiting for that runner must not wait forever.
+    # A library can lose a cancellation (3.11's wait_for under redis-py's writes;
+    # asgiref's sync_to_async around async_to_sync): a hand-over waiting for that
+    # runner must not wait forever.
     async with running(world) as sup:
         session = await paired("stubborn", sup)
         load = owner_db.load
