@@ -68,6 +68,19 @@ def supervisor_config(**overrides: Any) -> SupervisorConfig:
     return SupervisorConfig(**values)
 
 
+def stop_grace() -> float:
+    """Seconds from SIGTERM (or SIGINT) until ``run_supervisor`` has exited, however
+    its stop is going (``WACONNECT_STOP_GRACE``, 25 s: under Kubernetes' default
+    30 s grace period). Exiting is as safe as a SIGKILL: the connections die with
+    the process, and the leases it still holds expire.
+
+    Raises ImproperlyConfigured if not positive."""
+    seconds = float(_get("STOP_GRACE", 25.0))
+    if seconds <= 0:
+        raise ImproperlyConfigured(f"WACONNECT_STOP_GRACE must be positive; got {seconds:g} s")
+    return seconds
+
+
 def simulated_timing() -> dict[str, float]:
     """Overrides for :class:`~sessions_app.drivers.simulated.SimulatedTiming`."""
     return dict(_get("SIMULATED_TIMING", {}))

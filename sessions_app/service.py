@@ -14,7 +14,7 @@ import threading
 
 from ops import metrics
 from ops.instrument import instrument
-from sessions_app import conf
+from sessions_app import conf, stopping
 from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
 from webhooks.dispatcher import Dispatcher, run_beside
@@ -40,16 +40,28 @@ async def serve(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
 ) -> None:
-    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over.
+    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over; the
+    process exits within ``WACONNECT_STOP_GRACE`` seconds of the first signal
+    (:func:`~sessions_app.conf.stop_grace`), whatever the stop still waits for.
 
     With ``metrics_port``, serve its ``/metrics``, ``/healthz`` and ``/readyz`` there
     while it runs.
     """
     supervisor = build_supervisor(max_sessions=max_sessions, poll_only=poll_only)
+    grace = conf.stop_grace()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
+        signalled = False
+
+        def on_signal() -> None:
+            nonlocal signalled
+            if not signalled:
+                signalled = True
+                stopping.exit_within(grace, status=0, since="the signal to stop")
+            supervisor.stop()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, supervisor.stop)
+            loop.add_signal_handler(signum, on_signal)
     server = None
     if metrics_port is not None:
         from ops.server import serve_supervisor

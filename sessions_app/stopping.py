@@ -13,7 +13,8 @@ keep that from happening:
   For the supervisor the deadline is its lease TTL: by then its leases have
   expired and the others take its sessions anyway.
 - :func:`exit_within`: once the work is done, the process exits within a grace
-  period even if a thread is still blocked; the blocked threads are logged.
+  period even if a thread is still blocked; the blocked threads are logged. The
+  whole stop is bounded the same way from the signal on (``WACONNECT_STOP_GRACE``).
 
 And one rule for stopping a session's connection again (:func:`stop_after`): a
 new stop only after the last one ended, so that only a stop that finished says
@@ -63,10 +64,12 @@ async def steps_within(seconds: float, steps: Sequence[Step]) -> bool:
     return True
 
 
-def exit_within(grace: float, status: int = 0) -> None:
-    """Make sure this process exits within ``grace`` seconds from now.
+def exit_within(grace: float, status: int = 0, since: str = "stopping") -> None:
+    """Make sure this process exits within ``grace`` seconds from now (``since``:
+    what happened now, for the log line).
 
-    Call it once the process's work is done (its sessions handed over). A daemon
+    Call it once the process's work is done (its sessions handed over), or when
+    told to stop (the stop's overall bound: ``WACONNECT_STOP_GRACE``). A daemon
     thread waits; if the process is still alive then (the interpreter joining a
     thread stuck in a database call), it logs each thread still there with where
     it waits (functions, files and lines: no data) and ends the process with
@@ -82,8 +85,9 @@ def exit_within(grace: float, status: int = 0) -> None:
             and not thread.daemon
         ]
         logger.warning(
-            "still running %.1fs after stopping (%s); exiting anyway",
+            "still running %.1fs after %s (%s); exiting anyway",
             grace,
+            since,
             "; ".join(stuck) or "no thread left",
         )
         logging.shutdown()

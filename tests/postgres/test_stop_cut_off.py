@@ -7,7 +7,8 @@ socket for good and the process never exited (found with this test: still there
 40 s after the SIGTERM, every database thread waiting in ``psycopg``). Now it
 closes its WhatsApp connections before its leases can expire, gives up on the
 hand-over at the self-fence deadline, and exits with status 0; its sessions are
-taken over once their leases expire.
+taken over once their leases expire. And the whole stop, from the signal on, is
+bounded by ``WACONNECT_STOP_GRACE`` (an orchestrator's grace period).
 """
 
 from __future__ import annotations
@@ -67,3 +68,32 @@ async def test_a_supervisor_cut_off_from_the_database_stops_on_sigterm(
     assert live == 0
     assert ended_at < min(expiries.values()), "a connection outlived its lease"
     assert "stopped without finishing its hand-over" in supervisor.output()
+
+
+GRACE = 3.0
+
+
+async def test_the_stop_grace_bounds_the_whole_stop(
+    cluster: Cluster, control: ServiceControl, redis_layer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut off, the stop gives its hand-over the lease TTL (8 s here) before it goes
+    on; Kubernetes' SIGKILL comes 30 s after its SIGTERM, whatever the TTL. With
+    ``WACONNECT_STOP_GRACE`` the process is gone that long after the signal, saying
+    so, its connections closed (they die with it at the latest)."""
+    monkeypatch.setenv("WACONNECT_STOP_GRACE", str(GRACE))
+    supervisor = cluster.start_supervisor()
+    ids = await create_sessions()
+    assert not await control.wait_connected(ids, 60, ""), "sessions never linked"
+    owner = supervisor.owner()
+
+    supervisor.partition()
+    asked = time.monotonic()
+    status = await asyncio.to_thread(supervisor.terminate, TTL + STOP_SECONDS + EXIT_GRACE + 15)
+    took = time.monotonic() - asked
+
+    assert status == 0
+    print(f"stopped {took:.1f}s after SIGTERM")
+    assert took < TTL, "the stop waited for its hand-over past the grace"
+    assert f"still running {GRACE:.1f}s after the signal to stop" in supervisor.output()
+    live, _ = await control.wait_owner_idle(owner, 0.0)
+    assert live == 0

@@ -19,13 +19,15 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import DatabaseError
 
-from sessions_app import owner_db, stopping
+from sessions_app import conf, owner_db, stopping
 from sessions_app.dbthread import lease_db, supervisor_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedWhatsApp
 from sessions_app.management.commands import run_supervisor
@@ -336,3 +338,13 @@ async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged
         await asyncio.wait({closing})
         await asyncio.sleep(0)  # done callbacks run on the loop's next turn
     assert "the driver's close failed: OSError('worker pipe broken')" in caplog.text
+
+
+def test_the_stop_grace_is_25_s_and_must_be_positive(settings: Any) -> None:
+    """Under Kubernetes' default 30 s grace period; see
+    tests/postgres/test_stop_cut_off.py for the bound itself."""
+    del settings.WACONNECT_STOP_GRACE
+    assert conf.stop_grace() == 25.0
+    settings.WACONNECT_STOP_GRACE = 0
+    with pytest.raises(ImproperlyConfigured, match="WACONNECT_STOP_GRACE"):
+        conf.stop_grace()
