@@ -28,8 +28,9 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,33 @@ async def steps_within(seconds: float, steps: Sequence[Step]) -> bool:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("stopping: %s failed", name, exc_info=task.exception())
     return True
+
+
+#: Seconds between cancellations of a task that has not ended yet.
+CANCEL_REPEAT = 0.05
+
+
+async def cancel_until_done(
+    tasks: Collection[asyncio.Task[Any]], timeout: float
+) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks``, and again every :data:`CANCEL_REPEAT` s those still
+    running, for at most ``timeout`` s; return the ones still running then.
+
+    A cancellation can be lost in a library: Python 3.11's ``asyncio.wait_for``
+    (redis-py's socket writes, so every ring and push) returns the inner call's
+    outcome when that call finished as the cancellation came (gh-86296). A
+    ``while True`` loop that lost its one ``cancel()`` ran on for ever."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(CANCEL_REPEAT, left))
+    return pending
 
 
 def exit_within(grace: float, status: int = 0, since: str = "stopping") -> None:

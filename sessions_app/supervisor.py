@@ -146,10 +146,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                         extra=self._extra(),
                     )
         finally:
-            for task in [stop_wait, *side]:
-                task.cancel()
-            # Bounded: a library that swallows a cancellation must not hang shutdown.
-            _, stuck = await asyncio.wait([stop_wait, *side], timeout=5.0)
+            # Bounded: a library that swallows a cancellation must not hang shutdown;
+            # cancelled again until it takes: a loop that lost one went on for ever.
+            stuck = await stopping.cancel_until_done([stop_wait, *side], timeout=5.0)
             for task in stuck:
                 logger.warning("task %s did not stop in time", task.get_name(), extra=self._extra())
             await self._shutdown()

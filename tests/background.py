@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-#: Seconds between cancellations of a loop that has not ended yet.
-CANCEL_REPEAT = 0.05
+from sessions_app import stopping
+
+#: Seconds a loop may take to end once its block ended.
+STOP_TIMEOUT = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -23,7 +25,8 @@ async def repeating(
     asgiref's ``sync_to_async`` for a call that runs ``async_to_sync`` inside). A
     ``while True`` loop stopped by one ``cancel()`` then went on for ever, and the
     event loop's close waited for it (CI, stop 18: a teardown timed out after 60 s).
-    Here the loop checks a halt flag every round and is cancelled again until it ends.
+    Here the loop checks a halt flag every round and is cancelled again until it
+    ends (:func:`sessions_app.stopping.cancel_until_done`).
 
     Raises, at a normal end of the block, what ``step`` raised: a loop that died
     early is a test failure.
@@ -40,8 +43,7 @@ async def repeating(
         yield task
     finally:
         halt.set()
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=CANCEL_REPEAT)
+        stuck = await stopping.cancel_until_done([task], timeout=STOP_TIMEOUT)
+        assert not stuck, f"{name} did not stop within {STOP_TIMEOUT}s"
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]

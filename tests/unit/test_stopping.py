@@ -317,6 +317,59 @@ async def test_connections_close_at_the_stop_not_after_the_stuck_side_tasks(
     assert closed < 1.0, f"the connection closed {closed:.1f}s after the stop"
 
 
+async def test_cancel_until_done_gives_up_on_a_task_at_its_timeout() -> None:
+    """A task that ignores every cancellation is returned, not waited for."""
+    released = asyncio.Event()
+    refusals = 0
+
+    async def refuses() -> None:
+        nonlocal refusals
+        while not released.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                refusals += 1
+
+    task = asyncio.create_task(refuses())
+    await asyncio.sleep(0)  # let it start
+    stuck = await stopping.cancel_until_done([task], timeout=0.3)
+    assert stuck == {task} and refusals > 1, "cancelled again and again, then left"
+    released.set()
+    task.cancel()
+    await asyncio.wait({task})
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_side_task_that_lost_its_cancellation_is_cancelled_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reconcile loop is ``while True``; a cancellation lost in a library (3.11's
+    wait_for under redis-py's writes, as in CI's stop 18) left it running: the stop
+    gave up on it after 5 s ("did not stop in time") and it ran on, past the stop.
+    Now it is cancelled again until it ends."""
+    lost: list[int] = []
+    entered = asyncio.Event()
+
+    async def loses_one_cancellation(**kwargs: object) -> int:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            lost.append(1)
+            if len(lost) > 1:
+                raise
+        return 0
+
+    world = SimulatedWhatsApp()
+    async with running(world) as supervisor:
+        monkeypatch.setattr(supervisor, "reconcile", loses_one_cancellation)
+        supervisor.look_for_work()
+        await entered.wait()
+        loop_task = next(t for t in asyncio.all_tasks() if t.get_name() == "waconnect-reconcile")
+    assert "did not stop in time" not in caplog.text
+    assert loop_task.done() and lost == [1], "one cancellation lost, a later one took"
+
+
 async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
