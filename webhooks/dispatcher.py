@@ -131,12 +131,15 @@ class Dispatcher:
                     raise task.exception()  # type: ignore[misc]
         finally:
             ring.unregister(id(self))
-            for task in (listener, worker, stop_wait):
-                task.cancel()
-            await asyncio.gather(listener, worker, stop_wait, return_exceptions=True)
+            # Cancelled again until they end: a loop that lost its one cancellation
+            # in a library (3.11's wait_for under redis-py's writes) ran on for ever.
+            for stuck in await stopping.cancel_until_done(
+                [listener, worker, stop_wait], timeout=DRAIN_SECONDS
+            ):
+                logger.warning("webhook task %s did not stop in time", stuck.get_name())
             await self._drain()  # the recorder still writes their outcomes
-            recorder.cancel()
-            await asyncio.gather(recorder, return_exceptions=True)
+            for stuck in await stopping.cancel_until_done([recorder], timeout=DRAIN_SECONDS):
+                logger.warning("webhook task %s did not stop in time", stuck.get_name())
             with contextlib.suppress(Exception):
                 await self._connections.aclose()
             with contextlib.suppress(Exception):

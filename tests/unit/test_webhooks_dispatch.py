@@ -270,3 +270,33 @@ async def test_the_supervisor_service_runs_the_dispatcher_beside_it(
             for signum in (signal.SIGTERM, signal.SIGINT):  # serve's, back to the defaults
                 loop.remove_signal_handler(signum)
     assert payload["type"] == "webhook.test"
+
+
+async def test_a_task_that_lost_its_cancellation_does_not_hold_the_stop_up() -> None:
+    """The doorbell's listener is ``while True`` around channels-redis's receive,
+    whose command write goes through 3.11's wait_for: a cancellation that came as
+    the write finished was lost, and the stop waited for the listener for ever (the
+    supervisor's service gave up on the dispatcher after ``STOP_SECONDS``, its
+    claims not given back). Now it is cancelled again until it ends."""
+    lost: list[int] = []
+    listening = asyncio.Event()
+
+    async def loses_one_cancellation(layer: object) -> None:
+        while True:
+            listening.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                lost.append(1)
+                if len(lost) > 1:
+                    raise
+
+    d = Dispatcher(config=webhook_config(**FAST), layer=None)
+    d._listen = loses_one_cancellation  # type: ignore[method-assign]
+    task = asyncio.create_task(d.run())
+    await d.ready.wait()
+    await listening.wait()
+    d.stop()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done, "the dispatcher's stop waited for its listener"
+    assert lost == [1, 1]
