@@ -29,16 +29,31 @@ LIST_GROUP = "waconnect.sessions"
 LEAVE_TIMEOUT = 1.0
 
 
+#: Leaves under way whose caller was cancelled (a reference, so none is collected early).
+_leaving: set[asyncio.Task[None]] = set()
+
+
 async def leave_group(layer: Any, group: str, channel: str) -> None:
-    """Take ``channel`` out of ``group``, within :data:`LEAVE_TIMEOUT`, never raising.
+    """Take ``channel`` out of ``group``, within :data:`LEAVE_TIMEOUT`, never raising
+    but a cancellation of the caller, which does not cut the leave short.
 
     For a listener that stops (the supervisor's doorbell, the webhook dispatcher's):
     channels-redis's ``group_discard``, after the receive it waited in was
-    cancelled, once waited out Redis's 30 s socket timeout and held a stop up. An
-    unsaid membership expires (the layer's ``group_expiry``)."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(LEAVE_TIMEOUT):
-            await layer.group_discard(group, channel)
+    cancelled, once waited out Redis's 30 s socket timeout and held a stop up. A
+    stop cancels its listeners again until they end
+    (:func:`~sessions_app.stopping.cancel_until_done`), which would cancel the
+    leave in their ``finally`` too: it goes on in a task of its own (a channel
+    left in the group gets every ring until the layer's ``group_expiry``, a day)."""
+
+    async def leave() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await layer.group_discard(group, channel)
+
+    task = asyncio.ensure_future(leave())
+    _leaving.add(task)
+    task.add_done_callback(_leaving.discard)
+    await asyncio.shield(task)
 
 
 def session_group(pk: int) -> str:

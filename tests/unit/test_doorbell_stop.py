@@ -53,3 +53,42 @@ async def test_a_webhook_dispatcher_stops_too() -> None:
     dispatcher.stop()
     async with asyncio.timeout(10):  # without the bound: never
         await task
+
+
+class SlowDiscardLayer(InMemoryChannelLayer):
+    """A layer whose ``group_discard`` takes 0.2 s (a busy Redis) and says when done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = asyncio.Event()
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await asyncio.sleep(0.2)  # the layer's own latency, not a wait for an outcome
+        await super().group_discard(group, channel)
+        self.left.set()
+
+
+async def test_a_slow_leave_is_not_cut_short_by_the_stop() -> None:
+    """A stop cancels its side tasks again until they end; the doorbell's leave in
+    its ``finally`` was cancelled with it, and the supervisor's channel stayed in
+    the group (every ring written to it until the group expiry, a day)."""
+    layer = SlowDiscardLayer()
+    supervisor = Supervisor(SimulatedDriver(SimulatedWhatsApp()), config=FAST, layer=layer)
+    task = asyncio.create_task(supervisor.run())
+    await supervisor.ready.wait()
+    supervisor.stop()
+    await task
+    async with asyncio.timeout(5):
+        await layer.left.wait()
+    assert not layer.groups.get("waconnect.supervisors")
+
+
+async def test_a_slow_leave_is_not_cut_short_by_the_dispatchers_stop_either() -> None:
+    layer = SlowDiscardLayer()
+    dispatcher = Dispatcher(layer=layer)
+    task = asyncio.create_task(dispatcher.run())
+    await dispatcher.ready.wait()
+    dispatcher.stop()
+    await task
+    async with asyncio.timeout(5):
+        await layer.left.wait()
