@@ -11,10 +11,11 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 from ops import metrics
 from ops.instrument import instrument
-from sessions_app import conf, stopping
+from sessions_app import conf
 from sessions_app.drivers.factory import build_driver
 from sessions_app.supervisor import Supervisor
 from webhooks.dispatcher import Dispatcher, run_beside
@@ -39,25 +40,24 @@ async def serve(
     poll_only: bool = False,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    on_first_signal: Callable[[], None] | None = None,
 ) -> None:
-    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over; the
-    process exits within ``WACONNECT_STOP_GRACE`` seconds of the first signal
-    (:func:`~sessions_app.conf.stop_grace`), whatever the stop still waits for.
+    """Run a supervisor until SIGTERM or SIGINT, then hand its sessions over.
 
-    With ``metrics_port``, serve its ``/metrics``, ``/healthz`` and ``/readyz`` there
-    while it runs.
+    ``on_first_signal`` is called at the first of those signals (``run_supervisor``
+    bounds its process's whole stop there). With ``metrics_port``, serve its
+    ``/metrics``, ``/healthz`` and ``/readyz`` there while it runs.
     """
     supervisor = build_supervisor(max_sessions=max_sessions, poll_only=poll_only)
-    grace = conf.stop_grace()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         signalled = False
 
         def on_signal() -> None:
             nonlocal signalled
-            if not signalled:
-                signalled = True
-                stopping.exit_within(grace, status=0, since="the signal to stop")
+            if not signalled and on_first_signal is not None:
+                on_first_signal()
+            signalled = True
             supervisor.stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -89,6 +89,9 @@ async def cancel_until_done(
         if left <= 0:
             break
         _, pending = await asyncio.wait(pending, timeout=min(CANCEL_REPEAT, left))
+    for task in tasks:  # read, so none is reported "never retrieved"; callers may look
+        if task.done() and not task.cancelled():
+            task.exception()
     return pending
 
 
@@ -101,7 +104,9 @@ def exit_within(grace: float, status: int = 0, since: str = "stopping") -> None:
     thread waits; if the process is still alive then (the interpreter joining a
     thread stuck in a database call), it logs each thread still there with where
     it waits (functions, files and lines: no data) and ends the process with
-    ``status`` via ``os._exit``.
+    ``status`` via ``os._exit``. The watcher is a thread of its own: once armed,
+    a stuck event loop does not hold it up (arming it from a signal handler on
+    the loop needs the loop to run that handler).
     """
 
     def watch() -> None:
@@ -112,6 +117,9 @@ def exit_within(grace: float, status: int = 0, since: str = "stopping") -> None:
             if thread not in (threading.current_thread(), threading.main_thread())
             and not thread.daemon
         ]
+        main = threading.main_thread()
+        if main.is_alive():  # the event loop's, where a stop that did not end waits
+            stuck.append(f"{main.name} in {_where(main)}")
         logger.warning(
             "still running %.1fs after %s (%s); exiting anyway",
             grace,

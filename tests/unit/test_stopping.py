@@ -367,7 +367,7 @@ async def test_a_side_task_that_lost_its_cancellation_is_cancelled_again(
         await entered.wait()
         loop_task = next(t for t in asyncio.all_tasks() if t.get_name() == "waconnect-reconcile")
     assert "did not stop in time" not in caplog.text
-    assert loop_task.done() and lost == [1], "one cancellation lost, a later one took"
+    assert loop_task.done() and lost, "a cancellation was lost, a later one took"
 
 
 async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged(

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from ops.heap import freeze_startup_heap, observe_pauses
+from sessions_app import conf
 from sessions_app.service import serve
 from sessions_app.stopping import exit_within
 
@@ -68,14 +69,24 @@ class Command(BaseCommand):
         """Serve until stopped; then the process exits within :data:`EXIT_GRACE`
         seconds, even with a thread stuck in a call to a database that does not
         answer (the sessions are handed over, or their leases expire); with status
-        1 if serving failed, as the traceback's exit would have."""
+        1 if serving failed, as the traceback's exit would have. And it has exited
+        ``WACONNECT_STOP_GRACE`` seconds after the first SIGTERM/SIGINT, with
+        status 0, however far the stop got."""
         served = False
+        grace = conf.stop_grace()  # refused at start if not positive
+
+        def bound_the_stop() -> None:
+            # The whole stop, from the signal on: under the orchestrator's grace
+            # period (its SIGKILL is no safer than this exit).
+            exit_within(grace, status=0, since="the signal to stop")
+
         try:
             await serve(
                 max_sessions=options["max_sessions"],
                 poll_only=options["poll_only"],
                 metrics_port=options["metrics_port"],
                 metrics_host=options["metrics_host"],
+                on_first_signal=bound_the_stop,
             )
             served = True
         finally:
