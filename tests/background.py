@@ -47,3 +47,24 @@ async def repeating(
         assert not stuck, f"{name} did not stop within {STOP_TIMEOUT}s"
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
+
+
+class LosesOneCancellation:
+    """A call that loses the first cancellation reaching it, as 3.11's ``wait_for``
+    does when its inner call finished as the cancellation came; later ones go
+    through. It waits until cancelled, then returns 0 (the lost one) or raises.
+    ``entered`` is set at every call, ``lost`` counts the lost cancellations."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.lost = 0
+
+    async def __call__(self, *args: object, **kwargs: object) -> int:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost += 1
+        return 0

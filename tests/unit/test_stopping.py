@@ -34,6 +34,7 @@ from sessions_app.management.commands import run_supervisor
 from sessions_app.models import WaSession
 from sessions_app.runner import SessionRunner
 from sessions_app.supervisor import Supervisor
+from tests.background import LosesOneCancellation
 from tests.unit.test_supervisor import FAST, paired, running, running_driver
 
 pytestmark = pytest.mark.timeout(60)
@@ -347,27 +348,15 @@ async def test_a_side_task_that_lost_its_cancellation_is_cancelled_again(
     wait_for under redis-py's writes, as in CI's stop 18) left it running: the stop
     gave up on it after 5 s ("did not stop in time") and it ran on, past the stop.
     Now it is cancelled again until it ends."""
-    lost: list[int] = []
-    entered = asyncio.Event()
-
-    async def loses_one_cancellation(**kwargs: object) -> int:
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            lost.append(1)
-            if len(lost) > 1:
-                raise
-        return 0
-
+    reconcile = LosesOneCancellation()
     world = SimulatedWhatsApp()
     async with running(world) as supervisor:
-        monkeypatch.setattr(supervisor, "reconcile", loses_one_cancellation)
+        monkeypatch.setattr(supervisor, "reconcile", reconcile)
         supervisor.look_for_work()
-        await entered.wait()
+        await reconcile.entered.wait()
         loop_task = next(t for t in asyncio.all_tasks() if t.get_name() == "waconnect-reconcile")
     assert "did not stop in time" not in caplog.text
-    assert loop_task.done() and lost, "a cancellation was lost, a later one took"
+    assert loop_task.done() and reconcile.lost == 1, "one cancellation lost, a later one took"
 
 
 async def test_a_driver_close_that_fails_after_the_wait_is_still_read_and_logged(

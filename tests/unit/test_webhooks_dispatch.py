@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from sessions_app.models import WaSession
+from tests.background import LosesOneCancellation
 from tests.webhooks.receiver import Receiver
 from webhooks import delivery, endpoints, outbox
 from webhooks.conf import webhook_config
@@ -278,25 +279,18 @@ async def test_a_task_that_lost_its_cancellation_does_not_hold_the_stop_up() -> 
     the write finished was lost, and the stop waited for the listener for ever (the
     supervisor's service gave up on the dispatcher after ``STOP_SECONDS``, its
     claims not given back). Now it is cancelled again until it ends."""
-    lost: list[int] = []
-    listening = asyncio.Event()
+    receive = LosesOneCancellation()
 
     async def loses_one_cancellation(layer: object) -> None:
         while True:
-            listening.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                lost.append(1)
-                if len(lost) > 1:
-                    raise
+            await receive()
 
     d = Dispatcher(config=webhook_config(**FAST), layer=None)
     d._listen = loses_one_cancellation  # type: ignore[method-assign]
     task = asyncio.create_task(d.run())
     await d.ready.wait()
-    await listening.wait()
+    await receive.entered.wait()
     d.stop()
     done, _ = await asyncio.wait({task}, timeout=5)
     assert task in done, "the dispatcher's stop waited for its listener"
-    assert lost == [1, 1]
+    assert receive.lost == 1
