@@ -173,28 +173,33 @@ async def test_the_renewal_keeps_an_orphan_whose_stop_is_unconfirmed_until_a_sto
         driver.unstick.set()
 
 
-async def test_a_stop_whose_driver_stop_hangs_keeps_the_lease_until_the_connection_closed(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("intent", "state"), [(stop, "stopped"), (logout, "logged_out")], ids=["stop", "logout"]
+)
+async def test_a_stop_or_logout_that_did_not_finish_keeps_the_lease_until_the_connection_closed(
+    monkeypatch: pytest.MonkeyPatch, intent: Any, state: str
 ) -> None:
-    """The admin stops a session and the driver's stop hangs: the row says
-    "stopped", but the runner does not release the lease (the policy's release
-    after the close): it ends as an orphan, the lease stays ours (same epoch)
-    through the renewals, and is given back once the driver's stop finished, the
-    connection closed. Before: the runner released it at once, connection open."""
+    """The admin stops a session, or logs it out, and the driver's stop hangs (a
+    logout as neonize's does: it asks the worker, then stops it): the row says
+    "stopped" or "logged_out", but the runner does not release the lease (the
+    policy's release after the close): it ends as "stop unconfirmed", an orphan;
+    the lease stays ours (same epoch) through the renewals, and is given back once
+    the driver's stop finished, the connection closed. Before: the runner released
+    it at once, connection open."""
     world = SimulatedWhatsApp()
     driver = StuckStopDriver(world, stuck=set())
     try:
         async with running_driver(driver) as supervisor:
-            session = await paired("stopping", supervisor)
+            session = await paired(f"{state}-stuck", supervisor)
             given_back = GivenBack(monkeypatch, world, session.pk)
             driver.stuck.add(session.pk)
             runner = supervisor.runners[session.pk]
-            await stop(session, "ada")
+            await intent(session, "ada")
             async with asyncio.timeout(FAST.stop_timeout + 10):
                 await asyncio.wait({runner.task})
             assert given_back.of_watched() == [], "given back while its connection was open"
             assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
-            assert await state_of(session.pk) == "stopped"
+            assert await state_of(session.pk) == state
             assert runner.exit_reason == "stop unconfirmed" and runner.stop_unconfirmed
             assert supervisor._orphans == {session.pk: session.lease_epoch}
             assert world.live[session.pk] == 1
@@ -208,41 +213,7 @@ async def test_a_stop_whose_driver_stop_hangs_keeps_the_lease_until_the_connecti
                 await given_back.released.wait()
             assert given_back.of_watched() == [0], "given back once its connection closed"
             assert await lease_of(session.pk) == ("", session.lease_epoch)
-            assert await state_of(session.pk) == "stopped"
-    finally:
-        driver.unstick.set()
-
-
-async def test_a_logout_that_did_not_finish_keeps_the_lease_until_the_connection_closed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The admin logs a session out and the driver's logout hangs in its stop (as
-    neonize's does: it asks the worker, then stops it): the row says "logged_out",
-    but the runner ends as "stop unconfirmed", an orphan keeping the lease (same
-    epoch), given back once the stop finished, the connection closed. Before: the
-    release after the logout gave it back at once, connection open."""
-    world = SimulatedWhatsApp()
-    driver = StuckStopDriver(world, stuck=set())
-    try:
-        async with running_driver(driver) as supervisor:
-            session = await paired("logging-out", supervisor)
-            given_back = GivenBack(monkeypatch, world, session.pk)
-            driver.stuck.add(session.pk)
-            runner = supervisor.runners[session.pk]
-            await logout(session, "ada")
-            async with asyncio.timeout(FAST.stop_timeout + 10):
-                await asyncio.wait({runner.task})
-            assert given_back.of_watched() == [], "given back while its connection was open"
-            assert runner.exit_reason == "stop unconfirmed" and runner.stop_unconfirmed
-            assert await lease_of(session.pk) == (supervisor.owner, session.lease_epoch)
-            assert await state_of(session.pk) == "logged_out"
-            assert world.live[session.pk] == 1
-
-            driver.unstick.set()
-            async with asyncio.timeout(10):
-                await given_back.released.wait()
-            assert given_back.of_watched() == [0], "given back once its connection closed"
-            assert await lease_of(session.pk) == ("", session.lease_epoch)
+            assert await state_of(session.pk) == state
     finally:
         driver.unstick.set()
 
