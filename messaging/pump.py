@@ -60,11 +60,13 @@ RETRY_AFTER_ERROR = 1.0
 
 #: Seconds the pump's start-up (its first database calls: the old epochs' sends
 #: marked ``unknown``, the last send's time) waits at most for the runner's first
-#: step that does not end with a connection opening, or for a queued message.
-#: WhatsApp's first answer (a QR code, the login) is due then, and its writes are
-#: on the path to the admin's page, and the start-up's calls ran beside them, in
-#: the same process, at the same moment (create → QR on the production shape
-#: 4–7 ms slower at p50 with them: docs/benchmarks.md).
+#: step that neither ends with a connection opening nor shows a code to scan, or
+#: for a queued message. While a connection opens, WhatsApp's first answer (a QR
+#: code, the login) is due, and its writes are on the path to the admin's page;
+#: while a code waits for its scan, nothing can be sent, and the first code's push
+#: is on that path. The start-up's calls ran beside them, in the same process, at
+#: the same moment (create → QR on the production shape 4–7 ms slower at p50; the
+#: first code in one process 4–8 ms slower at p99: docs/benchmarks.md).
 START_HOLD = 2.0
 
 _mark_stale = message_db(outbound.mark_stale_sending)
@@ -89,6 +91,8 @@ class MessagePump:
         self.sender = Sender(lease, driver, config)
         self.events = EventRecorder(lease, driver, self.sender)
         self._deadline_timer: asyncio.TimerHandle | None = None
+        #: The start-up's calls are done (see :data:`START_HOLD`).
+        self.started = False
         self.task = asyncio.get_running_loop().create_task(
             self._loop(), name=f"waconnect-messages-{self.session_id}"
         )
@@ -110,11 +114,17 @@ class MessagePump:
 
     # -- called by the runner ---------------------------------------------------------
 
-    def settled(self, connected: bool, *, connecting: bool = False) -> None:
+    def settled(
+        self, connected: bool, *, connecting: bool = False, awaiting_scan: bool = False
+    ) -> None:
         """The runner's step ended; ``connected``: logged in, sends may go out;
         ``connecting``: a connection is opening, WhatsApp's first answer is due, so
-        the pump makes no database call for this step (see :data:`START_HOLD`)."""
-        self.sender.settled(connected, wake=not connecting)
+        the pump makes no database call for this step; ``awaiting_scan``: WhatsApp
+        showed a QR or pairing code, so a pump not yet started goes on holding its
+        start-up (see :data:`START_HOLD`), and one already started looks at its
+        queue and deadlines as after any step."""
+        hold = connecting or (awaiting_scan and not self.started)
+        self.sender.settled(connected, wake=not hold)
 
     def kick(self) -> None:
         """A message was queued (the doorbell)."""
@@ -148,16 +158,15 @@ class MessagePump:
     async def _loop(self) -> None:
         sender = self.sender
         last = None
-        started = False
         while not sender.closed:
             try:
-                if not started:
+                if not self.started:
                     await self._hold_start()
                     stale = await _mark_stale(self.lease, timezone.now())
                     count_unknown(stale)
                     await live.publish(stale)
                     last = await _last_send_at(self.session_id)
-                    started = True
+                    self.started = True
                 if sender.lost_track:
                     await sender.settle_lost_track()
                 await sender.wake.wait()
@@ -171,15 +180,16 @@ class MessagePump:
                 # E.g. the database dropped our connection. The runner goes on (its
                 # next step finds a lost lease, if that was it); so do we, shortly.
                 logger.warning("message pump pass failed", exc_info=True, extra=self._extra())
-                sender.lost_track = started  # what it took or asked may be left sending
+                sender.lost_track = self.started  # what it took or asked may be left sending
                 await asyncio.sleep(RETRY_AFTER_ERROR)
                 sender.wake.set()
 
     async def _hold_start(self) -> None:
         """Wait (at most :data:`START_HOLD` s) until the pump is woken: a step that
-        did not end with a connection opening, or a queued message. The loop's first
-        pass follows either way (the wake is left set): it arms the deadline of a
-        message queued before this owner, which no ring will announce."""
+        neither ended with a connection opening nor showed a code, or a queued
+        message. The loop's first pass follows either way (the wake is left set): it
+        arms the deadline of a message queued before this owner, which no ring will
+        announce."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_HOLD):
                 await self.sender.wake.wait()

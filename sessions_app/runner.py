@@ -346,13 +346,17 @@ class SessionRunner(LifecycleMixin):
         ``session`` is the row as this step read it, under this runner's lease.
         Every inbox message but the pump's own ends in a step, so this runs after
         each lifecycle event (``Connected`` included), ring, retry timer and
-        periodic poke. A step that opened a connection says so: the pump then
-        keeps its database calls out of the way of WhatsApp's first answer.
+        periodic poke. A step that opened a connection or showed a code to scan
+        says so: the pump then keeps its start-up's database calls out of the way
+        of WhatsApp's first answer and of the code's push.
         """
         connected = session.state in (State.CONNECTED, State.DEGRADED)
         connecting = session.state == State.CONNECTING
+        awaiting_scan = session.state in (State.QR_REQUIRED, State.PAIRING)
         self.messages.settled(
-            self.connection_open and connected, connecting=self.connection_open and connecting
+            self.connection_open and connected,
+            connecting=self.connection_open and connecting,
+            awaiting_scan=self.connection_open and awaiting_scan,
         )
 
     # -- writing -----------------------------------------------------------------------

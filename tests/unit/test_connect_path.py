@@ -67,17 +67,19 @@ async def test_connecting_is_pushed_while_the_connection_opens_and_before_the_co
 async def test_the_step_that_opens_a_connection_tells_the_pump_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    told: list[tuple[bool, bool]] = []
+    told: list[tuple[bool, bool, bool]] = []
     settled = MessagePump.settled
 
-    def recording(self: MessagePump, connected: bool, *, connecting: bool = False) -> None:
-        told.append((connected, connecting))
-        settled(self, connected, connecting=connecting)
+    def recording(
+        self: MessagePump, connected: bool, *, connecting: bool = False, awaiting_scan: bool = False
+    ) -> None:
+        told.append((connected, connecting, awaiting_scan))
+        settled(self, connected, connecting=connecting, awaiting_scan=awaiting_scan)
 
     monkeypatch.setattr(MessagePump, "settled", recording)
     async with running_driver(SimulatedDriver(SimulatedWhatsApp())):
         session = await create("told", "ada")
         await until(session.pk, state_is("qr_required"))
-    assert told[:2] == [(False, True), (False, False)], (
+    assert told[:2] == [(False, True, False), (False, False, True)], (
         "first the step that opened the connection, then the one that showed the code"
     )

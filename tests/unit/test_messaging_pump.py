@@ -257,6 +257,47 @@ async def test_a_message_queued_before_the_owner_expires_while_its_connection_op
         await h.pump.aclose()
 
 
+async def test_the_start_up_waits_while_a_code_awaits_its_scan(
+    monkeypatch: pytest.MonkeyPatch, start_up: asyncio.Event
+) -> None:
+    monkeypatch.setattr(pump, "START_HOLD", 60.0)
+    h = await start(await claimed())
+    try:
+        h.pump.settled(connected=False, connecting=True)
+        h.pump.settled(connected=False, awaiting_scan=True)  # the first code, pushed now
+        assert not h.pump.sender.wake.is_set()
+        with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
+            await asyncio.wait_for(asyncio.shield(start_up.wait()), 0.2)
+        assert not start_up.is_set(), "no database call beside the first code's push"
+        h.pump.settled(connected=True)  # scanned: logged in
+        await asyncio.wait_for(start_up.wait(), 10)
+    finally:
+        await h.pump.aclose()
+
+
+async def test_a_started_pump_expires_a_message_at_its_deadline_in_a_new_qr_round(
+    monkeypatch: pytest.MonkeyPatch, h: Harness
+) -> None:
+    started = asyncio.Event()
+    last_send_at = pump._last_send_at
+
+    async def recording(session_id: int) -> dt.datetime | None:
+        last = await last_send_at(session_id)
+        # Set after the rest of the pump's step that called this, which ends its start-up.
+        asyncio.get_running_loop().call_soon(started.set)
+        return last
+
+    monkeypatch.setattr(pump, "_last_send_at", recording)
+    h.pump.settled(connected=False)
+    await asyncio.wait_for(started.wait(), 10)
+    assert h.pump.started
+    # Queued without a ring (as before an owner), then the session shows a new code.
+    await queue(h, 1, deadline=timezone.now() + dt.timedelta(seconds=0.3))
+    h.pump.settled(connected=False, awaiting_scan=True)
+    done = await until_messages(h.lease.session_id, statuses("expired"))
+    assert done[0]["failure_reason"] == "deadline"
+
+
 async def test_queued_messages_expire_at_their_deadline_while_not_connected(h: Harness) -> None:
     expired = counted("waconnect_messages_sent_total", outcome="expired")
     soon = timezone.now() + dt.timedelta(seconds=0.3)
