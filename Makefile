@@ -80,3 +80,4 @@ bench: venv chromium services
 	$(BIN)/python benchmarks/bench_messages.py
 	$(BIN)/python benchmarks/bench_message_inbound.py
 	$(BIN)/python benchmarks/bench_message_api_cluster.py
+	$(BIN)/python benchmarks/bench_idle_pages.py
