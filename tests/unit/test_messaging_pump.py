@@ -213,18 +213,32 @@ def start_up(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     return called
 
 
-async def test_the_start_up_waits_while_a_connection_opens(
-    monkeypatch: pytest.MonkeyPatch, start_up: asyncio.Event
+@pytest.mark.parametrize(
+    ("holding", "released_by"),
+    [
+        # WhatsApp's first answer is due; then a step that neither opens nor shows a code.
+        ([{"connecting": True}], {"connected": False}),
+        # The first code is pushed and waits for its scan; then the login.
+        ([{"connecting": True}, {"awaiting_scan": True}], {"connected": True}),
+    ],
+    ids=["while-a-connection-opens", "while-a-code-awaits-its-scan"],
+)
+async def test_the_start_up_waits(
+    monkeypatch: pytest.MonkeyPatch,
+    start_up: asyncio.Event,
+    holding: list[dict[str, bool]],
+    released_by: dict[str, bool],
 ) -> None:
     monkeypatch.setattr(pump, "START_HOLD", 60.0)
     h = await start(await claimed())
     try:
-        h.pump.settled(connected=False, connecting=True)
+        for step in holding:
+            h.pump.settled(connected=False, **step)
         assert not h.pump.sender.wake.is_set()
         with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
             await asyncio.wait_for(asyncio.shield(start_up.wait()), 0.2)
-        assert not start_up.is_set(), "no database call while WhatsApp's first answer is due"
-        h.pump.settled(connected=False)  # the answer came (a QR code, say)
+        assert not start_up.is_set(), "no database call while the first answer or code is due"
+        h.pump.settled(**released_by)
         await asyncio.wait_for(start_up.wait(), 10)
     finally:
         await h.pump.aclose()
@@ -253,24 +267,6 @@ async def test_a_message_queued_before_the_owner_expires_while_its_connection_op
         h.pump.settled(connected=False, connecting=True)  # and it stays connecting
         done = await until_messages(h.lease.session_id, statuses("expired"))
         assert done[0]["failure_reason"] == "deadline"
-    finally:
-        await h.pump.aclose()
-
-
-async def test_the_start_up_waits_while_a_code_awaits_its_scan(
-    monkeypatch: pytest.MonkeyPatch, start_up: asyncio.Event
-) -> None:
-    monkeypatch.setattr(pump, "START_HOLD", 60.0)
-    h = await start(await claimed())
-    try:
-        h.pump.settled(connected=False, connecting=True)
-        h.pump.settled(connected=False, awaiting_scan=True)  # the first code, pushed now
-        assert not h.pump.sender.wake.is_set()
-        with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
-            await asyncio.wait_for(asyncio.shield(start_up.wait()), 0.2)
-        assert not start_up.is_set(), "no database call beside the first code's push"
-        h.pump.settled(connected=True)  # scanned: logged in
-        await asyncio.wait_for(start_up.wait(), 10)
     finally:
         await h.pump.aclose()
 
