@@ -44,24 +44,41 @@ TIMING = {
 }
 
 
-def chromium_cpu_s() -> float:
-    """CPU seconds (utime + stime) of every running Chromium process, summed (any
-    process whose program is named ``chromium``: Debian's ``/usr/bin/chromium`` is a
-    script that runs ``/usr/lib/chromium/chromium``, which starts the others)."""
-    total = 0
+def _processes() -> dict[int, tuple[int, bytes, int]]:
+    """Every process: pid → (parent pid, program, utime + stime in ticks)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             # Chromium rewrites its children's command lines as one string (spaces, no NULs).
             program = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split(b" ", 1)[0]
-            if os.path.basename(program) != b"chromium":
-                continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        found[int(entry.name)] = (int(fields[1]), program, int(fields[11]) + int(fields[12]))
+    return found
+
+
+def chromium_cpu_s() -> float:
+    """CPU seconds (utime + stime) of this benchmark's Chromium, summed over its
+    processes: those named ``chromium`` among this process's descendants (Debian's
+    ``/usr/bin/chromium`` is a script that runs ``/usr/lib/chromium/chromium``, which
+    starts the others), so another browser on the machine is not counted. A process
+    that ends within a window takes its CPU time with it (a window may read low)."""
+    processes = _processes()
+    ours = {os.getpid()}
+    grew = True
+    while grew:  # descendants, however deep
+        more = {pid for pid, (parent, _, _) in processes.items() if parent in ours} - ours
+        ours |= more
+        grew = bool(more)
+    ticks = sum(
+        t
+        for pid, (_, program, t) in processes.items()
+        if pid in ours and os.path.basename(program) == b"chromium"
+    )
+    return ticks / CLK_TCK
 
 
 def at_rest(windows: int) -> list[float]:

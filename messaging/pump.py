@@ -65,8 +65,10 @@ RETRY_AFTER_ERROR = 1.0
 #: code, the login) is due, and its writes are on the path to the admin's page;
 #: while a code waits for its scan, nothing can be sent, and the first code's push
 #: is on that path. The start-up's calls ran beside them, in the same process, at
-#: the same moment (create → QR on the production shape 4–7 ms slower at p50; the
-#: first code in one process 4–8 ms slower at p99: docs/benchmarks.md).
+#: the same moment (create → QR on the production shape 4–7 ms slower at p50 with
+#: them; the first code's issued → visible 4–7 ms slower at p50: docs/benchmarks.md).
+#: The price: a message queued before this owner (no ring announces it) has its
+#: deadline looked at up to this much later while nobody scans.
 START_HOLD = 2.0
 
 _mark_stale = message_db(outbound.mark_stale_sending)

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -213,21 +213,27 @@ def start_up(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     return called
 
 
+def released_by_a_step(**settled: bool) -> Callable[[pump.MessagePump], None]:
+    return lambda the_pump: the_pump.settled(**settled)
+
+
 @pytest.mark.parametrize(
-    ("holding", "released_by"),
+    ("holding", "release"),
     [
         # WhatsApp's first answer is due; then a step that neither opens nor shows a code.
-        ([{"connecting": True}], {"connected": False}),
+        ([{"connecting": True}], released_by_a_step(connected=False)),
         # The first code is pushed and waits for its scan; then the login.
-        ([{"connecting": True}, {"awaiting_scan": True}], {"connected": True}),
+        ([{"connecting": True}, {"awaiting_scan": True}], released_by_a_step(connected=True)),
+        # The same, and a message is queued before the scan (its ring).
+        ([{"connecting": True}, {"awaiting_scan": True}], pump.MessagePump.kick),
     ],
-    ids=["while-a-connection-opens", "while-a-code-awaits-its-scan"],
+    ids=["while-a-connection-opens", "while-a-code-awaits-its-scan", "until-a-message-is-queued"],
 )
 async def test_the_start_up_waits(
     monkeypatch: pytest.MonkeyPatch,
     start_up: asyncio.Event,
     holding: list[dict[str, bool]],
-    released_by: dict[str, bool],
+    release: Callable[[pump.MessagePump], None],
 ) -> None:
     monkeypatch.setattr(pump, "START_HOLD", 60.0)
     h = await start(await claimed())
@@ -238,7 +244,7 @@ async def test_the_start_up_waits(
         with pytest.raises(TimeoutError):  # bounded: shows a call that must not come
             await asyncio.wait_for(asyncio.shield(start_up.wait()), 0.2)
         assert not start_up.is_set(), "no database call while the first answer or code is due"
-        h.pump.settled(**released_by)
+        release(h.pump)
         await asyncio.wait_for(start_up.wait(), 10)
     finally:
         await h.pump.aclose()
@@ -272,22 +278,22 @@ async def test_a_message_queued_before_the_owner_expires_while_its_connection_op
 
 
 async def test_a_started_pump_expires_a_message_at_its_deadline_in_a_new_qr_round(
-    monkeypatch: pytest.MonkeyPatch, h: Harness
+    h: Harness,
 ) -> None:
-    started = asyncio.Event()
-    last_send_at = pump._last_send_at
+    passed = asyncio.Event()
+    send_queued = h.pump.sender.send_queued
 
-    async def recording(session_id: int) -> dt.datetime | None:
-        last = await last_send_at(session_id)
-        # Set after the rest of the pump's step that called this, which ends its start-up.
-        asyncio.get_running_loop().call_soon(started.set)
-        return last
+    async def recording(last: dt.datetime | None) -> dt.datetime | None:
+        sent = await send_queued(last)
+        # Set once the rest of the pump's pass (its deadline, if any) is done too.
+        asyncio.get_running_loop().call_soon(passed.set)
+        return sent
 
-    monkeypatch.setattr(pump, "_last_send_at", recording)
-    h.pump.settled(connected=False)
-    await asyncio.wait_for(started.wait(), 10)
+    h.pump.sender.send_queued = recording  # type: ignore[method-assign]
+    h.pump.settled(connected=True)  # logged in: the start-up, then a pass
+    await asyncio.wait_for(passed.wait(), 10)
     assert h.pump.started
-    # Queued without a ring (as before an owner), then the session shows a new code.
+    # Queued without a ring (as before an owner); then logged out, a new code shown.
     await queue(h, 1, deadline=timezone.now() + dt.timedelta(seconds=0.3))
     h.pump.settled(connected=False, awaiting_scan=True)
     done = await until_messages(h.lease.session_id, statuses("expired"))
