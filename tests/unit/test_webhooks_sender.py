@@ -20,7 +20,13 @@ pytestmark = pytest.mark.timeout(30)
 
 BODY = '{"type":"webhook.test"}'
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-HEADERS = signing.sign_headers("msg_1", BODY, [SECRET], dt.datetime.now(dt.UTC))
+
+
+def signed() -> dict[str, str]:
+    """Headers signed now: the receiver (standardwebhooks) refuses a timestamp more
+    than 5 minutes old, and a suite on a slow machine reaches these tests later than
+    that after collection (headers signed at import failed in CI)."""
+    return signing.sign_headers("msg_1", BODY, [SECRET], dt.datetime.now(dt.UTC))
 
 
 def config(**overrides: object) -> object:
@@ -34,7 +40,7 @@ async def test_attempts_one_after_another_reuse_one_connection() -> None:
     connections = sender.Connections(conf)
     async with Receiver(SECRET, script=["ok"] * 3) as receiver:
         answers = [
-            await sender.post(connections, receiver.url, BODY, HEADERS, conf) for _ in range(3)
+            await sender.post(connections, receiver.url, BODY, signed(), conf) for _ in range(3)
         ]
         await connections.aclose()
     assert [a.status_code for a in answers] == [200, 200, 200]
@@ -50,12 +56,12 @@ async def test_attempts_at_once_each_get_a_connection_and_idle_ones_are_capped()
     connections = sender.Connections(conf)
     async with Receiver(SECRET, script=["ok"] * 6) as receiver:
         answers = await asyncio.gather(
-            *(sender.post(connections, receiver.url, BODY, HEADERS, conf) for _ in range(6))
+            *(sender.post(connections, receiver.url, BODY, signed(), conf) for _ in range(6))
         )
         assert [a.status_code for a in answers] == [200] * 6
         assert receiver.connections == 6
         assert connections.idle == 3  # the other three were closed
-        again = await sender.post(connections, receiver.url, BODY, HEADERS, conf)
+        again = await sender.post(connections, receiver.url, BODY, signed(), conf)
         assert again.status_code == 200 and receiver.connections == 6
         await connections.aclose()
     assert connections.idle == 0
@@ -65,10 +71,10 @@ async def test_a_failed_attempt_does_not_keep_its_connection() -> None:
     conf = config(total_timeout=0.3)
     connections = sender.Connections(conf)
     async with Receiver(SECRET, script=["stall"]) as receiver:
-        stalled = await sender.post(connections, receiver.url, BODY, HEADERS, conf)
+        stalled = await sender.post(connections, receiver.url, BODY, signed(), conf)
         assert stalled.status_code is None and "timed out" in stalled.error
         assert connections.idle == 0
-        after = await sender.post(connections, receiver.url, BODY, HEADERS, conf)
+        after = await sender.post(connections, receiver.url, BODY, signed(), conf)
         await connections.aclose()
     assert after.status_code == 200
     assert receiver.connections == 2
