@@ -308,6 +308,13 @@ class ServiceStats:
         )
 
 
+def _read_outcome(exchange: asyncio.Future[bytes]) -> None:
+    """Retrieve an exchange's error even if its caller was cancelled (no "never
+    retrieved" warning; the caller, if still waiting, gets it anyway)."""
+    if not exchange.cancelled():
+        exchange.exception()
+
+
 class ServiceControl:
     """A test's or benchmark's line to the service: counters, phone gestures, waits."""
 
@@ -336,14 +343,26 @@ class ServiceControl:
                 await self._writer.wait_closed()
 
     async def _ask(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Send one command and read its answer; the line carries one at a time.
+
+        A caller cancelled while it waits does not leave its answer on the line for
+        the next command to read as its own: the exchange goes on in a task of its
+        own (shielded) until the answer is read, and the next one waits for it.
+        The command itself is carried out either way."""
         assert self._reader is not None and self._writer is not None, "use async with"
-        async with self._lock:
-            self._writer.write(wire.encode(kind, **fields))
-            line = await self._reader.readline()
+        exchange = asyncio.ensure_future(self._exchange(wire.encode(kind, **fields)))
+        exchange.add_done_callback(_read_outcome)
+        line = await asyncio.shield(exchange)
         if not line:
             raise ConnectionError("the simulated WhatsApp service closed the control line")
         reply: dict[str, Any] = json.loads(line)
         return reply
+
+    async def _exchange(self, request: bytes) -> bytes:
+        assert self._reader is not None and self._writer is not None
+        async with self._lock:
+            self._writer.write(request)
+            return await self._reader.readline()
 
     async def stats(self) -> ServiceStats:
         return ServiceStats.from_message(await self._ask("stats"))

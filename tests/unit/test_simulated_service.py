@@ -259,3 +259,16 @@ async def test_a_phone_logout_while_no_connection_is_open_unlinks_the_device(
     await driver.stop(8)
     assert not await driver.gesture(8, "logout"), "nothing left to log out"
     await driver.aclose()
+
+
+async def test_a_cancelled_control_call_leaves_no_answer_for_the_next(running: Running) -> None:
+    """The chaos test's traffic is cancelled while a peer's message is under way:
+    the next command (the count of what was carried) must read its own answer,
+    not the cancelled one's (it read "done" for "carried": KeyError 'messages')."""
+    waiting = asyncio.create_task(running.control.wait_connected([99], timeout=0.3))
+    await asyncio.sleep(0)  # the command is on the line; its answer comes in 0.3 s
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    stats = await running.control.stats()
+    assert stats.qr_issued == {} and stats.overlaps == []
