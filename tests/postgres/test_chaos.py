@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -50,7 +51,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections
 
-from benchmarks.cluster import APPLICATION_NAME, Cluster, SupervisorProcess
+from benchmarks.cluster import APPLICATION_NAME, Cluster, ClusterError, SupervisorProcess
 from sessions_app import intents
 from sessions_app.drivers.simulated_service import ServiceControl
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
@@ -173,6 +174,33 @@ def session_rows(pks: list[int]) -> list[dict[str, object]]:
 
 
 @sync_to_async
+def session_facts(pks: list[int]) -> list[dict[str, object]]:
+    """What a session not back looks like in the database, times relative to now (s)."""
+    now = time.time()
+    facts = []
+    for session in WaSession.objects.filter(pk__in=pks).order_by("pk"):
+        expires = session.lease_expires_at
+        retry = session.next_retry_at
+        facts.append(
+            {
+                "pk": session.pk,
+                "id": session.pk,
+                "desired": session.desired_state,
+                "state": session.state,
+                "lease_owner": session.lease_owner,
+                "epoch": session.lease_epoch,
+                "lease_expires_in": round(expires.timestamp() - now, 1) if expires else None,
+                "retry_in": round(retry.timestamp() - now, 1) if retry else None,
+                "connects_in_last_60s": sum(
+                    1 for t in session.recent_connects or [] if t > now - 60
+                ),
+                "last_error": session.last_error[:80],
+            }
+        )
+    return facts
+
+
+@sync_to_async
 def presences() -> list[dict[str, object]]:
     return list(SupervisorPresence.objects.values("owner", "expires_at", "sessions"))
 
@@ -222,7 +250,10 @@ class Chaos:
         missing = await self.control.wait_connected(self.running, left, exclude_owner)
         if missing:
             await self.diagnose(missing)
-        assert not missing, f"after {fault}: {len(missing)} sessions not back within {RECOVERY}s"
+        assert not missing, (
+            f"after {fault}: {len(missing)} sessions not back within {RECOVERY}s\n"
+            + await self.explain(missing)
+        )
         print(f"{time.strftime('%H:%M:%S')} {fault}: all back in {time.monotonic() - since:.1f}s")
         left = max(0.0, since + RECOVERY - time.monotonic())
         busy = await self.control.wait_idle(self.stopped, left)
@@ -258,6 +289,36 @@ class Chaos:
             print("not back:", row)
         for row in await presences():
             print("present:", row)
+
+    async def explain(self, missing: set[int], sessions: int = 3, lines: int = 12) -> str:
+        """A few of the sessions not back, for the failure's message (the part of a
+        CI log sure to be shown): each one's row, and the last log lines about it
+        from every process, oldest first."""
+        explained = []
+        names = {}
+        for supervisor in self.cluster.supervisors:
+            with contextlib.suppress(ClusterError):  # one that never started
+                names[supervisor.owner(timeout=0)] = supervisor.name
+        for row in await session_facts(sorted(missing)[:sessions]):
+            owner = str(row["lease_owner"])
+            row["lease_owner"] = f"{names.get(owner, '?')} ({owner})" if owner else ""
+            explained.append(f"session {row.pop('pk')}: {row}")
+            tag = f"[session={row['id']}]"
+            about = [
+                f"  {name}: {line[11:]}"
+                for name, text in self.process_logs()
+                for line in text.splitlines()
+                if tag in line
+            ]
+            about.sort(key=lambda line: line.split(": ", 1)[1][:12])
+            explained += about[-lines:]
+        return "\n".join(explained)
+
+    def process_logs(self) -> list[tuple[str, str]]:
+        service = self.cluster.log_dir / "simulated-whatsapp.log"
+        return [(s.name, s.output()) for s in self.cluster.supervisors] + [
+            ("whatsapp", service.read_text(errors="replace") if service.exists() else "")
+        ]
 
     def replace(self, dead: SupervisorProcess) -> SupervisorProcess:
         self.cluster.supervisors.remove(dead)
