@@ -75,7 +75,10 @@ def profile_window() -> Any:
     return ProfileWindow(
         {
             "messages-db": (dbthreads._get_executor(), dbthreads.threads()),
-            "supervisor-db": (dbthread._get_executor(dbthread.SUPERVISOR_THREAD), 1),
+            "supervisor-db": (
+                dbthread._get_executor(dbthread.SUPERVISOR_THREAD),
+                dbthread.supervisor_threads(),
+            ),
             "lease-db": (dbthread._get_executor(dbthread.LEASE_THREAD), 1),
         }
     )

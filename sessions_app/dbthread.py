@@ -2,14 +2,21 @@
 
 ``database_sync_to_async`` runs every synchronous database call of a process in
 one thread by default, so inside ``runserver`` the supervisor's writes and the
-pages' queries would queue behind each other. The supervisor gets a thread of
-its own instead: still one at a time (its calls stay ordered), but no longer in
-the pages' way.
+pages' queries would queue behind each other. The supervisor gets threads of its
+own instead, out of the pages' way: on PostgreSQL a few
+(``WACONNECT_SUPERVISOR_DB_THREADS``, 3), so that the round trips of different
+sessions' writes overlap; on SQLite one (one writer at a time). Order is kept
+where it matters without one thread: a runner awaits each of its calls before
+the next, and so does the supervisor's own sequence (census, claim, hand-over,
+release). A takeover is many sessions' calls at once: with one thread each
+call waited for every call queued before it, and 45 sessions handed over
+took 1.8 to 2.7 s to connect on a loaded machine (0.6 to 0.9 s with several;
+docs/benchmarks.md, "Takeovers on several database threads").
 
-Lease renewal gets a second thread (and so a second connection): when hundreds
-of sessions change state at once, their writes queue in the first thread, and a
-renewal queued behind them would arrive too late; the supervisor would fence
-itself under load, exactly when a hand-over costs most.
+Lease renewal gets a thread of its own (and so a connection of its own): when
+hundreds of sessions change state at once, their writes queue in the others,
+and a renewal queued behind them would arrive too late; the supervisor would
+fence itself under load, exactly when a hand-over costs most.
 
 On SQLite these threads keep their connection from call to call (``KeptConnectionCall``,
 also used by the message pumps' and the webhook dispatcher's threads);
@@ -28,7 +35,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import SyncToAsync
 from channels.db import DatabaseSyncToAsync
-from django.db import close_old_connections, connections
+from django.conf import settings
+from django.db import close_old_connections, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
@@ -44,10 +52,26 @@ SUPERVISOR_THREAD = "waconnect-db"
 LEASE_THREAD = "waconnect-lease-db"
 
 
+#: Threads for ``supervisor_db`` calls on PostgreSQL (``WACONNECT_SUPERVISOR_DB_THREADS``):
+#: each holds one pooled connection while it runs a call (see
+#: :func:`waconnect.checks.database_pool_size`).
+DEFAULT_SUPERVISOR_THREADS = 3
+
+
+def supervisor_threads() -> int:
+    """How many threads run ``supervisor_db`` calls: 1 on SQLite, else the setting."""
+    if connection.vendor != "postgresql":
+        return 1
+    return max(
+        1, int(getattr(settings, "WACONNECT_SUPERVISOR_DB_THREADS", DEFAULT_SUPERVISOR_THREADS))
+    )
+
+
 def _get_executor(name: str) -> ThreadPoolExecutor:
     with _lock:
         if name not in _executors:
-            _executors[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+            workers = supervisor_threads() if name == SUPERVISOR_THREAD else 1
+            _executors[name] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         return _executors[name]
 
 
@@ -101,7 +125,8 @@ def socket_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
 
 def supervisor_db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """Run ``func`` in the supervisor's database thread (closing stale connections)."""
+    """Run ``func`` in one of the supervisor's database threads (closing stale
+    connections); calls awaited one after the other run in that order."""
     return _in_thread(SUPERVISOR_THREAD, func)
 
 

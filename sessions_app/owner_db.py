@@ -4,11 +4,12 @@ Every call a supervisor or its session runners make to the database goes
 through this module, awaited as ``owner_db.load(...)``, ``owner_db.renew(...)``
 and so on (a test replaces one of them in one place: ``monkeypatch.setattr(
 owner_db, "renew", ...)``). Session work runs in the supervisor's database
-thread (:func:`~sessions_app.dbthread.supervisor_db`), in order; renewal and
-presence in the lease thread (:func:`~sessions_app.dbthread.lease_db`), never
-behind session writes. The SQL itself is in :mod:`sessions_app.leases`; the
-functions here add what the owner publishes afterwards (a snapshot and a list
-row for the browsers, see :mod:`sessions_app.snapshots`).
+threads (:func:`~sessions_app.dbthread.supervisor_db`), each caller's calls in
+the order it awaits them; renewal and presence in the lease thread
+(:func:`~sessions_app.dbthread.lease_db`), never behind session writes. The
+SQL itself is in :mod:`sessions_app.leases`; the functions here add what the
+owner publishes afterwards (a snapshot and a list row for the browsers, see
+:mod:`sessions_app.snapshots`).
 
 Every write is fenced by the lease (owner and epoch): a call that matched no row
 returns ``None`` (or ``False``), and the caller raises :class:`LeaseLost`.

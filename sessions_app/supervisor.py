@@ -176,7 +176,8 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         then taken over when their leases expire, as after a crash.
         """
         runners = list(self.runners.values())
-        # Queued first in the database thread: no census counts us once we release.
+        # Sent first (it runs while the runners stop) and awaited before the
+        # hand-over: no census counts us once we release.
         withdrawn = asyncio.ensure_future(owner_db.withdraw(self.owner))
         stopped = await self._stop_runners(runners)
         # A runner that did not stop, or any orphan (one that ended earlier

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, register
+from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.checks.security import base, csrf
 from django.utils.module_loading import import_string
 
@@ -79,3 +79,36 @@ def _renamed(message: CheckMessage) -> CheckMessage:
     renamed = copy.copy(message)
     renamed.id = message.id.replace("security.", "waconnect.")
     return renamed
+
+
+@register("waconnect")
+def database_pool_size(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """On PostgreSQL, a supervisor's threads each hold a pooled connection while a
+    call runs: its session work (``WACONNECT_SUPERVISOR_DB_THREADS``), its message
+    pumps (``WACONNECT_MESSAGE_DB_THREADS``), its lease renewal, the webhook
+    dispatcher and a health probe. A pool smaller than that makes a renewal wait
+    for a connection (up to ``WACONNECT_DB_POOL_TIMEOUT``), past its self-fence
+    limit under load: waconnect.W010."""
+    database = settings.DATABASES["default"]
+    pool = database.get("OPTIONS", {}).get("pool")
+    if "postgresql" not in database["ENGINE"] or not isinstance(pool, dict):
+        return []
+    needed = (
+        int(getattr(settings, "WACONNECT_SUPERVISOR_DB_THREADS", 3))
+        + int(getattr(settings, "WACONNECT_MESSAGE_DB_THREADS", 4))
+        + 3
+    )
+    size = int(pool.get("max_size", needed))
+    if size >= needed:
+        return []
+    return [
+        Warning(
+            f"WACONNECT_DB_POOL_MAX is {size}; a supervisor's threads can hold {needed}"
+            " connections at once, and its lease renewal would wait for one.",
+            hint="Raise WACONNECT_DB_POOL_MAX, or lower WACONNECT_SUPERVISOR_DB_THREADS"
+            " or WACONNECT_MESSAGE_DB_THREADS.",
+            id="waconnect.W010",
+        )
+    ]

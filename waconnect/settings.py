@@ -140,7 +140,8 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("WACONNECT_DB_POOL_MIN", default=2),
-        "max_size": env.int("WACONNECT_DB_POOL_MAX", default=10),
+        # A supervisor's threads can hold 10 at once (waconnect.checks.database_pool_size).
+        "max_size": env.int("WACONNECT_DB_POOL_MAX", default=12),
         # Seconds a call waits for a free connection before it fails.
         "timeout": env.float("WACONNECT_DB_POOL_TIMEOUT", default=10.0),
     }
@@ -390,8 +391,10 @@ WACONNECT_WEBHOOKS_MAX_IN_FLIGHT = env.int("WACONNECT_WEBHOOKS_MAX_IN_FLIGHT", d
 # session before it expires (a request may give its own deadline).
 WACONNECT_SEND_INTERVAL = env.float("WACONNECT_SEND_INTERVAL", default=1.0)
 WACONNECT_MESSAGE_TTL = env.float("WACONNECT_MESSAGE_TTL", default=3600.0)
-# PostgreSQL: database threads (pooled connections) of a supervisor's message pumps.
+# PostgreSQL: database threads (pooled connections) of a supervisor's message pumps,
+# and of its session work (several: a takeover's writes overlap; sessions_app/dbthread.py).
 WACONNECT_MESSAGE_DB_THREADS = env.int("WACONNECT_MESSAGE_DB_THREADS", default=4)
+WACONNECT_SUPERVISOR_DB_THREADS = env.int("WACONNECT_SUPERVISOR_DB_THREADS", default=3)
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 # "plain" for people, "json" (one object per line) for log shippers.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 
-from sessions_app.dbthread import lease_db, socket_db, supervisor_db
+from sessions_app.dbthread import lease_db, socket_db, supervisor_db, supervisor_threads
 from sessions_app.models import WaSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -27,6 +27,12 @@ async def test_each_thread_keeps_its_sqlite_connection_from_call_to_call() -> No
 
     assert first is second
     assert lease is not first
+
+
+def test_sqlite_has_one_thread_for_session_work(settings: Any) -> None:
+    """One writer at a time: several threads would only wait for the file lock."""
+    settings.WACONNECT_SUPERVISOR_DB_THREADS = 3
+    assert supervisor_threads() == 1
 
 
 async def test_the_sockets_thread_keeps_its_sqlite_connection_too() -> None:
