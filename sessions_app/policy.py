@@ -287,10 +287,24 @@ def shed_count(held: int, share: int) -> int:
 _NOT_HANDED_OVER: frozenset[State] = frozenset({State.QR_REQUIRED, State.PAIRING})
 
 
+#: Sessions up on WhatsApp: handing one over takes it down for a moment.
+_UP: frozenset[State] = frozenset({State.CONNECTED, State.DEGRADED})
+
+
 def pick_to_shed(sessions: Sequence[tuple[int, State | str, bool]], count: int) -> list[int]:
     """Which of ``(id, state, has_credentials)`` to hand over: linked devices only
-    (the next owner resumes them without a QR), never one in a QR round, newest first."""
+    (the next owner resumes them without a QR), never one in a QR round; those not
+    up first, then the newest.
+
+    Those not up first: a supervisor still reconnecting sessions it took over
+    when a newcomer joins hands the newcomer that work (its connects run in
+    another process, and nothing up is taken down for them), instead of
+    disconnecting sessions that were up while the ones it has not reached yet
+    wait behind its queue (the chaos test's clean restart, on a slow machine)."""
     movable = [
-        sid for sid, state, linked in sessions if linked and State(state) not in _NOT_HANDED_OVER
+        (State(state) in _UP, sid)
+        for sid, state, linked in sessions
+        if linked and State(state) not in _NOT_HANDED_OVER
     ]
-    return sorted(movable, reverse=True)[: max(0, count)]
+    movable.sort(key=lambda item: (item[0], -item[1]))
+    return [sid for _, sid in movable][: max(0, count)]

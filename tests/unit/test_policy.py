@@ -358,6 +358,20 @@ def test_only_linked_devices_outside_a_qr_round_are_handed_over() -> None:
         (5, State.DISCONNECTED, True),
         (6, State.CONNECTED, True),
     ]
-    assert pick_to_shed(sessions, 10) == [6, 5, 1]
-    assert pick_to_shed(sessions, 2) == [6, 5]
+    assert sorted(pick_to_shed(sessions, 10)) == [1, 5, 6]
     assert pick_to_shed(sessions, 0) == []
+
+
+def test_sessions_not_up_are_handed_over_before_those_up() -> None:
+    """A supervisor still reconnecting what it took over gives a newcomer that work
+    first, instead of taking down sessions that are up; then the newest."""
+    sessions = [
+        (1, State.CONNECTED, True),
+        (2, State.CONNECTING, True),
+        (3, State.DEGRADED, True),
+        (4, State.DISCONNECTED, True),
+        (5, State.ERROR, True),
+        (6, State.CONNECTED, True),
+    ]
+    assert pick_to_shed(sessions, 10) == [5, 4, 2, 6, 3, 1]
+    assert pick_to_shed(sessions, 4) == [5, 4, 2, 6]
