@@ -201,6 +201,21 @@ def session_facts(pks: list[int]) -> list[dict[str, object]]:
 
 
 @sync_to_async
+def unrecorded(pks: set[int]) -> set[int]:
+    """Those of ``pks`` the database does not show connected with a linked device."""
+    recorded = WaSession.objects.filter(pk__in=pks, state="connected").exclude(jid="")
+    return pks - set(recorded.values_list("pk", flat=True))
+
+
+async def linked_in_the_database(pks: set[int], timeout: float) -> None:
+    """Wait until the owners have recorded every device as linked and connected."""
+    deadline = time.monotonic() + timeout
+    while left := await unrecorded(pks):
+        assert time.monotonic() < deadline, f"{len(left)} devices never recorded as linked"
+        await asyncio.sleep(0.1)  # the owners' writes: observed, not awaited
+
+
+@sync_to_async
 def presences() -> list[dict[str, object]]:
     return list(SupervisorPresence.objects.values("owner", "expires_at", "sessions"))
 
@@ -368,6 +383,10 @@ async def test_no_double_connection_under_chaos(
     chaos.running = set(await create_sessions(SESSIONS))
     missing = await control.wait_connected(chaos.running, timeout=120)
     assert not missing, f"{len(missing)} sessions never linked"
+    # WhatsApp says connected a moment before the owner has recorded the device: a
+    # supervisor killed in between leaves a session that needs a new QR code (a
+    # scan, with a real phone), which is not what the faults below are about.
+    await linked_in_the_database(chaos.running, timeout=60)
     print(f"{time.strftime('%H:%M:%S')} all linked")
     traffic.running = chaos.running  # senders: the sessions that should run, live
     await traffic.start(chaos.running)
