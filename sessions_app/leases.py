@@ -199,9 +199,13 @@ def hand_over(owner: str, session_ids: Collection[int], why: str) -> list[int]:
     """
     now = timezone.now()
     with transaction.atomic():
+        # Locked in id order, as the renewal locks them (the model's default order
+        # is by name): two transactions that lock many session rows in one order
+        # cannot deadlock.
         held = list(
             WaSession.objects.select_for_update()
             .filter(lease_owner=owner, pk__in=list(session_ids))
+            .order_by("id")
             .values_list("id", "state", "lease_epoch")
         )
         events = []
@@ -257,8 +261,17 @@ def release_leases(owner: str, held: Collection[Lease]) -> int:
 
 
 def release_all(owner: str) -> int:
-    """Give back every lease ``owner`` holds: a clean shutdown's last statement."""
-    return WaSession.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+    """Give back every lease ``owner`` holds: a clean shutdown's last statement (its
+    rows locked in id order, as :func:`renew` locks them)."""
+    where = "lease_owner = %s"
+    if connection.vendor == "postgresql":
+        where = f"id IN (SELECT id FROM {_table()} WHERE lease_owner = %s ORDER BY id FOR UPDATE)"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_table()} SET lease_owner = '', lease_expires_at = NULL WHERE {where}",
+            [owner],
+        )
+        return cursor.rowcount
 
 
 def load(session_id: int) -> WaSession | None:

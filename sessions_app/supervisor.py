@@ -200,7 +200,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         for unconfirmed in self._unconfirmed.values():  # the driver is closed (or tried)
             if unconfirmed.confirming is not None:
                 unconfirmed.confirming.cancel()
-        if handed_over:  # else the closes would queue behind the call left waiting
+        if handed_over:  # else the database left a call waiting: the closes would too
             await stopping.steps_within(
                 self.config.stop_timeout,
                 [
@@ -470,7 +470,13 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         """Release the leases of these stopped runners at once, ring, publish."""
         if not stopped:
             return
-        published = await owner_db.hand_over(self.owner, [r.session_id for r in stopped], why)
+        try:
+            published = await owner_db.hand_over(self.owner, [r.session_id for r in stopped], why)
+        except Exception:
+            # Still ours, with no runner: orphans, given back by the next renewal
+            # that works (their connections are closed), instead of renewed for ever.
+            self._orphans.update({r.session_id: r.lease.epoch for r in stopped})
+            raise
         await doorbell.wake_supervisors(why)  # first: the others claim while we publish
         for snapshot, row in published:
             await doorbell.publish(snapshot, row)

@@ -105,3 +105,40 @@ def test_lease_expiry_comes_from_the_database_clock() -> None:
         lease_expires_at=F("lease_expires_at") - dt.timedelta(seconds=16)
     )
     assert WaSession.objects.claimable().count() == 1, "an expired one is"
+
+
+def locking_statements(call) -> list[str]:  # type: ignore[no-untyped-def]
+    """The statements ``call`` sent that lock rows (FOR UPDATE)."""
+    seen: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        call()
+    return [sql for sql in seen if "FOR UPDATE" in sql]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda pks: leases.hand_over("a", pks, "balance"), id="hand_over"),
+        pytest.param(lambda pks: leases.release_all("a"), id="release_all"),
+        pytest.param(lambda pks: leases.renew("a", 10), id="renew"),
+    ],
+)
+def test_many_rows_are_locked_in_id_order(call) -> None:  # type: ignore[no-untyped-def]
+    """The renewal, a hand-over and the last release of a shutdown each lock many
+    session rows of one owner, on different threads (and so connections): in one
+    order, they cannot deadlock. hand_over locked them in the model's default
+    order (by name) and release_all in whatever order the scan met them."""
+    pks = make_sessions(3)
+    WaSession.objects.filter(pk__in=pks).update(
+        lease_owner="a", lease_expires_at=dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+    )
+    (locking,) = locking_statements(lambda: call(pks))
+    assert locking.index("ORDER BY") < locking.index("FOR UPDATE")
+    order_by = locking[locking.index("ORDER BY") : locking.index("FOR UPDATE")]
+    # By id, named or as the first selected column (Django writes "ORDER BY 1").
+    assert "name" not in order_by and ("id" in order_by or order_by.startswith("ORDER BY 1 "))

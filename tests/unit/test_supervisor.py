@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import DatabaseError
 from django.utils import timezone
 
 from sessions_app import doorbell, intents, leases, owner_db
@@ -437,6 +438,34 @@ async def test_a_new_supervisor_takes_its_share_without_a_new_qr(
         "disconnected",
         "handed over to another supervisor to balance the load",
     ) in moved
+
+
+async def test_sessions_whose_hand_over_failed_are_given_back_by_the_renewal(
+    self_scanning: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shedding closes the runners, then releases the leases in one transaction; if
+    that transaction fails (a deadlock, a dropped connection), the sessions were
+    still ours with no runner: renewed for ever and never connected again."""
+    world = self_scanning
+    hand_over = owner_db.hand_over
+    failed: list[list[int]] = []
+
+    async def fails_once(owner: str, session_ids: list[int], why: str) -> object:
+        if not failed and owner == "first":
+            failed.append(session_ids)
+            raise DatabaseError("deadlock detected")
+        return await hand_over(owner, session_ids, why)
+
+    monkeypatch.setattr(owner_db, "hand_over", fails_once)
+    async with running(world, owner="first"):
+        ids = [(await create(f"orphan{i}", "ada")).pk for i in range(20)]
+        for pk in ids:
+            await until(pk, owned_by("first"))
+        async with running(world, owner="second"):
+            for pk in sorted(ids)[10:]:
+                await until(pk, owned_by("second"))
+            assert [sorted(f) for f in failed] == [sorted(ids)[10:]]
+            assert await world.until_connected(ids, timeout=5) == set()
 
 
 async def test_a_capped_supervisor_leaves_the_rest_to_the_others(
