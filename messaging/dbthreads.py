@@ -35,8 +35,8 @@ R = TypeVar("R")
 
 THREAD_PREFIX = f"{SUPERVISOR_THREAD}-messages"
 #: Threads on PostgreSQL (``WACONNECT_MESSAGE_DB_THREADS``): each holds one pooled
-#: connection while it runs a call, so keep it below ``WACONNECT_DB_POOL_MAX``
-#: minus the supervisor's two.
+#: connection while it runs a call; with the supervisor's own threads they must fit
+#: in ``WACONNECT_DB_POOL_MAX`` (:func:`waconnect.checks.database_pool_size`).
 DEFAULT_THREADS = 4
 
 _lock = threading.Lock()

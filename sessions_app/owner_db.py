@@ -173,6 +173,7 @@ held = supervisor_db(leases.held_sessions)
 renew = lease_db(leases.renew)
 release_leases = lease_db(leases.release_leases)
 announce = lease_db(leases.announce)
-#: Give back the supervisor's database connections (one per thread) at shutdown.
+#: Give back a kept SQLite connection at shutdown (one thread there); on PostgreSQL
+#: every call has given its pooled connection back already.
 close = supervisor_db(connections.close_all)
 close_lease = lease_db(connections.close_all)

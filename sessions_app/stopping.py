@@ -43,8 +43,10 @@ async def steps_within(seconds: float, steps: Sequence[Step]) -> bool:
 
     A step's exception is logged and the next step runs (each is worth trying on
     its own). A step still running at the deadline keeps running in the
-    background, unawaited; the ones after it are not started (they would queue
-    behind it in the same database thread) and are named in the warning.
+    background, unawaited; the ones after it are not started (a database that
+    left one step waiting would leave the next waiting too, and on SQLite it
+    would queue behind it in the one database thread) and are named in the
+    warning.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds

@@ -87,10 +87,11 @@ def database_pool_size(
 ) -> list[CheckMessage]:
     """On PostgreSQL, a supervisor's threads each hold a pooled connection while a
     call runs: its session work (``WACONNECT_SUPERVISOR_DB_THREADS``), its message
-    pumps (``WACONNECT_MESSAGE_DB_THREADS``), its lease renewal, the webhook
-    dispatcher and a health probe. A pool smaller than that makes a renewal wait
-    for a connection (up to ``WACONNECT_DB_POOL_TIMEOUT``), past its self-fence
-    limit under load: waconnect.W010."""
+    pumps (``WACONNECT_MESSAGE_DB_THREADS``), its lease renewal and the webhook
+    dispatcher; plus one to spare (an inline supervisor shares the pool with the
+    pages). A pool smaller than that makes a renewal wait for a connection (up to
+    ``WACONNECT_DB_POOL_TIMEOUT``), past its self-fence limit under load:
+    waconnect.W010. psycopg's pool without a ``max_size`` stops at ``min_size``."""
     database = settings.DATABASES["default"]
     pool = database.get("OPTIONS", {}).get("pool")
     if "postgresql" not in database["ENGINE"] or not isinstance(pool, dict):
@@ -100,7 +101,7 @@ def database_pool_size(
         + int(getattr(settings, "WACONNECT_MESSAGE_DB_THREADS", 4))
         + 3
     )
-    size = int(pool.get("max_size", needed))
+    size = int(pool.get("max_size") or pool.get("min_size", 4))
     if size >= needed:
         return []
     return [

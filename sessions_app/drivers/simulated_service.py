@@ -323,6 +323,7 @@ class ServiceControl:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._exchanges: set[asyncio.Future[bytes]] = set()
 
     async def __aenter__(self) -> ServiceControl:
         self._reader, self._writer = await asyncio.open_connection(
@@ -348,9 +349,12 @@ class ServiceControl:
         A caller cancelled while it waits does not leave its answer on the line for
         the next command to read as its own: the exchange goes on in a task of its
         own (shielded) until the answer is read, and the next one waits for it.
-        The command itself is carried out either way."""
+        The command itself is carried out either way, so a cancelled wait keeps
+        the line busy until its own timeout."""
         assert self._reader is not None and self._writer is not None, "use async with"
         exchange = asyncio.ensure_future(self._exchange(wire.encode(kind, **fields)))
+        self._exchanges.add(exchange)  # referenced until it ends, even if nobody awaits it
+        exchange.add_done_callback(self._exchanges.discard)
         exchange.add_done_callback(_read_outcome)
         line = await asyncio.shield(exchange)
         if not line:

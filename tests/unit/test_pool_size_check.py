@@ -25,7 +25,7 @@ def _settings(engine: str, max_size: int, supervisor: int = 3, messages: int = 4
 def test_a_pool_smaller_than_the_threads_is_reported(
     monkeypatch: pytest.MonkeyPatch, max_size: int, supervisor: int, warned: bool
 ) -> None:
-    """Threads: session work + message pumps + renewal, dispatcher, health probe."""
+    """Threads: session work + message pumps + renewal, dispatcher, one spare."""
     postgres = _settings("django.db.backends.postgresql", max_size, supervisor)
     monkeypatch.setattr(checks, "settings", postgres)
     assert [m.id for m in checks.database_pool_size()] == (["waconnect.W010"] if warned else [])
