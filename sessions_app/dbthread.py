@@ -9,9 +9,9 @@ sessions' writes overlap; on SQLite one (one writer at a time). Order is kept
 where it matters without one thread: a runner awaits each of its calls before
 the next, and so does the supervisor's own sequence (census, claim, hand-over,
 release). A takeover is many sessions' calls at once: with one thread each
-call waited for every call queued before it, and 45 sessions handed over
-took 1.8 to 2.7 s to connect on a loaded machine (0.6 to 0.9 s with several;
-docs/benchmarks.md, "Takeovers on several database threads").
+call waited for every call queued before it, and in the chaos test on a loaded
+machine a clean restart took 3.3-4.7 s until every session was back, 2.0-2.2 s
+on three threads (docs/benchmarks.md, "Takeovers on several database threads").
 
 Lease renewal gets a thread of its own (and so a connection of its own): when
 hundreds of sessions change state at once, their writes queue in the others,
