@@ -23,6 +23,9 @@ from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.checks.security import base, csrf
 from django.utils.module_loading import import_string
 
+from messaging.dbthreads import DEFAULT_THREADS
+from sessions_app.dbthread import DEFAULT_SUPERVISOR_THREADS
+
 #: Django's checks that look for a middleware by its path (first the three that say
 #: it is missing, whose ids are silenced in the settings and renamed here).
 MISSING = {"security.W001", "security.W002", "security.W003"}
@@ -97,8 +100,8 @@ def database_pool_size(
     if "postgresql" not in database["ENGINE"] or not isinstance(pool, dict):
         return []
     needed = (
-        int(getattr(settings, "WACONNECT_SUPERVISOR_DB_THREADS", 3))
-        + int(getattr(settings, "WACONNECT_MESSAGE_DB_THREADS", 4))
+        int(getattr(settings, "WACONNECT_SUPERVISOR_DB_THREADS", DEFAULT_SUPERVISOR_THREADS))
+        + int(getattr(settings, "WACONNECT_MESSAGE_DB_THREADS", DEFAULT_THREADS))
         + 3
     )
     size = int(pool.get("max_size") or pool.get("min_size", 4))

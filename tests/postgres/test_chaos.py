@@ -183,7 +183,6 @@ def session_facts(pks: list[int]) -> list[dict[str, object]]:
         retry = session.next_retry_at
         facts.append(
             {
-                "pk": session.pk,
                 "id": session.pk,
                 "desired": session.desired_state,
                 "state": session.state,
@@ -317,7 +316,7 @@ class Chaos:
         for row in await session_facts(sorted(missing)[:sessions]):
             owner = str(row["lease_owner"])
             row["lease_owner"] = f"{names.get(owner, '?')} ({owner})" if owner else ""
-            explained.append(f"session {row.pop('pk')}: {row}")
+            explained.append(f"session {row['id']}: {row}")
             tag = f"[session={row['id']}]"
             about = [
                 f"  {name}: {line[11:]}"
