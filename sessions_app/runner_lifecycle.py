@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Pushes under way in tasks of their own (referenced: a task must not be
-#: collected before it ends, even if the runner that started it was cancelled).
-_pushes: set[asyncio.Future[None]] = set()
+#: Pushes (and a delete with its push) under way in tasks of their own
+#: (referenced: a task must not be collected before it ends, even if the runner
+#: that started it was cancelled).
+_pushes: set[asyncio.Future[Any]] = set()
 
 
 def _push_soon(push: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
@@ -261,14 +262,24 @@ class LifecycleMixin:
         if not await self._stopped():
             why = "not deleted yet: the connection may still be open (its stop did not finish)"
             await self._keep_unconfirmed(why)
-        if not await owner_db.delete(self.lease):
+        # The delete and its push in a task of their own: the renewal that no
+        # longer finds the row abandons this runner ("lease lost") as soon as the
+        # delete has committed, perhaps before this await has its answer, and that
+        # must not cancel the push every watcher of the session waits for.
+        deleting = asyncio.ensure_future(self._delete_and_tell(session.name))
+        _pushes.add(deleting)
+        deleting.add_done_callback(_pushes.discard)
+        if not await asyncio.shield(deleting):
             raise LeaseLost
-        logger.info("deleted session %r", session.name, extra=self._extra())
-        # In a task of its own: the renewal that no longer finds the row abandons
-        # this runner ("lease lost"), and that must not cancel the push every
-        # watcher of the session waits for.
-        await asyncio.shield(_push_soon(doorbell.publish_removed(self.session_id)))
         self._end("deleted")
+
+    async def _delete_and_tell(self, name: str) -> bool:
+        """Delete the row (fenced) and push its removal; False if the lease was lost."""
+        if not await owner_db.delete(self.lease):
+            return False
+        logger.info("deleted session %r", name, extra=self._extra())
+        await doorbell.publish_removed(self.session_id)
+        return True
 
     async def _close_connection(self) -> None:
         """Stop the driver's connection and wait (bounded) until it is closed.

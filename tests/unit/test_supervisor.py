@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -321,6 +322,34 @@ async def test_a_lease_lost_just_after_the_delete_still_pushes_the_removal(
     await publishing.wait()
     runner.abandon("lost")  # what the lease keeper does for a lease it no longer finds
     go_on.set()
+    async with asyncio.timeout(5):
+        while (await layer.receive(channel))["type"] != "session.removed":
+            pass
+
+
+async def test_a_lease_lost_as_the_delete_commits_still_pushes_the_removal(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, a moment earlier: the renewal (its own thread) sees the row gone
+    as soon as the delete has committed, and may abandon the runner before the
+    runner has the delete's answer; the push was then never made (a CI run of the
+    runner matrix: "qr_required + delete … never matched; last seen None")."""
+    real_delete = owner_db.delete
+    runners: list[Any] = []
+
+    async def delete_then_lose(lease: Any) -> bool:
+        deleted = await real_delete(lease)
+        runners[0].abandon("lost")  # the renewal's answer arrives first
+        await asyncio.sleep(0)  # the cancellation lands in this await's caller
+        return deleted
+
+    monkeypatch.setattr(owner_db, "delete", delete_then_lose)
+    session = await paired("temp", supervisor)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(doorbell.session_group(session.pk), channel)
+    runners.append(supervisor.runners[session.pk])
+    await delete(session, "ada")
     async with asyncio.timeout(5):
         while (await layer.receive(channel))["type"] != "session.removed":
             pass
