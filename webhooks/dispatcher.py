@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from ops import metrics
 from sessions_app import doorbell, stopping
-from sessions_app.dbthread import KeptConnectionCall
+from sessions_app.dbthread import SUPERVISOR_THREAD, KeptConnectionCall
 from webhooks import delivery, ring, sender, signing
 from webhooks.conf import WebhookConfig, webhook_config
 from webhooks.delivery import Claimed, Result
@@ -42,7 +42,13 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DB_THREAD = "waconnect-webhooks-db"
+#: Named like the supervisor's threads, so its PostgreSQL connections end a
+#: transaction left idle within the self-fence margin too
+#: (:func:`sessions_app.dbthread.end_idle_transactions`): it locks sessions'
+#: sequence rows, which a session's writes wait for while they hold the session
+#: row, which the renewal waits for. A dispatcher cut off mid-transaction kept
+#: them until TCP gave up, and the other supervisors fenced themselves.
+DB_THREAD = f"{SUPERVISOR_THREAD}-webhooks"
 #: On stop, attempts in flight get this long to finish (a shutdown stays short).
 DRAIN_SECONDS = 2.0
 #: The whole stop (drain, doorbell, claims given back) gets this long.

@@ -14,6 +14,7 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 
 from sessions_app.dbthread import lease_db, supervisor_db, supervisor_threads
 from sessions_app.models import WaSession
+from webhooks.dispatcher import DB_THREAD
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -85,6 +86,32 @@ async def test_a_supervisor_transaction_left_idle_gives_its_locks_back(
     finally:
         thaw.set()
         await frozen
+
+
+async def test_the_webhook_dispatchers_transaction_left_idle_gives_its_locks_back(
+    settings: Any,
+) -> None:
+    """The dispatcher locks sessions' sequence rows; cut off mid-transaction it kept
+    them, a healthy supervisor's session write waited for one holding its session
+    row, and that supervisor's renewal waited for the row until it fenced itself."""
+    settings.WACONNECT_SELF_FENCE_MARGIN = 0.5
+    pk = (await WaSession.objects.acreate(name="frozen")).pk
+    pids: list[int] = []
+    locked, thaw = threading.Event(), threading.Event()
+    frozen = threading.Thread(
+        target=lock_and_freeze, args=(pk, pids, locked, thaw), name=f"{DB_THREAD}_0"
+    )
+    frozen.start()
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, locked.wait, 10)
+        deadline = time.monotonic() + 5
+        while await backend_alive(pids[0]):
+            assert time.monotonic() < deadline, "the idle transaction kept its locks"
+            await asyncio.sleep(0.1)  # another backend's end: observed, not awaited
+        assert await lockable(pk)
+    finally:
+        thaw.set()
+        await asyncio.to_thread(frozen.join)
 
 
 async def test_other_connections_keep_the_server_default(settings: Any) -> None:
