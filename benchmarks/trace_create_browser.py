@@ -13,12 +13,25 @@ duration (ms), name, and the JavaScript function or event type where there is on
 Nested events are printed each (a ``Layout`` inside ``UpdateStyleAndLayout``).
 This is how the SVG favicon and the forced layout of ``window.scrollTo`` were found
 (docs/benchmarks.md). Not a test, not a benchmark: one sample, to read.
+
+With ``--samples N`` it traces N creates instead (after ``--creates`` untraced ones)
+and prints, per process and thread of Chromium, the CPU time (the trace's thread
+time of its top-level tasks) spent between the click and the first QR code on
+screen, p50 over the samples, next to the window's length: how much of the
+machine's two CPUs the browser itself takes while the server makes the code. And
+how often the socket's first message, and the one that drew the first code,
+reached the page's script within a millisecond of the end of a main-thread task
+that rendered (style, layout, paint), i.e. had been queued behind it. The trace's
+own overhead makes every number larger than untraced: compare them with each
+other, not with the benchmarks'.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 import uuid
 from collections.abc import Sequence
@@ -34,6 +47,11 @@ from benchmarks.bench_qr_latency import FIRST_QR_SHOWN, METRICS, log_in
 from benchmarks.liveserver import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
 WINDOW_MS = 160.0
+#: Categories of the --samples mode: thread times ("tdur") and the main thread's work.
+SAMPLES_CATEGORIES = ["devtools.timeline", "toplevel", "v8.execute"]
+#: A top-level task of a Chromium thread (its children are inside its time).
+TOP_LEVEL = {"ThreadControllerImpl::RunTask", "ThreadPool_RunTask"}
+RENDERING = {"UpdateLayoutTree", "Layout", "Paint", "PrePaint", "UpdateLayerTree"}
 
 
 def main_thread_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
@@ -47,6 +65,102 @@ def main_thread_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in trace["traceEvents"] if (e["pid"], e["tid"]) in main and e.get("ph") == "X"]
 
 
+def thread_names(trace: dict[str, Any]) -> dict[tuple[int, int], str]:
+    """``(pid, tid)`` → "process / thread" (Chromium's own names)."""
+    meta = [e for e in trace["traceEvents"] if e.get("ph") == "M"]
+    processes = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
+    return {
+        (e["pid"], e["tid"]): f"{processes.get(e['pid'], e['pid'])} / {e['args']['name']}"
+        for e in meta
+        if e["name"] == "thread_name"
+    }
+
+
+def window_cpu(
+    trace: dict[str, Any], windows: Sequence[tuple[float, float]]
+) -> list[dict[str, float]]:
+    """Per window ``(start, end)`` (trace µs): "process / thread" → CPU ms of that
+    thread's outermost top-level tasks that started in it (a task's "tdur", the
+    thread time; a task nested in another is inside its time; tasks without a
+    "tdur" are left out). Threads of one kind (pool workers) are added up."""
+    names = thread_names(trace)
+    by_thread: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for event in trace["traceEvents"]:
+        if event.get("ph") == "X" and event.get("name") in TOP_LEVEL:
+            by_thread.setdefault((event["pid"], event["tid"]), []).append(event)
+    out: list[dict[str, float]] = [{} for _ in windows]
+    for key, events in by_thread.items():
+        thread = re.sub(r"\d+$", "", names.get(key, "?"))
+        for task in outermost_tasks(events):
+            if "tdur" not in task:
+                continue
+            for index, (start, end) in enumerate(windows):
+                if start <= task["ts"] <= end:
+                    out[index][thread] = out[index].get(thread, 0.0) + task["tdur"] / 1000
+                    break
+    return out
+
+
+def outermost_tasks(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The top-level tasks of one thread's ``events`` that no other contains, by start."""
+    out: list[dict[str, Any]] = []
+    for task in sorted((e for e in events if e["name"] in TOP_LEVEL), key=lambda e: e["ts"]):
+        if out and task["ts"] < out[-1]["ts"] + out[-1].get("dur", 0):
+            continue  # nested in the last one
+        out.append(task)
+    return out
+
+
+def waited_behind_rendering(
+    events: Sequence[dict[str, Any]], tasks: Sequence[dict[str, Any]], message_at: float
+) -> bool:
+    """Whether the task that ran the script at ``message_at`` (trace µs) started
+    within 1 ms of the end of a task that rendered (style, layout, paint): it was
+    queued behind that one."""
+    running = [t for t in tasks if t["ts"] <= message_at <= t["ts"] + t.get("dur", 0)]
+    if not running:
+        return False
+    start = running[0]["ts"]
+    before = [t for t in tasks if t["ts"] + t.get("dur", 0) <= start]
+    if not before or start - (before[-1]["ts"] + before[-1].get("dur", 0)) > 1000:
+        return False
+    end = before[-1]["ts"] + before[-1].get("dur", 0)
+    return any(e["name"] in RENDERING and before[-1]["ts"] <= e["ts"] <= end for e in events)
+
+
+def report_samples(raw: bytes, measured: Sequence[dict[str, Any]]) -> None:
+    """Print the --samples mode's table (see the module's docstring)."""
+    trace = json.loads(raw)
+    events = main_thread_events(trace)
+    clicks = sorted(
+        e["ts"] for e in events if e["name"] == "EventDispatch" and describe(e) == "click"
+    )
+    tasks = outermost_tasks(events)
+    windows, waited, qr_waited = [], 0, 0
+    for click, sample in zip(clicks, measured, strict=False):
+        clicked, metrics = sample["createClickedAt"], sample["metrics"]
+        shown_at = click + (metrics["firstQrShownAt"] - clicked) * 1000
+        windows.append((click, shown_at))
+        qr_waited += waited_behind_rendering(events, tasks, shown_at)
+        if metrics.get("firstMessageAt"):
+            message_at = click + (metrics["firstMessageAt"] - clicked) * 1000
+            waited += waited_behind_rendering(events, tasks, message_at)
+    cpu = window_cpu(trace, windows)
+    threads = sorted({t for w in cpu for t in w}, key=lambda t: -sum(w.get(t, 0) for w in cpu))
+    lengths = [(end - start) / 1000 for start, end in windows]
+    window = statistics.median(lengths)
+    print(f"{len(windows)} traced creates; click → QR on screen, p50 {window:.1f} ms")
+    print(f"{'CPU ms, p50':>12}  Chromium process / thread (top-level tasks in the window)")
+    for thread in threads:
+        print(f"{statistics.median(w.get(thread, 0.0) for w in cpu):12.1f}  {thread}")
+    total = statistics.median(sum(w.values()) for w in cpu)
+    print(f"{total:12.1f}  all of Chromium (p50 of the per-window sums)")
+    print(
+        "queued right behind a rendering task (style, layout, paint): the first socket "
+        f"message {waited} of {len(windows)}, the first code's {qr_waited} of {len(windows)}"
+    )
+
+
 def describe(event: dict[str, Any]) -> str:
     data = (event.get("args") or {}).get("data") or {}
     return str(data.get("functionName") or data.get("type") or "")
@@ -54,9 +168,22 @@ def describe(event: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--creates", type=int, default=4, help="creates; the last is traced")
+    parser.add_argument(
+        "--creates",
+        type=int,
+        default=4,
+        help="creates; the last is traced (with --samples: untraced ones first)",
+    )
     parser.add_argument("--min-ms", type=float, default=0.7, help="shortest event printed")
+    parser.add_argument(
+        "--samples", type=int, default=0, help="trace this many creates and sum them up"
+    )
+    parser.add_argument(
+        "--save", metavar="PATH", help="--samples: also write the trace (for Perfetto's UI)"
+    )
     args = parser.parse_args(argv)
+    if args.samples:
+        return sample_mode(args.creates, args.samples, args.save)
 
     with LiveServer(timing={"first_qr_ttl": 60}) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -94,6 +221,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = (event["ts"] - start) / 1000
         if -2 <= at <= WINDOW_MS and event.get("dur", 0) / 1000 >= args.min_ms:
             print(f"{at:7.1f} {event['dur'] / 1000:6.2f}  {event['name']} {describe(event)}")
+    return 0
+
+
+def sample_mode(untraced: int, samples: int, save: str | None = None) -> int:
+    """--samples: ``untraced`` creates, then ``samples`` traced ones, then the table."""
+    measured: list[dict[str, Any]] = []
+    with LiveServer(timing={"first_qr_ttl": 60}) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            log_in(page, server.url)
+            for n in range(untraced + samples):
+                if n == untraced:
+                    browser.start_tracing(page=page, categories=SAMPLES_CATEGORIES)
+                page.goto(f"{server.url}/sessions/new/")
+                page.wait_for_selector("#create-form[data-socket=ready]")
+                page.fill("#id_name", f"trace-{uuid.uuid4().hex[:8]}")
+                page.click("#create-submit")
+                page.wait_for_function(FIRST_QR_SHOWN, polling=50)
+                if n >= untraced:  # (its next code comes in 60 s: no load meanwhile)
+                    measured.append(page.evaluate(METRICS))
+            raw = browser.stop_tracing()
+        finally:
+            browser.close()
+    if save:
+        Path(save).write_bytes(raw)
+    report_samples(raw, measured)
     return 0
 
 
