@@ -119,7 +119,11 @@ class SimulatedWhatsAppService:
         assert task is not None
         self._handlers.add(task)
         try:
-            first = wire.decode(await reader.readline(), CLIENT_MESSAGES)
+            line = await reader.readline()
+            if not line:  # e.g. its connect was cancelled, or its process exited, mid-way
+                logger.debug("simulated WhatsApp: a client left before its first message")
+                return
+            first = wire.decode(line, CLIENT_MESSAGES)
             if first["t"] == "hello":
                 await self._serve_device(first, reader, writer)
             elif first["t"] == "control":

@@ -212,6 +212,33 @@ async def test_garbage_is_dropped_and_logged(
     assert "dropped a client: not JSON" in caplog.text
 
 
+async def test_a_client_that_leaves_before_its_first_message_is_no_warning(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver's connect cancelled mid-way (a supervisor stopping while it takes
+    sessions over) hangs up before its hello: nothing went wrong on the wire."""
+    caplog.set_level(logging.DEBUG, logger="sessions_app.drivers.simulated_service")
+    handled = asyncio.Event()  # the service logged what it made of that client
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "client" in record.getMessage():
+                handled.set()
+
+    service_logger = logging.getLogger("sessions_app.drivers.simulated_service")
+    seen = Seen()
+    service_logger.addHandler(seen)
+    try:
+        _, writer = await asyncio.open_connection(running.service.host, running.service.port)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(handled.wait(), 5)
+    finally:
+        service_logger.removeHandler(seen)
+    assert "left before its first message" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
 async def test_a_command_out_of_place_is_a_protocol_error(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
