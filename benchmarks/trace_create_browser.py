@@ -135,9 +135,11 @@ def report_samples(raw: bytes, measured: Sequence[dict[str, Any]]) -> None:
     clicks = sorted(
         e["ts"] for e in events if e["name"] == "EventDispatch" and describe(e) == "click"
     )
+    if len(clicks) != len(measured):  # each create's window starts at its click
+        raise SystemExit(f"{len(clicks)} clicks in the trace for {len(measured)} creates")
     tasks = outermost_tasks(events)
     windows, waited, qr_waited = [], 0, 0
-    for click, sample in zip(clicks, measured, strict=False):
+    for click, sample in zip(clicks, measured, strict=True):
         clicked, metrics = sample["createClickedAt"], sample["metrics"]
         shown_at = click + (metrics["firstQrShownAt"] - clicked) * 1000
         windows.append((click, shown_at))
