@@ -239,6 +239,17 @@ async def test_a_client_that_leaves_before_its_first_message_is_no_warning(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
+async def test_half_a_line_then_a_hang_up_is_still_a_protocol_error(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection(running.service.host, running.service.port)
+    writer.write(b'{"v": 1, "t": "hel')
+    writer.write_eof()
+    assert await reader.read() == b"", "the service hangs up"
+    writer.close()
+    assert "dropped a client: not JSON" in caplog.text
+
+
 async def test_a_command_out_of_place_is_a_protocol_error(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
