@@ -63,6 +63,14 @@ def idle_limit() -> str:
         return str(cursor.fetchone()[0])
 
 
+async def until_the_server_ended(pid: int, within: float = 5.0) -> None:
+    """Wait until the server has ended backend ``pid``'s idle transaction."""
+    deadline = time.monotonic() + within
+    while await backend_alive(pid):
+        assert time.monotonic() < deadline, "the idle transaction kept its locks"
+        await asyncio.sleep(0.1)  # another backend's end: observed, not awaited
+
+
 @pytest.mark.parametrize("thread", [supervisor_db, lease_db])
 async def test_a_supervisor_transaction_left_idle_gives_its_locks_back(
     thread: Any, settings: Any
@@ -78,10 +86,7 @@ async def test_a_supervisor_transaction_left_idle_gives_its_locks_back(
     try:
         assert await asyncio.get_running_loop().run_in_executor(None, locked.wait, 10)
         assert not await lockable(pk)
-        deadline = time.monotonic() + 5
-        while await backend_alive(pids[0]):
-            assert time.monotonic() < deadline, "the idle transaction kept its locks"
-            await asyncio.sleep(0.1)  # another backend's end: observed, not awaited
+        await until_the_server_ended(pids[0])
         assert await lockable(pk)
     finally:
         thaw.set()
@@ -104,10 +109,7 @@ async def test_the_webhook_dispatchers_transaction_left_idle_gives_its_locks_bac
     frozen.start()
     try:
         assert await asyncio.get_running_loop().run_in_executor(None, locked.wait, 10)
-        deadline = time.monotonic() + 5
-        while await backend_alive(pids[0]):
-            assert time.monotonic() < deadline, "the idle transaction kept its locks"
-            await asyncio.sleep(0.1)  # another backend's end: observed, not awaited
+        await until_the_server_ended(pids[0])
         assert await lockable(pk)
     finally:
         thaw.set()
