@@ -43,7 +43,8 @@ test: venv chromium services lint
 	$(BIN)/python -m pytest
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) TEST_DATABASE_NAME=test_waconnect_$$$$ \
 	  $(BIN)/python -m pytest -m "not benchmark" \
-	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_supervisor.py \
+	  tests/postgres tests/unit/test_leases.py tests/unit/test_models.py tests/unit/test_compiled_sql.py \
+	  tests/unit/test_supervisor.py \
 	  tests/unit/test_consumers.py tests/unit/test_create_socket.py tests/unit/test_views.py tests/unit/test_names.py \
 	  tests/unit/test_ops_web.py tests/unit/test_ops_metrics_move.py tests/unit/test_ops_message_metrics.py \
 	  tests/unit/test_lifecycle.py tests/unit/test_runner_matrix.py tests/unit/test_intents.py \

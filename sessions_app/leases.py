@@ -19,11 +19,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q
-from django.db.models.functions import Now
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ops import metrics
+from sessions_app import compiled_sql
 from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
 from webhooks import session_events
@@ -78,28 +78,27 @@ def claim(
 
     On PostgreSQL the inner SELECT is ``FOR UPDATE SKIP LOCKED``, so concurrent
     claimers never wait on each other and never take the same row; on SQLite
-    (one process) the statement is serialised by the database lock instead.
+    (one process) the statement is serialised by the database lock instead. The
+    filter is :meth:`~sessions_app.models.SessionQuerySet.claimable`'s, compiled
+    once (:mod:`sessions_app.compiled_sql`): every supervisor runs this on every ring.
     """
-    if limit <= 0:
+    ids = None if session_ids is None else list(session_ids)
+    if limit <= 0 or ids == []:
         return []
-    candidates = WaSession.objects.claimable()
-    if session_ids is not None:
-        candidates = candidates.filter(pk__in=list(session_ids))
-    inner = (
-        candidates.order_by("lease_expires_at", "id")
-        .select_for_update(skip_locked=True)
-        .values("id")[:limit]
+    table = _table()
+    where, where_params = compiled_sql.where("claimable", WaSession.objects.claimable)
+    among = "" if ids is None else f" AND id IN ({', '.join(['%s'] * len(ids))})"
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    expiry_sql, expiry_params = _expiry(ttl)
+    sql = (
+        f"UPDATE {table} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
+        f"lease_expires_at = {expiry_sql} WHERE id IN (SELECT id FROM {table} "
+        f"WHERE {where}{among} ORDER BY lease_expires_at ASC, id ASC LIMIT %s{lock}) "
+        f"RETURNING id, lease_epoch"
     )
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Compiled inside the transaction: Django refuses FOR UPDATE outside one.
-        inner_sql, inner_params = inner.query.sql_with_params()
-        expiry_sql, expiry_params = _expiry(ttl)
-        sql = (
-            f"UPDATE {_table()} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
-            f"lease_expires_at = {expiry_sql} WHERE id IN ({inner_sql}) "
-            f"RETURNING id, lease_epoch"
-        )
-        cursor.execute(sql, [owner, *expiry_params, *inner_params])
+    params = [owner, *expiry_params, *where_params, *(ids or []), limit]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     metrics.claims.inc(len(rows))
     return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
@@ -310,33 +309,41 @@ def withdraw(owner: str) -> None:
     SupervisorPresence.objects.filter(owner=owner).delete()
 
 
-def _until(column: str) -> ExpressionWrapper:
-    """``column − now`` on the database's clock, as a duration."""
-    return ExpressionWrapper(F(column) - Now(), output_field=DurationField())
-
-
 def census(owner: str) -> Census:
     """Count the work and the workers; say when someone else's lease runs out next.
 
-    Two statements (it runs on every ring, on the way from "create" to the QR).
+    Two statements (it runs on every ring, on the way from "create" to the QR
+    code), the work counted with :meth:`~sessions_app.models.SessionQuerySet.
+    needing_owner`'s filter compiled once (:mod:`sessions_app.compiled_sql`);
+    every time on the database's clock.
     """
-    others_lease = ~Q(lease_owner="") & ~Q(lease_owner=owner) & Q(lease_expires_at__gt=Now())
-    work = WaSession.objects.needing_owner().aggregate(
-        wanted=Count("id"), next_lease=Min(_until("lease_expires_at"), filter=others_lease)
+    table = _table()
+    presence = connection.ops.quote_name(SupervisorPresence._meta.db_table)
+    now = compiled_sql.now()
+    work, work_params = compiled_sql.where("needing_owner", WaSession.objects.needing_owner)
+    others_lease = (
+        f"CASE WHEN lease_owner <> '' AND lease_owner <> %s AND lease_expires_at > {now} "
+        "THEN lease_expires_at END"
     )
-    alive = list(
-        SupervisorPresence.objects.filter(expires_at__gt=Now())
-        .exclude(owner=owner)
-        .annotate(left=_until("expires_at"))
-        .values_list("max_sessions", "left")
-    )
-    upcoming = [left for _, left in alive]
-    if work["next_lease"] is not None:
-        upcoming.append(work["next_lease"])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*), {compiled_sql.until(f'MIN({others_lease})')} "
+            f"FROM {table} WHERE {work}",
+            [owner, *work_params],
+        )
+        wanted, next_lease = cursor.fetchone()
+        cursor.execute(
+            f"SELECT max_sessions, {compiled_sql.until('expires_at')} FROM {presence} "
+            f"WHERE expires_at > {now} AND owner <> %s",
+            [owner],
+        )
+        alive = cursor.fetchall()
+    lefts = [compiled_sql.seconds_left(left) for left in [next_lease, *(a[1] for a in alive)]]
+    upcoming = [left for left in lefts if left is not None]
     return Census(
-        wanted=work["wanted"],
-        other_caps=[cap for cap, _ in alive],
-        next_expiry=max(0.0, min(upcoming).total_seconds()) if upcoming else None,
+        wanted=int(wanted),
+        other_caps=[int(cap) for cap, _ in alive],
+        next_expiry=max(0.0, min(upcoming)) if upcoming else None,
     )
 
 

@@ -27,13 +27,14 @@ class SessionQuerySet(models.QuerySet["WaSession"]):
         """Sessions for which an owner has something to do.
 
         The SQL twin of :func:`sessions_app.policy.needs_owner`; a unit test
-        checks the two agree on every combination of inputs.
+        checks the two agree on every combination of inputs. Its only clock is the
+        database's (``Now()``), so its SQL can be compiled once and kept
+        (:mod:`sessions_app.compiled_sql`).
         """
-        now = timezone.now()
         has_creds = ~Q(jid="")
         pair_pending = Q(pair_request__gt=F("pair_served"))
         connect_pending = Q(connect_request__gt=F("connect_served"))
-        ban_active = Q(state=State.BANNED, banned_until__gt=now)
+        ban_active = Q(state=State.BANNED, banned_until__gt=Now())
         waiting = Q(state__in=list(WAITS_FOR_ADMIN))
         in_round = (
             Q(qr_round_started_at__isnull=False) & ~has_creds & Q(state__in=list(ROUND_STATES))

@@ -8,6 +8,7 @@ import itertools
 import pytest
 from django.utils import timezone
 
+from sessions_app import leases
 from sessions_app.models import SessionEvent, WaSession
 from sessions_app.policy import Round, SessionView, needs_owner
 from sessions_app.states import Desired, State
@@ -54,6 +55,11 @@ def test_claimable_sql_matches_needs_owner_on_every_combination() -> None:
     expected = {name for name, view in views.items() if needs_owner(view)}
     assert claimable == expected
     assert 0 < len(expected) < len(views)
+    # The census and the claim run the same filter as SQL compiled once and kept.
+    assert leases.census("nobody").wanted == len(expected)
+    claimed = leases.claim("nobody", 10, len(views))
+    names = WaSession.objects.filter(pk__in=[lease.session_id for lease in claimed])
+    assert set(names.values_list("name", flat=True)) == expected
 
 
 def test_a_live_lease_hides_a_session_from_claims() -> None:
