@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from webhooks import ring
@@ -56,16 +55,26 @@ def next_sequence(session_id: int) -> int:
 
 
 def session_endpoints(session_id: int) -> list[Endpoint]:
-    """Enabled endpoints that listen to this session (any event type): one SELECT.
+    """Enabled endpoints that listen to this session (any event type): one SELECT,
+    each with its ``id`` and ``event_types`` only.
 
     Give the list to :func:`emit` as ``candidates`` when one write emits events of
-    several types (a state change and its QR code): one lookup for all of them."""
-    return list(
-        Endpoint.objects.filter(enabled=True)
-        .filter(Q(all_sessions=True) | Q(sessions__pk=session_id))
-        .distinct()
-        .only("id", "event_types")
+    several types (a state change and its QR code): one lookup for all of them.
+    Written as SQL: it runs inside every fenced write that changes a state or shows
+    a QR code, and the ORM's compiling of the join took 14 times the query's own
+    time (0.47 ms against 0.03 ms on a 2-core machine, docs/benchmarks.md).
+    """
+    quote = connection.ops.quote_name
+    link = Endpoint.sessions.through._meta
+    endpoints, links = quote(Endpoint._meta.db_table), quote(link.db_table)
+    endpoint_id = quote(link.get_field("endpoint").column)
+    linked_session = quote(link.get_field("wasession").column)
+    sql = (
+        f"SELECT e.id, e.event_types FROM {endpoints} e WHERE e.enabled AND (e.all_sessions "
+        f"OR EXISTS (SELECT 1 FROM {links} l WHERE l.{endpoint_id} = e.id "
+        f"AND l.{linked_session} = %s))"
     )
+    return list(Endpoint.objects.raw(sql, [session_id]))
 
 
 def matching_endpoints(
