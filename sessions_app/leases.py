@@ -97,7 +97,11 @@ def claim(
         f"RETURNING id, lease_epoch"
     )
     params = [owner, *expiry_params, *where_params, *(ids or []), limit]
-    with connection.cursor() as cursor:
+    # In a transaction of its own, not autocommit: a claim whose answer is lost (the
+    # connection cut, the call cancelled) is rolled back when the server ends the
+    # transaction, instead of leaving a lease that its claimer never learnt of and
+    # renews for good (the chaos test's partition found one without it).
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     metrics.claims.inc(len(rows))

@@ -166,3 +166,23 @@ def test_census_and_claim_claims_within_the_fair_share_in_one_call(
 
     _, _, shedding = async_to_sync(owner_db.census_and_claim)("a", 10, 1000, 9, 10)
     assert shedding is None, "holding more than the share: shed first, claim after"
+
+
+def test_a_claim_whose_answer_is_lost_leaves_no_lease(
+    sessions: list[WaSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's UPDATE ran but its rows never reached the claimer (the connection
+    cut, the call cancelled): the claim is rolled back, or the claimer would renew
+    a lease it never learnt of, and no runner would ever act on the session."""
+    from django.db import OperationalError
+    from django.db.backends.utils import CursorWrapper
+
+    def lost(self: CursorWrapper) -> None:
+        raise OperationalError("the connection was cut")
+
+    monkeypatch.setattr(CursorWrapper, "fetchall", lost, raising=False)
+    with pytest.raises(OperationalError):
+        leases.claim("a", 10, 5)
+    monkeypatch.undo()
+    assert not WaSession.objects.exclude(lease_owner="").exists()
+    assert len(leases.claim("b", 10, 5)) == 5
