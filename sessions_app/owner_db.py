@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db import connections
+from django.db import connection, connections
 from django.utils import timezone
 
 from sessions_app import leases, policy, snapshots
@@ -121,14 +121,20 @@ def take_gestures(lease: Lease) -> list[Gesture]:
 
 
 def _take_gestures(lease: Lease) -> list[Gesture]:
+    # One plain SELECT (it runs in the first step of every simulated session, on the
+    # way to the QR code; the ORM's join compiled in 0.5 ms); a DELETE only if any.
+    quote = connection.ops.quote_name
     actions = list(
-        PhoneAction.objects.filter(
-            session_id=lease.session_id,
-            session__lease_owner=lease.owner,
-            session__lease_epoch=lease.epoch,
+        PhoneAction.objects.raw(
+            f"SELECT a.* FROM {quote(PhoneAction._meta.db_table)} a "
+            f"JOIN {quote(WaSession._meta.db_table)} s ON s.id = a.session_id "
+            "WHERE a.session_id = %s AND s.lease_owner = %s AND s.lease_epoch = %s "
+            "ORDER BY a.id",
+            [lease.session_id, lease.owner, lease.epoch],
         )
     )
-    PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
+    if actions:
+        PhoneAction.objects.filter(pk__in=[a.pk for a in actions]).delete()
     fresh_since = timezone.now() - GESTURE_MAX_AGE
     return [(a.gesture, a.payload) for a in actions if a.created_at >= fresh_since]
 

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 import segno
+from django.db import connection
 
 from sessions_app.models import SessionEvent, WaSession
 from sessions_app.states import State
@@ -81,6 +82,15 @@ def row(session: WaSession) -> dict[str, Any]:
     }
 
 
+def latest_events(session_id: int) -> list[SessionEvent]:
+    """The session's :data:`EVENTS_SHOWN` newest events, newest first: one plain SELECT
+    (every state change's snapshot reads them on its way to the browser; the ORM's
+    compiling took twice the query's time)."""
+    table = connection.ops.quote_name(SessionEvent._meta.db_table)
+    sql = f"SELECT * FROM {table} WHERE session_id = %s ORDER BY at DESC, id DESC LIMIT %s"
+    return list(SessionEvent.objects.raw(sql, [session_id, EVENTS_SHOWN]))
+
+
 def snapshot(session: WaSession, *, with_events: bool = True) -> dict[str, Any]:
     """Everything the detail page shows. The QR code as its text (``qr_code``, empty
     when none is shown): the page draws it (session.js), so no SVG is made on the
@@ -101,6 +111,5 @@ def snapshot(session: WaSession, *, with_events: bool = True) -> dict[str, Any]:
         "lease_owner": session.lease_owner,
     }
     if with_events:
-        events = SessionEvent.objects.filter(session=session).order_by("-at", "-id")
-        data["events"] = [event_dict(e) for e in events[:EVENTS_SHOWN]]
+        data["events"] = [event_dict(e) for e in latest_events(session.pk)]
     return data
