@@ -10,7 +10,8 @@ defined once, in the ORM, where a test holds them to the pure policy; their SQL
 and parameters are taken from Django's compiler the first time and reused.
 
 Only a filter whose parameters never change between calls may be kept: a clock in
-it must be the database's (``Now()``), never a value such as ``timezone.now()``.
+it must be the database's (``Now()``), never a value such as ``timezone.now()``
+(:func:`where` refuses a filter with a date or a time among its parameters).
 """
 
 from __future__ import annotations
@@ -47,8 +48,15 @@ def where(name: str, build: Callable[[], QuerySet[Any]]) -> tuple[str, tuple[Any
         sql, params = compiler.compile(query.where)
         if len(query.alias_map) > 1:
             raise ValueError(f"{name}: a filter over one table only (it joins {query.alias_map})")
+        if any(isinstance(param, dt.date | dt.time) or _is_time_text(param) for param in params):
+            raise ValueError(f"{name}: a time in the filter would be kept with it; use Now()")
         kept = _kept[key] = (sql, tuple(params))
     return kept
+
+
+def _is_time_text(param: Any) -> bool:
+    """A datetime as SQLite's backend passes it (Django adapts it to text first)."""
+    return isinstance(param, str) and parse_datetime(param) is not None
 
 
 def now() -> str:

@@ -72,7 +72,7 @@ def session_endpoints(session_id: int) -> list[Endpoint]:
     sql = (
         f"SELECT e.id, e.event_types FROM {endpoints} e WHERE e.enabled AND (e.all_sessions "
         f"OR EXISTS (SELECT 1 FROM {links} l WHERE l.{endpoint_id} = e.id "
-        f"AND l.{linked_session} = %s))"
+        f"AND l.{linked_session} = %s)) ORDER BY e.id"
     )
     return list(Endpoint.objects.raw(sql, [session_id]))
 

@@ -53,3 +53,11 @@ def test_until_and_seconds_left_measure_from_the_database_clock() -> None:
         (value,) = cursor.fetchone()
     assert 29 < compiled_sql.seconds_left(value) <= 30  # type: ignore[operator]
     assert compiled_sql.seconds_left(None) is None
+
+
+def test_a_filter_with_a_time_among_its_parameters_is_refused() -> None:
+    """Kept, it would judge every later call by the moment it was compiled."""
+    with pytest.raises(ValueError, match="use Now"):
+        compiled_sql.where(
+            "test-clock", lambda: WaSession.objects.filter(banned_until__gt=timezone.now())
+        )
