@@ -5,9 +5,10 @@ Django compiles a queryset afresh each time it runs it. For
 :meth:`~sessions_app.models.SessionQuerySet.needing_owner` (some twenty conditions)
 that was 1.3 ms of CPU on a 2-core machine, paid twice by every supervisor on the
 way from "create" to the QR code, under the GIL beside the page being rendered
-(docs/benchmarks.md, "The census and the claim compiled once"). The filters stay
-defined once, in the ORM, where a test holds them to the pure policy; their SQL
-and parameters are taken from Django's compiler the first time and reused.
+(docs/benchmarks.md, "Issue 14: the ORM's compiling taken off the supervisor's
+path"). The filters stay defined once, in the ORM, where a test holds them to the
+pure policy; their SQL and parameters are taken from Django's compiler the first
+time and reused.
 
 Only a filter whose parameters never change between calls may be kept: a clock in
 it must be the database's (``Now()``), never a value such as ``timezone.now()``
