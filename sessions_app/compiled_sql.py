@@ -39,7 +39,8 @@ def where(name: str, build: Callable[[], QuerySet[Any]]) -> tuple[str, tuple[Any
 
     The SQL names columns with their table (``"sessions_app_wasession"."state"``), so
     it fits a statement whose FROM is that one table. Raises ``ValueError`` for a
-    queryset that joins another table.
+    queryset that joins another table, or whose parameters hold a date or a time
+    (kept, it would stay the moment of the first call).
     """
     key = (connection.alias, connection.vendor, name)
     kept = _kept.get(key)
