@@ -8,11 +8,13 @@ supervisor's monotonic clock drops every connection before its leases can
 expire when renewal stalls (self-fencing); leases still ours whose runner ended
 without releasing them are given back at the next renewal that works, those
 whose connection may still be open (the driver's stop did not finish) only once
-a stop of the session has finished (:meth:`LeaseKeepingMixin._confirm_stop`).
+a stop of the session has finished (:meth:`LeaseKeepingMixin._confirm_stop`);
+leases ours that nothing here knows of (a claim whose answer was lost) are
+stopped, then given back the same way (:meth:`LeaseKeepingMixin._adopt_strays`).
 
-A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``, ``_unconfirmed``) is the
-supervisor's, read by its claim pass and its health check
-(:func:`ops.health.supervisor_readiness`).
+A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``, ``_unconfirmed``,
+``_strays``, ``_claiming``) is the supervisor's, read by its claim pass and its
+health check (:func:`ops.health.supervisor_readiness`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class LeaseKeepingMixin:
     _orphans: dict[int, int]
     #: The orphans whose connection may still be open, by session id.
     _unconfirmed: dict[int, UnconfirmedStop]
+    #: session id -> epoch of leases the last renewal found ours with nothing here
+    #: knowing of them (no runner, no orphan); see _adopt_strays.
+    _strays: dict[int, int]
+    #: Claim passes under way: their leases may be ours before their runners exist.
+    _claiming: int
     driver: Driver
     _wake: asyncio.Event
 
@@ -109,7 +116,43 @@ class LeaseKeepingMixin:
                 if lease is None or lease.epoch != runner.lease.epoch:
                     logger.warning("lease lost; dropping the connection", extra=runner._extra())
                     runner.abandon("lease lost")
+            self._adopt_strays(held_ids)
             await self._release_orphans(held_ids)
+
+    def _adopt_strays(self, held: dict[int, Lease]) -> None:
+        """Make orphans of the leases ours that nothing here knows of: no runner, no
+        orphan record. A claim whose rows never came back (the connection cut after
+        its commit, the awaiting call cancelled while its thread went on) leaves
+        one, as does a release that failed after its runner was forgotten; renewed
+        by every renewal, such a lease would keep the session from every other
+        supervisor for good, with nobody connecting it.
+
+        Only one seen by two renewals in a row, with no claim pass under way at
+        either: one sighting proves nothing (a runner that released its lease after
+        the renewal read it is gone from ``runners`` yet still in ``held``; a claim
+        under way has leases before runners). The driver may hold the session after
+        all, so it is stopped first, as an orphan whose stop is unconfirmed; the
+        lease is given back at the first renewal after that stop finished
+        (:meth:`_release_orphans`).
+        """
+        if self._claiming:
+            self._strays = {}
+            return
+        known = self.runners.keys() | self._orphans.keys() | self._unconfirmed.keys()
+        seen = {sid: lease.epoch for sid, lease in held.items() if sid not in known}
+        for sid, epoch in seen.items():
+            if self._strays.get(sid) != epoch:
+                continue
+            logger.warning(
+                "our lease (epoch %d) has no runner: a claim's answer was lost?"
+                " Stopping the session, then giving the lease back",
+                epoch,
+                extra={"session": sid},
+            )
+            self._orphans[sid] = epoch
+            unconfirmed = self._unconfirmed[sid] = UnconfirmedStop(None)
+            unconfirmed.confirming = self._stop_again(sid, unconfirmed)
+        self._strays = {sid: epoch for sid, epoch in seen.items() if sid not in self._orphans}
 
     async def _release_orphans(self, held: dict[int, Lease]) -> None:
         """Give back leases still ours whose runner ended without releasing them

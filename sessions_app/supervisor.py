@@ -94,6 +94,8 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         self._next_expiry_at = self.clock() + self.config.reconcile_interval
         self._orphans: dict[int, int] = {}  # session id -> epoch, see _release_orphans
         self._unconfirmed: dict[int, UnconfirmedStop] = {}  # see _confirm_stop
+        self._strays: dict[int, int] = {}  # see _adopt_strays
+        self._claiming = 0  # claim passes under way, see _adopt_strays
         self._driver_closing: asyncio.Future[None] | None = None  # see _close_driver
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
@@ -290,7 +292,11 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             try:
                 # Only rings that name sessions: perhaps no census (see reconcile).
                 census = periodic or not woken or self._census_due or expired
-                await self.reconcile(periodic=periodic, census=census)
+                self._claiming += 1
+                try:
+                    await self.reconcile(periodic=periodic, census=census)
+                finally:
+                    self._claiming -= 1
             except Exception:
                 self._next_expiry_at = self.clock() + self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 
 from sessions_app import leases, owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
@@ -136,3 +137,43 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
         assert session.pk not in sup.runners
         assert ("start", session.pk) not in sup.driver.calls
         monkeypatch.undo()
+
+
+async def test_a_claim_whose_answer_was_lost_is_given_back_and_claimed_again(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claim committed but its rows never reached the supervisor (the connection
+    cut after the commit): the lease is ours with no runner. Renewed by every
+    renewal, it would keep the session from everyone for good, with no QR code
+    ever; it is stopped, given back and claimed again instead."""
+    claim = owner_db.claim
+    census_and_claim = owner_db.census_and_claim
+    lost: list[int] = []
+
+    def lose(got: list[leases.Lease]) -> None:
+        if got and not lost:
+            lost.extend(lease.session_id for lease in got)
+            raise OperationalError("server closed the connection unexpectedly")
+
+    async def claim_answer_lost(
+        owner: str, ttl: float, limit: int, session_ids: Any = None
+    ) -> list[leases.Lease]:
+        got = await claim(owner, ttl, limit, session_ids)
+        lose(got)
+        return got
+
+    async def census_and_claim_answer_lost(
+        owner: str, ttl: float, cap: int, held: int, batch: int
+    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
+        answer = await census_and_claim(owner, ttl, cap, held, batch)
+        lose(answer[2] or [])
+        return answer
+
+    monkeypatch.setattr(owner_db, "claim", claim_answer_lost)
+    monkeypatch.setattr(owner_db, "census_and_claim", census_and_claim_answer_lost)
+    async with running(world) as sup:
+        session = await create("lost answer", "ada")
+        await until(session.pk, state_is("qr_required"), timeout=4 * FAST.lease_ttl)
+        assert lost == [session.pk]
+        assert ("stop", session.pk) in sup.driver.calls, "given back before it was stopped"
+    assert "has no runner" in caplog.text
