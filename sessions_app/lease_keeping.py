@@ -13,8 +13,9 @@ leases ours that nothing here knows of (a claim whose answer was lost) are
 stopped, then given back the same way (:meth:`LeaseKeepingMixin._adopt_strays`).
 
 A mixin: its state (``fenced``, ``_last_renewal``, ``_orphans``, ``_unconfirmed``,
-``_strays``, ``_claiming``) is the supervisor's, read by its claim pass and its
-health check (:func:`ops.health.supervisor_readiness`).
+``_ending``, ``_strays``, ``_claiming``) is the supervisor's; ``fenced`` and
+``_last_renewal`` are read by its claim pass and its health check
+(:func:`ops.health.supervisor_readiness`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class LeaseKeepingMixin:
     _strays: dict[int, int]
     #: Claim passes under way: their leases may be ours before their runners exist.
     _claiming: int
+    #: Runners forgotten (no longer in ``runners``) whose task has not ended: one
+    #: may still be releasing its lease.
+    _ending: dict[int, SessionRunner]
     driver: Driver
     _wake: asyncio.Event
 
@@ -127,18 +131,22 @@ class LeaseKeepingMixin:
         by every renewal, such a lease would keep the session from every other
         supervisor for good, with nobody connecting it.
 
-        Only one seen by two renewals in a row, with no claim pass under way at
-        either: one sighting proves nothing (a runner that released its lease after
-        the renewal read it is gone from ``runners`` yet still in ``held``; a claim
-        under way has leases before runners). The driver may hold the session after
-        all, so it is stopped first, as an orphan whose stop is unconfirmed; the
-        lease is given back at the first renewal after that stop finished
-        (:meth:`_release_orphans`).
+        Known: the runners, those forgotten whose task has not ended (one may be
+        releasing its lease, behind a backlog of writes: :meth:`_track_ending`),
+        the orphans. A lease is adopted at its second sighting in a row under the
+        same epoch; the first counts only with no claim pass under way (a claim
+        has its leases before its runners exist), the second needs no such care
+        (no claim takes a lease that is live, and a claim would change the
+        epoch). The driver may hold the session after all, so it is stopped
+        first, as an orphan whose stop is unconfirmed; the lease is given back at
+        the first renewal after that stop finished (:meth:`_release_orphans`).
         """
-        if self._claiming:
-            self._strays = {}
-            return
-        known = self.runners.keys() | self._orphans.keys() | self._unconfirmed.keys()
+        known = (
+            self.runners.keys()
+            | self._ending.keys()
+            | self._orphans.keys()
+            | self._unconfirmed.keys()
+        )
         seen = {sid: lease.epoch for sid, lease in held.items() if sid not in known}
         for sid, epoch in seen.items():
             if self._strays.get(sid) != epoch:
@@ -147,12 +155,25 @@ class LeaseKeepingMixin:
                 "our lease (epoch %d) has no runner: a claim's answer was lost?"
                 " Stopping the session, then giving the lease back",
                 epoch,
-                extra={"session": sid},
+                extra={"session": sid, **self._extra()},
             )
             self._orphans[sid] = epoch
             unconfirmed = self._unconfirmed[sid] = UnconfirmedStop(None)
             unconfirmed.confirming = self._stop_again(sid, unconfirmed)
-        self._strays = {sid: epoch for sid, epoch in seen.items() if sid not in self._orphans}
+        first = {} if self._claiming else seen
+        self._strays = {sid: epoch for sid, epoch in first.items() if sid not in self._orphans}
+
+    def _track_ending(self, runner: SessionRunner) -> None:
+        """Count a runner just forgotten as known until its task has ended: it may
+        still be releasing its lease (see :meth:`_adopt_strays`)."""
+        sid = runner.session_id
+        self._ending[sid] = runner
+
+        def ended(_: object) -> None:
+            if self._ending.get(sid) is runner:
+                del self._ending[sid]
+
+        runner.task.add_done_callback(ended)
 
     async def _release_orphans(self, held: dict[int, Lease]) -> None:
         """Give back leases still ours whose runner ended without releasing them

@@ -96,6 +96,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         self._unconfirmed: dict[int, UnconfirmedStop] = {}  # see _confirm_stop
         self._strays: dict[int, int] = {}  # see _adopt_strays
         self._claiming = 0  # claim passes under way, see _adopt_strays
+        self._ending: dict[int, SessionRunner] = {}  # see _track_ending
         self._driver_closing: asyncio.Future[None] | None = None  # see _close_driver
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
@@ -245,6 +246,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         if self.runners.get(runner.session_id) is not runner:
             return
         del self.runners[runner.session_id]
+        self._track_ending(runner)
         if runner.exit_reason in ("self-fenced", "crashed") or runner.stop_unconfirmed:
             # Perhaps still ours in the database: the next renewal gives it back
             # (once a stop has finished, if the connection may still be open).
@@ -292,11 +294,7 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             try:
                 # Only rings that name sessions: perhaps no census (see reconcile).
                 census = periodic or not woken or self._census_due or expired
-                self._claiming += 1
-                try:
-                    await self.reconcile(periodic=periodic, census=census)
-                finally:
-                    self._claiming -= 1
+                await self.reconcile(periodic=periodic, census=census)
             except Exception:
                 self._next_expiry_at = self.clock() + self.config.reconcile_interval
                 logger.warning("reconcile failed; will retry", exc_info=True, extra=self._extra())
@@ -328,6 +326,13 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         taken now would give, unless sessions stopped wanting an owner since the
         last one (their count lags by at most a reconcile interval; shedding
         corrects it at the next full pass)."""
+        self._claiming += 1  # see _adopt_strays
+        try:
+            return await self._reconcile(periodic, census)
+        finally:
+            self._claiming -= 1
+
+    async def _reconcile(self, periodic: bool, census: bool) -> int:
         if periodic:
             await self._poke_changed()
             try:

@@ -16,8 +16,8 @@ from django.db import OperationalError
 
 from sessions_app import leases, owner_db
 from sessions_app.drivers.simulated import SimulatedTiming, SimulatedWhatsApp
-from tests.unit.helpers import state_is, until
-from tests.unit.test_supervisor import FAST, create, paired, running
+from tests.unit.helpers import settled, state_is, until
+from tests.unit.test_supervisor import FAST, create, paired, running, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -175,5 +175,88 @@ async def test_a_claim_whose_answer_was_lost_is_given_back_and_claimed_again(
         session = await create("lost answer", "ada")
         await until(session.pk, state_is("qr_required"), timeout=4 * FAST.lease_ttl)
         assert lost == [session.pk]
-        assert ("stop", session.pk) in sup.driver.calls, "given back before it was stopped"
+        calls = sup.driver.calls
+        assert calls.index(("stop", session.pk)) < calls.index(("start", session.pk)), (
+            "given back before it was stopped"
+        )
     assert "has no runner" in caplog.text
+
+
+class Renewals:
+    """Counts the supervisor's renewals (patched into ``owner_db.renew``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.renew = owner_db.renew
+        self.count = 0
+        self.changed = asyncio.Event()
+        monkeypatch.setattr(owner_db, "renew", self)
+
+    async def __call__(self, owner: str, ttl: float) -> list[leases.Lease]:
+        held = await self.renew(owner, ttl)
+        self.count += 1
+        self.changed.set()
+        return held
+
+    async def wait(self, more: int) -> None:
+        """Until ``more`` renewals from now have been answered."""
+        until_count = self.count + more
+        while self.count < until_count:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_a_claim_answered_after_several_renewals_is_not_taken_for_a_lost_one(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claim answered slowly (behind a backlog of calls) has its lease before its
+    runner, over several renewals: the lease is left to the runner to come."""
+    renewals = Renewals(monkeypatch)
+    claim = owner_db.claim
+    census_and_claim = owner_db.census_and_claim
+
+    async def slow_claim(
+        owner: str, ttl: float, limit: int, session_ids: Any = None
+    ) -> list[leases.Lease]:
+        got = await claim(owner, ttl, limit, session_ids)
+        if got:
+            await renewals.wait(3)
+        return got
+
+    async def slow_census_and_claim(
+        owner: str, ttl: float, cap: int, held: int, batch: int
+    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
+        answer = await census_and_claim(owner, ttl, cap, held, batch)
+        if answer[2]:
+            await renewals.wait(3)
+        return answer
+
+    monkeypatch.setattr(owner_db, "claim", slow_claim)
+    monkeypatch.setattr(owner_db, "census_and_claim", slow_census_and_claim)
+    async with running(world) as sup:
+        session = await create("slow claim", "ada")
+        await until(session.pk, state_is("qr_required"), timeout=4 * FAST.lease_ttl)
+        assert ("stop", session.pk) not in sup.driver.calls
+    assert "has no runner" not in caplog.text
+
+
+async def test_a_release_slower_than_two_renewals_is_not_taken_for_a_lost_claim(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner forgets itself before its release is written; behind a backlog of
+    writes that release may take several renewals, during which the lease is ours
+    with no runner. It is no lost claim's: the release is left to finish."""
+    renewals = Renewals(monkeypatch)
+    release = owner_db.release
+
+    async def slow_release(lease: leases.Lease, fields: Any, event: Any = None) -> Any:
+        await renewals.wait(3)  # three renewals see the lease ours, with no runner
+        return await release(lease, fields, event)
+
+    async with running(world) as sup:
+        session = await create("slow release", "ada")
+        await until(session.pk, state_is("qr_required"))
+        monkeypatch.setattr(owner_db, "release", slow_release)
+        await stop(session, "ada")
+        await until(session.pk, settled("stopped"), timeout=4 * FAST.lease_ttl)
+        assert sup.driver.calls.count(("stop", session.pk)) == 1
+    assert "has no runner" not in caplog.text
