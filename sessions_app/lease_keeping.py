@@ -273,6 +273,13 @@ class LeaseKeepingMixin:
             stop_again(), name=f"waconnect-stop-again-{session_id}"
         )
 
+    def leases_live(self) -> bool:
+        """Whether every lease we hold is surely ours still, by our own clock (no
+        I/O): not fenced, and the self-fence deadline not passed. Each lease was
+        claimed or renewed after the last renewal that answered was sent, so it
+        runs at least a TTL from then; the margin covers the database's clock."""
+        return not self.fenced and self.clock() < self._fence_deadline()
+
     def _fence_deadline(self) -> float:
         """When, on our monotonic clock, we must have dropped every connection."""
         return self._last_renewal + self.config.lease_ttl - self.config.self_fence_margin
