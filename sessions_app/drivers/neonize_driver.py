@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 from ops import metrics
@@ -79,7 +80,10 @@ class Worker:
         self.on_event: EventSink | None = None
         self.stopping = False
         self.last_heard = time.monotonic()
-        self.connecting_at: float | None = None  # monotonic time neonize was asked to connect
+        #: When (time.monotonic(), this host) the worker called neonize's connect(),
+        #: by its own clock; and when its word of it reached us.
+        self.connect_called_at: float | None = None
+        self.connecting_at: float | None = None
         self.connecting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed = False
@@ -135,17 +139,25 @@ class Worker:
     # -- talking ------------------------------------------------------------------------
 
     async def send(self, kind: str, **fields: Any) -> None:
+        await self._send_now(kind, **fields)
+
+    def _send_now(self, kind: str, **fields: Any) -> Awaitable[None]:
+        """Hand the message to the socket now, before anything else runs on the loop;
+        what it returns waits for the buffer to drain. :class:`DriverError` if the
+        worker is gone."""
         if self.writer is None or self.writer.is_closing():
             raise DriverError("worker is gone")
         self.writer.write(wire.encode(kind, **fields))
-        await self.writer.drain()
+        return self.writer.drain()
 
-    def assign(self, spec: ConnectSpec, on_event: EventSink, store: str) -> asyncio.Future[None]:
+    def assign(self, spec: ConnectSpec, on_event: EventSink, store: str) -> Awaitable[None]:
+        """Give the worker its session: "start" is on the socket when this returns,
+        before the loop runs anything else (the runner's write of "connecting",
+        under way beside the start, holds the GIL in its database thread for
+        milliseconds: the worker need not wait for that)."""
         self.session_id = spec.session_id
         self.on_event = on_event
-        return asyncio.ensure_future(
-            self.send("start", session=spec.session_id, store=store, jid=spec.jid)
-        )
+        return self._send_now("start", session=spec.session_id, store=store, jid=spec.jid)
 
     def fail(self, message: str) -> None:
         """Report this worker's failure once, as its session's error, and kill it."""
@@ -191,6 +203,7 @@ class Worker:
             return
         if kind == "connecting":
             self.connecting_at = time.monotonic()
+            self.connect_called_at = message["at"]
             self.connecting.set()
         if self.session_id is None or self.on_event is None or self.stopping:
             return

@@ -292,7 +292,7 @@ class Session:
                 self.channel.send("logged_out", reason="device not in the store")
                 return
             self.build()
-            self.channel.send("connecting")
+            self.channel.send("connecting", at=time.monotonic())
             self.client.connect()
             self.channel.send("error", message="the connection ended", retryable=True)
         except Exception as exc:

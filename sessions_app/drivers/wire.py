@@ -59,7 +59,9 @@ COMMANDS: dict[str, dict[str, type]] = {
 EVENTS: dict[str, dict[str, type]] = {
     "ready": {},  # warm: neonize imported, waiting for "start"
     "heartbeat": {},
-    "connecting": {},  # about to call neonize's connect()
+    # About to call neonize's connect(); ``at``: the worker's time.monotonic()
+    # then (CLOCK_MONOTONIC: one clock for every process of the host).
+    "connecting": {"at": float},
     "qr": {"code": str, "valid_for": float},
     "pair_code": {"code": str},
     "paired": {"jid": str, "push_name": str},

@@ -68,7 +68,7 @@ def main() -> None:
         kind = command["t"]
         if kind == "start":
             fault = fault_for(command["session"])
-            send("connecting")
+            send("connecting", at=time.monotonic())
             if command["jid"]:
                 send("connected")
             else:

@@ -200,10 +200,17 @@ async def test_a_real_neonize_worker_fails_at_dns_and_retries_cleanly(
     supervisor = Supervisor(driver, config=slow_retry)
     task = asyncio.create_task(supervisor.run())
     try:
+        worker = await driver.worker_for(session.pk)
+        async with asyncio.timeout(30):
+            await worker.connecting.wait()
         snap = await until(session.pk, state_is("error"), timeout=30)
     finally:
         supervisor.stop()
         await task
+    # When it called connect(), by its own clock (one clock for the host's
+    # processes), before its word of it reached the supervisor.
+    assert worker.connect_called_at is not None and worker.connecting_at is not None
+    assert worker.connect_called_at <= worker.connecting_at
     assert "web.whatsapp.com" in snap["last_error"]
     assert snap["next_retry_at"] is not None
     assert snap["retry_count"] == 1

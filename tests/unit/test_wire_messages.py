@@ -67,6 +67,7 @@ def test_the_longest_text_fits_on_a_line() -> None:
         ("receipt", {"message_ids": [1], "status": "read", "timestamp": 0, "chat": ""}, "strings"),
         ("sent", {"ref": "r", "message_id": "m", "timestamp": 1e20}, "out of range"),
         ("sent", {"ref": "r", "message_id": "m"}, "timestamp"),
+        ("connecting", {}, "at"),
     ],
 )
 def test_values_outside_the_contract_are_protocol_errors(
