@@ -93,12 +93,6 @@ class LeaseKeepingMixin:
                 logger.warning("lease renewal failed", exc_info=True, extra=self._extra())
                 continue
             self._last_renewal = started
-            try:
-                await owner_db.announce(
-                    self.owner, self.config.lease_ttl, self.config.max_sessions, len(held)
-                )
-            except Exception:
-                logger.warning("could not renew our presence", exc_info=True, extra=self._extra())
             if self.fenced and self._fence_deadline() > self.clock():
                 logger.info("lease renewal works again; claiming resumes", extra=self._extra())
                 self.fenced = False
@@ -120,6 +114,14 @@ class LeaseKeepingMixin:
                 if lease is None or lease.epoch != runner.lease.epoch:
                     logger.warning("lease lost; dropping the connection", extra=runner._extra())
                     runner.abandon("lease lost")
+            # After the abandons, with no await before them: from the moment
+            # _last_renewal moved, leases_live() vouches for every runner left.
+            try:
+                await owner_db.announce(
+                    self.owner, self.config.lease_ttl, self.config.max_sessions, len(held)
+                )
+            except Exception:
+                logger.warning("could not renew our presence", exc_info=True, extra=self._extra())
             self._adopt_strays(held_ids)
             await self._release_orphans(held_ids)
 
@@ -274,10 +276,13 @@ class LeaseKeepingMixin:
         )
 
     def leases_live(self) -> bool:
-        """Whether every lease we hold is surely ours still, by our own clock (no
-        I/O): not fenced, and the self-fence deadline not passed. Each lease was
-        claimed or renewed after the last renewal that answered was sent, so it
-        runs at least a TTL from then; the margin covers the database's clock."""
+        """Whether every lease we hold is ours still by our own clock (no I/O): not
+        fenced, and the self-fence deadline not passed — the bound the watchdog
+        drops every connection by. A lease runs a TTL from the statement that
+        claimed or last renewed it: the last renewal that answered, or a claim sent
+        after it, or (committed after that renewal read the rows) one sent a claim's
+        duration before it; the margin (2 s by default) covers that and the
+        database's clock."""
         return not self.fenced and self.clock() < self._fence_deadline()
 
     def _fence_deadline(self) -> float:

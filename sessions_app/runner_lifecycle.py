@@ -212,11 +212,11 @@ class LifecycleMixin:
         # 14 ms from a create to neonize's connect() on a slow machine) overlaps
         # the connection's opening instead of delaying it, when our leases are
         # live by our own clock (no I/O: that covers a pause of the whole process
-        # up to this instant, which a write made before the start would not). A
-        # write that finds the lease gone raises LeaseLost below, and the runner
-        # closes the connection it just opened; no one else can hold the lease
-        # meanwhile. Otherwise (a stalled renewal, a process paused) the database
-        # decides first.
+        # up to this instant, which a write made before the start would not). By
+        # the self-fence's own bound no one else can then hold the lease; a write
+        # that finds it gone all the same raises LeaseLost below, and the runner
+        # closes the connection it just opened. Otherwise (a stalled renewal, a
+        # process paused) the database decides first.
         writing = _task_soon(
             self._transition(session, trigger, why, fields, row=session, publish=False)
         )
@@ -226,8 +226,8 @@ class LifecycleMixin:
         # shape) follows the write at once, also while the connection opens. It
         # ends before this step does (and raises what the write raised), so the
         # next snapshot (the code) still follows it. (A runner cancelled meanwhile
-        # leaves both to end on their own; a later snapshot may then overtake the
-        # push, and every client keeps the higher version.)
+        # leaves both to end on their own, shielded; a later snapshot may then
+        # overtake the push, and every client keeps the higher version.)
         pushing = _push_soon(_publish_after(writing))
         self.attempt += 1
         attempt = self.attempt
@@ -240,7 +240,21 @@ class LifecycleMixin:
         except Exception as exc:
             logger.warning("driver could not start: %s", exc, extra=self._extra())
             self._deliver(attempt, ConnectError(self.session_id, f"could not start: {exc}"))
-        await pushing
+        try:
+            await asyncio.shield(pushing)
+        except asyncio.CancelledError:
+            pushing.add_done_callback(self._log_unseen_failure)
+            raise
+
+    def _log_unseen_failure(self, task: asyncio.Future[Any]) -> None:
+        """How a write or push this runner stopped waiting for ended, if it failed
+        otherwise than by finding the lease gone (nobody else will see it)."""
+        if not task.cancelled() and not isinstance(task.exception(), LeaseLost | type(None)):
+            logger.warning(
+                "a write left to finish after its runner stopped failed: %r",
+                task.exception(),
+                extra=self._extra(),
+            )
 
     def _deliver(self, attempt: int, event: DriverEvent) -> None:
         """The connection's ``on_event``: into the inbox, tagged with its attempt."""

@@ -153,8 +153,8 @@ class Worker:
     def assign(self, spec: ConnectSpec, on_event: EventSink, store: str) -> Awaitable[None]:
         """Give the worker its session: "start" is on the socket when this returns,
         before the loop runs anything else (the runner's write of "connecting",
-        under way beside the start, holds the GIL in its database thread for
-        milliseconds: the worker need not wait for that)."""
+        under way beside the start, holds the GIL in slices while the ORM works
+        in its database thread: the worker need not wait for that)."""
         self.session_id = spec.session_id
         self.on_event = on_event
         return self._send_now("start", session=spec.session_id, store=store, jid=spec.jid)
@@ -203,7 +203,9 @@ class Worker:
             return
         if kind == "connecting":
             self.connecting_at = time.monotonic()
-            self.connect_called_at = message["at"]
+            at = message.get("at")  # optional, see wire.EVENTS
+            if isinstance(at, int | float) and not isinstance(at, bool):
+                self.connect_called_at = float(at)
             self.connecting.set()
         if self.session_id is None or self.on_event is None or self.stopping:
             return

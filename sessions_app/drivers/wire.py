@@ -59,9 +59,10 @@ COMMANDS: dict[str, dict[str, type]] = {
 EVENTS: dict[str, dict[str, type]] = {
     "ready": {},  # warm: neonize imported, waiting for "start"
     "heartbeat": {},
-    # About to call neonize's connect(); ``at``: the worker's time.monotonic()
-    # then (CLOCK_MONOTONIC: one clock for every process of the host).
-    "connecting": {"at": float},
+    # About to call neonize's connect(). Optional ``at`` (a float, timing only;
+    # a worker of an older deploy sends none): the worker's time.monotonic() then
+    # (CLOCK_MONOTONIC: one clock for every process of the host).
+    "connecting": {},
     "qr": {"code": str, "valid_for": float},
     "pair_code": {"code": str},
     "paired": {"jid": str, "push_name": str},

@@ -11,8 +11,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 
-from sessions_app import leases, owner_db
+from sessions_app import doorbell, leases, owner_db
 from sessions_app.drivers.simulated import SimulatedDriver, SimulatedTiming, SimulatedWhatsApp
 from sessions_app.supervisor import Supervisor
 from tests.unit.helpers import state_is, until
@@ -54,7 +55,8 @@ async def test_the_connection_opens_while_connecting_is_written(
     """The write is a database round trip on the way from a create to its first
     code: the connection does not wait for it."""
     writes = HeldConnectingWrites(monkeypatch)
-    async with running(world):
+    async with running(world) as sup:
+        monkeypatch.setattr(sup, "leases_live", lambda: True)  # however slow the renewals
         session = await create("side by side", "ada")
         await writes.held.wait()
         async with asyncio.timeout(5):
@@ -68,6 +70,7 @@ async def test_a_connection_whose_write_finds_the_lease_gone_is_closed(
 ) -> None:
     writes = HeldConnectingWrites(monkeypatch, lost=True)
     async with running(world) as sup:
+        monkeypatch.setattr(sup, "leases_live", lambda: True)
         session = await create("gone meanwhile", "ada")
         await writes.held.wait()
         runner = sup.runners[session.pk]
@@ -78,6 +81,36 @@ async def test_a_connection_whose_write_finds_the_lease_gone_is_closed(
             await world.until_live(session.pk, 0)
             await asyncio.wait({runner.task})
         assert runner.exit_reason == "lost"
+
+
+async def test_a_runner_handed_over_mid_write_still_pushes_what_it_wrote(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write and its push are left to end on their own (shielded): a hand-over
+    cancelling the runner does not leave "connecting" written and never pushed."""
+    writes = HeldConnectingWrites(monkeypatch)
+    layer = get_channel_layer()
+    async with running(world) as sup:
+        monkeypatch.setattr(sup, "leases_live", lambda: True)
+        # The lease stays ours with no runner: no claim again, no second write.
+        monkeypatch.setattr(sup, "_adopt_strays", lambda held: None)
+        session = await create("handed over", "ada")
+        channel = await layer.new_channel()
+        await layer.group_add(doorbell.session_group(session.pk), channel)
+        await writes.held.wait()
+        runner = sup.runners[session.pk]
+        async with asyncio.timeout(5):
+            await world.until_live(session.pk, 1)  # the step now waits for the write
+        runner.hand_over()
+        async with asyncio.timeout(5):
+            await asyncio.wait({runner.task})
+        writes.go.set()
+        async with asyncio.timeout(5):
+            while True:
+                message = await layer.receive(channel)
+                snapshot = message.get("snapshot") or {}
+                if message["type"] == "session.update" and snapshot["state"] == "connecting":
+                    break
 
 
 async def test_a_supervisor_unsure_of_its_leases_writes_before_it_connects(
