@@ -63,11 +63,6 @@ async def _publish_after(writing: asyncio.Future[Published]) -> None:
     await doorbell.publish(*await writing)
 
 
-def _push_soon(push: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-    """Run ``push`` (a :mod:`~sessions_app.doorbell` push) in a task of its own."""
-    return _task_soon(push)
-
-
 class LifecycleMixin:
     """Acting on the policy's actions and on lifecycle driver events.
 
@@ -228,7 +223,7 @@ class LifecycleMixin:
         # next snapshot (the code) still follows it. (A runner cancelled meanwhile
         # leaves both to end on their own, shielded; a later snapshot may then
         # overtake the push, and every client keeps the higher version.)
-        pushing = _push_soon(_publish_after(writing))
+        pushing = _task_soon(_publish_after(writing))
         self.attempt += 1
         attempt = self.attempt
         self.connection_open = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -139,6 +140,32 @@ async def test_a_session_claimed_while_fenced_is_never_connected(
         monkeypatch.undo()
 
 
+def after_claims(
+    monkeypatch: pytest.MonkeyPatch, after: Callable[[list[leases.Lease]], Awaitable[None]]
+) -> None:
+    """Patch both claim calls (by id, and with the census) to run ``after`` on the
+    leases each claimed, once the claim has committed, before it answers."""
+    claim = owner_db.claim
+    census_and_claim = owner_db.census_and_claim
+
+    async def claim_then(
+        owner: str, ttl: float, limit: int, session_ids: Any = None
+    ) -> list[leases.Lease]:
+        got = await claim(owner, ttl, limit, session_ids)
+        await after(got)
+        return got
+
+    async def census_and_claim_then(
+        owner: str, ttl: float, cap: int, held: int, batch: int
+    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
+        answer = await census_and_claim(owner, ttl, cap, held, batch)
+        await after(answer[2] or [])
+        return answer
+
+    monkeypatch.setattr(owner_db, "claim", claim_then)
+    monkeypatch.setattr(owner_db, "census_and_claim", census_and_claim_then)
+
+
 async def test_a_claim_whose_answer_was_lost_is_given_back_and_claimed_again(
     world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,31 +173,14 @@ async def test_a_claim_whose_answer_was_lost_is_given_back_and_claimed_again(
     cut after the commit): the lease is ours with no runner. Renewed by every
     renewal, it would keep the session from everyone for good, with no QR code
     ever; it is stopped, given back and claimed again instead."""
-    claim = owner_db.claim
-    census_and_claim = owner_db.census_and_claim
     lost: list[int] = []
 
-    def lose(got: list[leases.Lease]) -> None:
+    async def lose(got: list[leases.Lease]) -> None:
         if got and not lost:
             lost.extend(lease.session_id for lease in got)
             raise OperationalError("server closed the connection unexpectedly")
 
-    async def claim_answer_lost(
-        owner: str, ttl: float, limit: int, session_ids: Any = None
-    ) -> list[leases.Lease]:
-        got = await claim(owner, ttl, limit, session_ids)
-        lose(got)
-        return got
-
-    async def census_and_claim_answer_lost(
-        owner: str, ttl: float, cap: int, held: int, batch: int
-    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
-        answer = await census_and_claim(owner, ttl, cap, held, batch)
-        lose(answer[2] or [])
-        return answer
-
-    monkeypatch.setattr(owner_db, "claim", claim_answer_lost)
-    monkeypatch.setattr(owner_db, "census_and_claim", census_and_claim_answer_lost)
+    after_claims(monkeypatch, lose)
     async with running(world) as sup:
         session = await create("lost answer", "ada")
         await until(session.pk, state_is("qr_required"), timeout=4 * FAST.lease_ttl)
@@ -211,27 +221,12 @@ async def test_a_claim_answered_after_several_renewals_is_not_taken_for_a_lost_o
     """A claim answered slowly (behind a backlog of calls) has its lease before its
     runner, over several renewals: the lease is left to the runner to come."""
     renewals = Renewals(monkeypatch)
-    claim = owner_db.claim
-    census_and_claim = owner_db.census_and_claim
 
-    async def slow_claim(
-        owner: str, ttl: float, limit: int, session_ids: Any = None
-    ) -> list[leases.Lease]:
-        got = await claim(owner, ttl, limit, session_ids)
+    async def slowly(got: list[leases.Lease]) -> None:
         if got:
             await renewals.wait(3)
-        return got
 
-    async def slow_census_and_claim(
-        owner: str, ttl: float, cap: int, held: int, batch: int
-    ) -> tuple[leases.Census, int, list[leases.Lease] | None]:
-        answer = await census_and_claim(owner, ttl, cap, held, batch)
-        if answer[2]:
-            await renewals.wait(3)
-        return answer
-
-    monkeypatch.setattr(owner_db, "claim", slow_claim)
-    monkeypatch.setattr(owner_db, "census_and_claim", slow_census_and_claim)
+    after_claims(monkeypatch, slowly)
     async with running(world) as sup:
         session = await create("slow claim", "ada")
         await until(session.pk, state_is("qr_required"), timeout=4 * FAST.lease_ttl)
