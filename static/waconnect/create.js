@@ -13,11 +13,19 @@
  * dropped), the form is posted with fetch (Accept: application/json). The
  * view answers {ok, id, url, ws, html} or {ok: false, errors} (400). On success
  * the page opens the new session's socket at once (waconnect.sessionPage, the
- * same code as the detail page), puts the detail page's <main> (html, rendered
- * by the view; fetched from url if absent) in place of this one, then mounts: the QR code appears as soon as both the markup and a
- * snapshot with a code are there, without a second full page load. The URL
- * becomes the detail page's (history.pushState), so reload, bookmarks and back
- * behave as after the plain form post. Without the script, or when something
+ * same code as the detail page), parses the detail page (html, rendered by the
+ * view; fetched from url if absent), and puts its <main> in place of this one and
+ * mounts once the session's first code is there — or a snapshot that says none is
+ * coming (any state but "stopped" to be started, or "connecting") — or at the
+ * latest data-hold-for-code-ms (the form's attribute, ms; 0 or absent: at once)
+ * after the answer. So the page and its code are laid out and painted together:
+ * in Chromium, a socket message that arrives after the page's markup changed waits
+ * for the next frame to be painted (up to a vsync interval, then the whole page's
+ * style, layout and paint), which kept the first code ~11 ms p50 / 20 ms p99
+ * longer off the screen (docs/benchmarks.md, eleventh stop). A code later than
+ * the hold would have found the page painted anyway. No second full page load;
+ * the URL becomes the detail page's (history.pushState), so reload, bookmarks and
+ * back behave as after the plain form post. Without the script, or when something
  * unexpected comes back, the form posts the ordinary way (redirect, or the page
  * with its errors).
  *
@@ -27,6 +35,8 @@
  *   createdVia         "socket" or "post": how the session was created
  *   createRespondedAt  the create's answer ("created", or the POST's) arrived
  *   detailShownAt      the detail page's markup replaced the form (then mounted)
+ *   detailShownOn      "snapshot" (the code, or a state without one) or "hold"
+ *                      (data-hold-for-code-ms passed first)
  */
 (function () {
   "use strict";
@@ -114,14 +124,13 @@
 
   // -- success: become the detail page ----------------------------------------------------
 
-  function showDetail(html, url) {
-    const doc = new DOMParser().parseFromString(html, "text/html");
+  function showDetail(doc, url) {
     const main = document.querySelector("main");
     const newMain = doc.querySelector("main");
-    if (!main || !newMain || !doc.getElementById("detail")) return false;
+    if (!main || !newMain) return false;
     // Read before the new markup goes in: reading (or setting) the scroll position
-    // after it forces a layout of the new page at once, while the QR code's message
-    // may be waiting; unscrolled, the page is laid out once, at the next frame.
+    // after it forces a layout of the new page at once; unscrolled, the page is
+    // laid out once, at the next frame.
     const scrolled = window.scrollY !== 0 || window.scrollX !== 0;
     main.replaceChildren.apply(main, Array.prototype.slice.call(newMain.childNodes));
     document.title = doc.title;
@@ -131,9 +140,54 @@
     return true;
   }
 
+  /** True while `msg` leaves the new session's first code still to come: a
+   * snapshot of the row as created (stopped, to be started) or connecting, or a
+   * message for the Messages panel. */
+  function codeStillComing(msg) {
+    if (msg.type === "message") return true;
+    const snap = msg.type === "snapshot" ? msg.snapshot : null;
+    return !!snap && snap.desired_state === "running" && (snap.state === "stopped" || snap.state === "connecting");
+  }
+
   function becomeDetailPage(data, socket) {
+    const holdForCodeMs = Math.max(0, Number(form.dataset.holdForCodeMs) || 0);
+    let held = true; // waiting for the first code, at most holdForCodeMs
+    let shownOn = "hold";
+    let doc = null; // the detail page, parsed
+    let done = false;
     // The socket first: it is the longest pole (or the create socket, adopted).
-    const page = waconnect.sessionPage(data.ws, socket);
+    const page = waconnect.sessionPage(data.ws, socket, function (msg) {
+      if (held && !codeStillComing(msg)) {
+        shownOn = "snapshot";
+        release();
+      }
+    });
+    const timer = setTimeout(release, holdForCodeMs);
+    function release() {
+      held = false;
+      clearTimeout(timer);
+      show();
+    }
+    function fail() {
+      // Could not show it in place: load the detail page the ordinary way.
+      done = true;
+      clearTimeout(timer);
+      page.stop();
+      location.assign(data.url);
+    }
+    function show() {
+      if (held || !doc || done) return;
+      done = true;
+      if (!showDetail(doc, data.url)) {
+        fail();
+        return;
+      }
+      if (metrics) {
+        metrics.detailShownAt = waconnect.now();
+        metrics.detailShownOn = shownOn;
+      }
+      page.mount();
+    }
     const html =
       typeof data.html === "string"
         ? Promise.resolve(data.html) // the view sent the detail page along
@@ -145,15 +199,12 @@
           );
     html
       .then(function (html) {
-        if (!showDetail(html, data.url)) throw new Error("not a detail page");
-        if (metrics) metrics.detailShownAt = waconnect.now();
-        page.mount();
+        const parsed = new DOMParser().parseFromString(html, "text/html");
+        if (!parsed.querySelector("main") || !parsed.getElementById("detail")) throw new Error("not a detail page");
+        doc = parsed;
+        show();
       })
-      .catch(function () {
-        // Could not show it in place: load the detail page the ordinary way.
-        page.stop();
-        location.assign(data.url);
-      });
+      .catch(fail);
   }
 
   // -- the create socket: open before the click ------------------------------------------------

@@ -1,10 +1,12 @@
 /* waconnect: the session detail page, kept live over /ws/sessions/<pk>/.
  *
- * waconnect.sessionPage(wsPath, adopt) opens the session's socket at once (or
- * adopts `adopt`, an open waconnect.liveSocket already subscribed to the session)
- * and returns {mount, stop}; messages that arrive before mount() wait in a queue. mount()
- * takes over the detail markup (#detail, #session-snapshot, ...) that is in the
- * document at that moment and renders every snapshot into it.
+ * waconnect.sessionPage(wsPath, adopt, onQueued) opens the session's socket at
+ * once (or adopts `adopt`, an open waconnect.liveSocket already subscribed to the
+ * session) and returns {mount, stop}; messages that arrive before mount() wait in
+ * a queue, and each is also handed to `onQueued(msg)` if given (the create page
+ * waits on them for the first code). mount() takes over the detail markup
+ * (#detail, #session-snapshot, ...) that is in the document at that moment and
+ * renders every snapshot into it, the queued ones first.
  *
  * On the detail page this script is loaded in <head>: the socket opens while the
  * page is still being parsed (its path comes from <meta name="waconnect-ws">) and
@@ -35,7 +37,7 @@
   metrics.firstQrFrom = null;
   metrics.firstMessageAt = null;
 
-  waconnect.sessionPage = function (wsPath, adopt) {
+  waconnect.sessionPage = function (wsPath, adopt, onQueued) {
     // -- the socket, opened at once; its callbacks wait for the DOM -------------------------
 
     let ready = false;
@@ -47,9 +49,14 @@
       };
     }
     const handlers = {
-      onMessage: whenReady(function (msg, receivedAt) {
-        onMessage(msg, receivedAt);
-      }),
+      onMessage: function (msg, receivedAt) {
+        if (ready) {
+          onMessage(msg, receivedAt);
+          return;
+        }
+        early.push([onMessage, [msg, receivedAt]]);
+        if (onQueued) onQueued(msg);
+      },
       onStatus: whenReady(function (online) {
         waconnect.showSocketStatus(el.status, online);
       }),

@@ -1,0 +1,95 @@
+"""The create page turns into the detail page together with the session's first code.
+
+create.js keeps the form on screen after the create's answer until the first code
+(or a snapshot saying none is coming) is there, at most the form's
+``data-hold-for-code-ms``: the page and its code are laid out and painted in one
+frame, instead of the code's message waiting behind the new page's first frame
+(docs/benchmarks.md, eleventh stop).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from playwright.sync_api import Page, WebSocketRoute, expect
+
+from tests.e2e.test_qr_flow import unique_name
+
+pytestmark = pytest.mark.e2e
+
+#: Records, once, what the detail page held when its markup went into the document
+#: (a MutationObserver runs at the end of the task that inserted it).
+WATCH_DETAIL = """() => {
+  window.__detailArrived = null;
+  new MutationObserver(() => {
+    const detail = document.getElementById("detail");
+    if (window.__detailArrived !== null || !detail) return;
+    window.__detailArrived = {
+      code: !!document.querySelector("#qr svg"),
+      state: document.getElementById("state").dataset.state,
+    };
+  }).observe(document.body, { childList: true, subtree: true });
+}"""
+
+
+def open_create_page(page: Page, hold_ms: int) -> None:
+    page.goto("/sessions/new/")
+    page.wait_for_selector("#create-form[data-socket=ready]")
+    page.evaluate(
+        "ms => { document.getElementById('create-form').dataset.holdForCodeMs = String(ms); }",
+        hold_ms,
+    )
+    page.evaluate(WATCH_DETAIL)
+
+
+def test_the_detail_page_goes_in_with_its_first_code(logged_in_page: Page) -> None:
+    page = logged_in_page
+    # A hold no machine outlasts: the simulated WhatsApp's code always comes within it.
+    open_create_page(page, hold_ms=10_000)
+    page.fill("#id_name", unique_name())
+    page.click("#create-submit")
+    page.wait_for_selector("#detail")
+
+    assert page.evaluate("() => window.__detailArrived") == {"code": True, "state": "qr_required"}
+    metrics = page.evaluate("() => window.waconnectMetrics")
+    assert metrics["detailShownOn"] == "snapshot"
+    assert metrics["firstQrShownAt"] >= metrics["detailShownAt"]
+    expect(page.locator("#create-form")).to_have_count(0)
+    expect(page.locator("#socket-status")).to_have_attribute("data-online", "true")
+
+
+def test_without_a_code_the_detail_page_shows_when_the_hold_ends(logged_in_page: Page) -> None:
+    """The create socket's code never reaches the page (dropped on the way): the
+    detail page still shows, ``data-hold-for-code-ms`` after the answer, and works."""
+    page = logged_in_page
+    dropped: list[str] = []
+
+    def drop_codes(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def to_page(message: str | bytes) -> None:
+            data = json.loads(message)
+            if data.get("type") == "snapshot" and data["snapshot"]["state"] == "qr_required":
+                dropped.append(data["snapshot"]["state"])
+                return
+            ws.send(message)
+
+        server.on_message(to_page)
+
+    page.route_web_socket("**/ws/sessions/new/", drop_codes)
+    hold_ms = 300
+    open_create_page(page, hold_ms=hold_ms)
+    page.fill("#id_name", unique_name())
+    page.click("#create-submit")
+    page.wait_for_selector("#detail")
+
+    metrics = page.evaluate("() => window.waconnectMetrics")
+    assert metrics["detailShownOn"] == "hold"
+    # A timer never fires early; 1 ms for the clocks' rounding.
+    assert metrics["detailShownAt"] - metrics["createRespondedAt"] >= hold_ms - 1
+    expect(page.locator("#create-form")).to_have_count(0)
+    # The page is live: an action goes through and comes back over the socket.
+    page.click("button[data-action=stop]")
+    expect(page.locator("#state")).to_have_attribute("data-state", "stopped")
+    assert dropped, "no code was sent to drop: the test did not test the hold"
