@@ -25,6 +25,7 @@ from sessions_app import (
     messages_panel,
     permissions,
     revocation,
+    service,
     snapshots,
     socket_pages,
 )
@@ -275,7 +276,13 @@ class SessionCreateConsumer(SessionConsumer):
             return
         name = message.get("name")
         self.checked_at = time.monotonic()
-        outcome = await self._create(name if isinstance(name, str) else "")
+        # With the supervisor in this process (runserver's), the create's ring waits
+        # for the answer's render: the two shared one GIL, and the render slowed the
+        # supervisor's way to the first code more than it saved (docs/benchmarks.md,
+        # eleventh stop); the page shows the two together anyway (create.js). A
+        # supervisor in a process of its own is rung at once.
+        ring_late = service.inline_running()
+        outcome = await self._create(name if isinstance(name, str) else "", ring=not ring_late)
         if isinstance(outcome, int):
             await self.close_with(outcome)
         elif isinstance(outcome, dict):
@@ -284,13 +291,19 @@ class SessionCreateConsumer(SessionConsumer):
             self.session_id = outcome[0]
             self.perms = ()  # a watcher of the session from now on: seeing is enough
             self.group = doorbell.session_group(self.session_id)
-            await self.join(self.group)  # join, then read: nothing pushed is missed
-            await self.join(live.messages_group(self.session_id))  # the Messages panel's
-            await self.send_json(await self._created(outcome[1]))
+            try:
+                await self.join(self.group)  # join, then read: nothing pushed is missed
+                await self.join(live.messages_group(self.session_id))  # the Messages panel's
+                answer = await self._created(outcome[1])
+            finally:  # rung whatever befell the join or the render: the session must start
+                if ring_late:
+                    await doorbell.ring_supervisors(self.session_id, "created")
+            await self.send_json(answer)
 
     @socket_db
-    def _create(self, name: str) -> int | dict[str, list[str]] | tuple[int, Any]:
-        """A close code, the form's errors, or (the new session's id, the fresh user)."""
+    def _create(self, name: str, ring: bool = True) -> int | dict[str, list[str]] | tuple[int, Any]:
+        """A close code, the form's errors, or (the new session's id, the fresh user).
+        ``ring``: as :func:`intents.create_session`'s."""
         user, code = self._check_fresh()
         if code is not None:
             return code
@@ -298,7 +311,9 @@ class SessionCreateConsumer(SessionConsumer):
         if not form.is_valid():
             return errors_json(form)
         try:
-            session = intents.create_session(form.cleaned_data["name"], user.get_username())
+            session = intents.create_session(
+                form.cleaned_data["name"], user.get_username(), ring=ring
+            )
         except intents.IntentRefused as refused:  # the name was taken a moment ago
             return {"name": [refused.message]}
         return session.pk, user

@@ -68,12 +68,15 @@ def _ring_after_commit(session_id: int, reason: str) -> None:
     transaction.on_commit(lambda: doorbell.ring_supervisors_sync(session_id, reason))
 
 
-def create_session(name: str, actor: str) -> WaSession:
+def create_session(name: str, actor: str, *, ring: bool = True) -> WaSession:
     """A new session that should run, with a QR round requested for it.
 
     Refused (``name_taken``) when another session has the name in any case: the
     database constraint decides, so two creates racing past the forms' checks
-    end in one session and one refusal, not an error.
+    end in one session and one refusal, not an error. The supervisors are rung
+    once the row is committed; with ``ring=False`` the caller rings
+    (``doorbell.ring_supervisors``) — and must, or the session waits for the
+    next census.
     """
     try:
         with transaction.atomic():
@@ -81,7 +84,8 @@ def create_session(name: str, actor: str) -> WaSession:
                 name=name, desired_state=Desired.RUNNING, pair_request=1
             )
             _log(session.pk, actor, "created the session and asked for a QR code")
-            _ring_after_commit(session.pk, "created")
+            if ring:
+                _ring_after_commit(session.pk, "created")
     except IntegrityError:
         if not WaSession.objects.filter(name__iexact=name).exists():
             raise

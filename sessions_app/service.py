@@ -75,6 +75,10 @@ async def serve(
             server.close()
 
 
+#: Tasks of the supervisors started in this process by :func:`start_inline`, while they run.
+_inline_tasks: set[asyncio.Task[None]] = set()
+
+
 def start_inline() -> Supervisor:
     """Start a supervisor as a task on the running loop (the web server's).
 
@@ -84,5 +88,13 @@ def start_inline() -> Supervisor:
     work = run_beside(supervisor.run(), Dispatcher(), supervisor.stop)  # webhooks beside it
     task = asyncio.get_running_loop().create_task(work, name="waconnect-supervisor")
     supervisor.task = task  # type: ignore[attr-defined]
+    _inline_tasks.add(task)
+    task.add_done_callback(_inline_tasks.discard)
     logger.info("supervisor running inside the web process (%s)", supervisor.owner)
     return supervisor
+
+
+def inline_running() -> bool:
+    """Whether a supervisor started by :func:`start_inline` runs in this process now
+    (then it shares the web tier's event loop and GIL)."""
+    return bool(_inline_tasks)

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from messaging import live
-from sessions_app import doorbell, snapshots
+from sessions_app import doorbell, service, snapshots, socket_pages
 from sessions_app.consumers import CLOSE_FORBIDDEN
 from sessions_app.models import SessionEvent, WaSession
 from waconnect.asgi import application
@@ -225,3 +225,71 @@ async def test_once_created_losing_the_add_permission_keeps_the_watch(
 
     assert await ws.receive_json_from() == {"type": "pong"}, "closed after the re-check"
     await ws.disconnect()
+
+
+def record_ring_and_render(
+    monkeypatch: pytest.MonkeyPatch, *, render_fails: bool = False
+) -> list[str]:
+    """What the create does, in order: the render of its answer, its ring (sent from
+    the socket's loop, or requested from the create's thread after the commit)."""
+    done: list[str] = []
+    render = socket_pages.detail_html
+
+    def rendering(*args: Any) -> str | None:
+        done.append("render")
+        if render_fails:
+            raise RuntimeError("the template broke")
+        return render(*args)
+
+    async def ring(session_id: int, reason: str) -> None:
+        done.append(f"ring {reason}")
+
+    monkeypatch.setattr(socket_pages, "detail_html", rendering)
+    monkeypatch.setattr(doorbell, "ring_supervisors", ring)
+    monkeypatch.setattr(doorbell, "ring_supervisors_sync", lambda *_: done.append("ring asked"))
+    return done
+
+
+async def test_with_the_supervisor_in_this_process_the_ring_follows_the_render(
+    ada: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They shared one GIL: the render slowed the supervisor's way to the code."""
+    monkeypatch.setattr(service, "inline_running", lambda: True)
+    done = record_ring_and_render(monkeypatch)
+    ws = await open_create_socket(ada)
+    await ws.receive_json_from()
+    await ws.send_json_to({"type": "create", "name": "ring-after-render"})
+
+    assert (await ws.receive_json_from())["type"] == "created"
+    assert done == ["render", "ring created"]
+    await ws.disconnect()
+
+
+async def test_a_supervisor_elsewhere_is_rung_before_the_render(
+    ada: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "inline_running", lambda: False)
+    done = record_ring_and_render(monkeypatch)
+    ws = await open_create_socket(ada)
+    await ws.receive_json_from()
+    await ws.send_json_to({"type": "create", "name": "ring-before-render"})
+
+    assert (await ws.receive_json_from())["type"] == "created"
+    assert done == ["ring asked", "render"]
+    await ws.disconnect()
+
+
+async def test_the_ring_goes_out_when_the_render_fails(
+    ada: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing lost: the session exists, so the supervisors hear of it."""
+    monkeypatch.setattr(service, "inline_running", lambda: True)
+    done = record_ring_and_render(monkeypatch, render_fails=True)
+    ws = await open_create_socket(ada)
+    await ws.receive_json_from()
+    await ws.send_json_to({"type": "create", "name": "render-fails"})
+
+    with pytest.raises(RuntimeError, match="the template broke"):
+        await ws.receive_output()
+    assert done == ["render", "ring created"]
+    assert [r["name"] for r in await rows()] == ["render-fails"]

@@ -258,6 +258,7 @@ async def test_the_supervisor_service_runs_the_dispatcher_beside_it(
     async with Receiver() as receiver:
         hook, _ = await make_world(receiver.url, 0)
         receiver.secret = hook.secret
+        assert not service.inline_running()
         if how == "start_inline":
             task = service.start_inline().task  # type: ignore[attr-defined]
         else:
@@ -265,12 +266,15 @@ async def test_the_supervisor_service_runs_the_dispatcher_beside_it(
         try:
             await sync_to_async(endpoints.send_test)(hook)
             (payload,) = await receiver.wait_accepted(1)
+            # Only runserver's supervisor shares the web tier's loop (consumers ask).
+            assert service.inline_running() is (how == "start_inline")
         finally:
             built[0].stop()
             await task
             for signum in (signal.SIGTERM, signal.SIGINT):  # serve's, back to the defaults
                 loop.remove_signal_handler(signum)
     assert payload["type"] == "webhook.test"
+    assert not service.inline_running()
 
 
 async def test_a_task_that_lost_its_cancellation_does_not_hold_the_stop_up() -> None:
