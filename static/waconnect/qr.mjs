@@ -43,8 +43,13 @@ waconnect.qrSvg = function (code) {
 // A snapshot that arrived before this module ran is drawn now (session.js listens).
 document.dispatchEvent(new Event("waconnect:qr-ready"));
 
-// Compile the encoder while the page is idle: the first code it draws is the one the
-// admin waits for (its first call took a few ms more than the next ones).
+// Warm the encoder and the SVG parser while the page is idle: the first code drawn is
+// the one the admin waits for. A few codes as long as WhatsApp's (its code is
+// "2@<ref>,<noise key>,<identity key>,<adv secret>", ~150-250 characters; a short
+// one took other paths of the encoder), each parsed into a detached element: the
+// first code's drawing went from 2.2 to 1.1 ms p50 (docs/benchmarks.md, eleventh stop).
 (window.requestIdleCallback || window.setTimeout)(function () {
-  waconnect.qrSvg("waconnect");
+  const sample = "2@" + "A1b2C3d4E5f6G7h8".repeat(6) + ",waconnect" + "x".repeat(44) + ",";
+  const box = document.createElement("div");
+  for (let i = 0; i < 6; i++) box.innerHTML = waconnect.qrSvg(sample + i);
 });
