@@ -48,9 +48,12 @@
   // This page may be reloaded at /sessions/new/ after it turned into a detail page:
   // the reloaded document then also stands for the detail page's history entry.
   // Forward to that entry loads what the address bar says.
+  // A move in the history while a created session's page waits for its code (its
+  // address already pushed) loads what the address bar says, too.
   const ownPath = location.pathname;
+  let detailHeld = false;
   window.addEventListener("popstate", function () {
-    if (location.pathname !== ownPath && !document.getElementById("detail")) location.reload();
+    if (detailHeld || (location.pathname !== ownPath && !document.getElementById("detail"))) location.reload();
   });
   const metrics = window.waconnectMetrics;
   const enhanced =
@@ -124,18 +127,23 @@
 
   // -- success: become the detail page ----------------------------------------------------
 
-  function showDetail(doc, url) {
-    const main = document.querySelector("main");
+  /** The detail page's <main>, parsed from `html` and adopted into this document
+   * (so putting it in moves nodes, no more), or null if `html` is not one. */
+  function parseDetail(html) {
+    const doc = new DOMParser().parseFromString(html, "text/html");
     const newMain = doc.querySelector("main");
-    if (!main || !newMain) return false;
+    if (!newMain || !doc.getElementById("detail")) return null;
+    return { main: document.adoptNode(newMain), title: doc.title };
+  }
+
+  function showDetail(detail) {
+    const main = document.querySelector("main");
+    if (!main) return false;
     // Read before the new markup goes in: reading (or setting) the scroll position
     // after it forces a layout of the new page at once; unscrolled, the page is
     // laid out once, at the next frame.
     const scrolled = window.scrollY !== 0 || window.scrollX !== 0;
-    main.replaceChildren.apply(main, Array.prototype.slice.call(newMain.childNodes));
-    document.title = doc.title;
-    history.pushState({ waconnect: "session-detail" }, "", url);
-    // Back to /sessions/new/ is handled by session.js (mount): it loads the form afresh.
+    main.replaceChildren.apply(main, Array.prototype.slice.call(detail.main.childNodes));
     if (scrolled) window.scrollTo(0, 0);
     return true;
   }
@@ -153,7 +161,7 @@
     const holdForCodeMs = Math.max(0, Number(form.dataset.holdForCodeMs) || 0);
     let held = true; // waiting for the first code, at most holdForCodeMs
     let shownOn = "hold";
-    let doc = null; // the detail page, parsed
+    let detail = null; // the detail page, parsed
     let done = false;
     // The socket first: it is the longest pole (or the create socket, adopted).
     const page = waconnect.sessionPage(data.ws, socket, function (msg) {
@@ -171,14 +179,16 @@
     function fail() {
       // Could not show it in place: load the detail page the ordinary way.
       done = true;
+      detailHeld = false;
       clearTimeout(timer);
       page.stop();
       location.assign(data.url);
     }
     function show() {
-      if (held || !doc || done) return;
+      if (held || !detail || done) return;
       done = true;
-      if (!showDetail(doc, data.url)) {
+      detailHeld = false;
+      if (!showDetail(detail)) {
         fail();
         return;
       }
@@ -199,9 +209,15 @@
           );
     html
       .then(function (html) {
-        const parsed = new DOMParser().parseFromString(html, "text/html");
-        if (!parsed.querySelector("main") || !parsed.getElementById("detail")) throw new Error("not a detail page");
-        doc = parsed;
+        const parsed = parseDetail(html);
+        if (!parsed) throw new Error("not a detail page");
+        // The session exists: its address and title now, while the form waits for
+        // the code (each took up to ~4 ms in the task that draws it). Back to
+        // /sessions/new/ is handled by session.js (mount): it loads the form afresh.
+        document.title = parsed.title;
+        history.pushState({ waconnect: "session-detail" }, "", data.url);
+        detailHeld = !done;
+        detail = parsed;
         show();
       })
       .catch(fail);

@@ -10,6 +10,7 @@ frame, instead of the code's message waiting behind the new page's first frame
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
@@ -59,10 +60,9 @@ def test_the_detail_page_goes_in_with_its_first_code(logged_in_page: Page) -> No
     expect(page.locator("#socket-status")).to_have_attribute("data-online", "true")
 
 
-def test_without_a_code_the_detail_page_shows_when_the_hold_ends(logged_in_page: Page) -> None:
-    """The create socket's code never reaches the page (dropped on the way): the
-    detail page still shows, ``data-hold-for-code-ms`` after the answer, and works."""
-    page = logged_in_page
+def drop_codes_on_the_create_socket(page: Page) -> list[str]:
+    """Route the create socket through Playwright, dropping every snapshot with a code
+    on its way to the page; returns the dropped snapshots' states."""
     dropped: list[str] = []
 
     def drop_codes(ws: WebSocketRoute) -> None:
@@ -78,6 +78,14 @@ def test_without_a_code_the_detail_page_shows_when_the_hold_ends(logged_in_page:
         server.on_message(to_page)
 
     page.route_web_socket("**/ws/sessions/new/", drop_codes)
+    return dropped
+
+
+def test_without_a_code_the_detail_page_shows_when_the_hold_ends(logged_in_page: Page) -> None:
+    """The create socket's code never reaches the page (dropped on the way): the
+    detail page still shows, ``data-hold-for-code-ms`` after the answer, and works."""
+    page = logged_in_page
+    dropped = drop_codes_on_the_create_socket(page)
     hold_ms = 300
     open_create_page(page, hold_ms=hold_ms)
     page.fill("#id_name", unique_name())
@@ -93,3 +101,28 @@ def test_without_a_code_the_detail_page_shows_when_the_hold_ends(logged_in_page:
     page.click("button[data-action=stop]")
     expect(page.locator("#state")).to_have_attribute("data-state", "stopped")
     assert dropped, "no code was sent to drop: the test did not test the hold"
+
+
+def test_while_held_the_address_is_the_sessions_and_back_loads_the_form(
+    logged_in_page: Page,
+) -> None:
+    """The session exists from the answer on: the address and the title are its
+    detail page's while the form waits for the code; back (or forward) in that
+    time loads what the address bar says."""
+    page = logged_in_page
+    drop_codes_on_the_create_socket(page)
+    open_create_page(page, hold_ms=60_000)
+    name = unique_name()
+    page.fill("#id_name", name)
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+
+    expect(page).to_have_title(re.compile(re.escape(name)))
+    expect(page.locator("#create-form")).to_be_visible()  # held: no code came
+    assert page.evaluate("() => window.waconnectMetrics.detailShownAt") is None
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/sessions/new/$"))
+    expect(page.locator("#create-form")).to_be_visible()
+    expect(page.locator("#create-form")).to_have_attribute("data-socket", "ready")
+    # WATCH_DETAIL's variable went with the reload.
+    assert page.evaluate("() => typeof window.__detailArrived") == "undefined"
