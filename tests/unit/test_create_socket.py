@@ -250,32 +250,30 @@ def record_ring_and_render(
     return done
 
 
-async def test_with_the_supervisor_in_this_process_the_ring_follows_the_render(
-    ada: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """They shared one GIL: the render slowed the supervisor's way to the code."""
-    monkeypatch.setattr(service, "inline_running", lambda: True)
-    done = record_ring_and_render(monkeypatch)
-    ws = await open_create_socket(ada)
+async def send_create(client: Client, name: str) -> WebsocketCommunicator:
+    """A create over a new create socket, sent (its answer not read)."""
+    ws = await open_create_socket(client)
     await ws.receive_json_from()
-    await ws.send_json_to({"type": "create", "name": "ring-after-render"})
+    await ws.send_json_to({"type": "create", "name": name})
+    return ws
+
+
+@pytest.mark.parametrize(
+    ("inline", "order"),
+    [(True, ["render", "ring created"]), (False, ["ring asked", "render"])],
+    ids=["supervisor-in-this-process", "supervisor-elsewhere"],
+)
+async def test_the_ring_follows_the_render_only_with_the_supervisor_in_this_process(
+    ada: Client, monkeypatch: pytest.MonkeyPatch, inline: bool, order: list[str]
+) -> None:
+    """In this process they shared one GIL: the render slowed the supervisor's way to
+    the code. A supervisor elsewhere is rung at the commit."""
+    monkeypatch.setattr(service, "inline_running", lambda: inline)
+    done = record_ring_and_render(monkeypatch)
+    ws = await send_create(ada, "ring-and-render")
 
     assert (await ws.receive_json_from())["type"] == "created"
-    assert done == ["render", "ring created"]
-    await ws.disconnect()
-
-
-async def test_a_supervisor_elsewhere_is_rung_before_the_render(
-    ada: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service, "inline_running", lambda: False)
-    done = record_ring_and_render(monkeypatch)
-    ws = await open_create_socket(ada)
-    await ws.receive_json_from()
-    await ws.send_json_to({"type": "create", "name": "ring-before-render"})
-
-    assert (await ws.receive_json_from())["type"] == "created"
-    assert done == ["ring asked", "render"]
+    assert done == order
     await ws.disconnect()
 
 
@@ -285,9 +283,7 @@ async def test_the_ring_goes_out_when_the_render_fails(
     """Nothing lost: the session exists, so the supervisors hear of it."""
     monkeypatch.setattr(service, "inline_running", lambda: True)
     done = record_ring_and_render(monkeypatch, render_fails=True)
-    ws = await open_create_socket(ada)
-    await ws.receive_json_from()
-    await ws.send_json_to({"type": "create", "name": "render-fails"})
+    ws = await send_create(ada, "render-fails")
 
     with pytest.raises(RuntimeError, match="the template broke"):
         await ws.receive_output()
