@@ -296,6 +296,8 @@ class SessionCreateConsumer(SessionConsumer):
                 await self.join(live.messages_group(self.session_id))  # the Messages panel's
                 answer = await self._created(outcome[1])
             finally:  # rung whatever befell the join or the render: the session must start
+                # (a consumer cancelled inside _create, at a shutdown, leaves it to the
+                # supervisors' census: a full pass every reconcile_interval, 10 s)
                 if ring_late:
                     await doorbell.ring_supervisors(self.session_id, "created")
             await self.send_json(answer)

@@ -51,9 +51,14 @@
   // A move in the history while a created session's page waits for its code (its
   // address already pushed) loads what the address bar says, too.
   const ownPath = location.pathname;
-  let detailHeld = false;
+  let abandonHeldDetail = null; // set while a created session's page waits for its code
   window.addEventListener("popstate", function () {
-    if (detailHeld || (location.pathname !== ownPath && !document.getElementById("detail"))) location.reload();
+    if (abandonHeldDetail) {
+      abandonHeldDetail();
+      location.reload();
+    } else if (location.pathname !== ownPath && !document.getElementById("detail")) {
+      location.reload();
+    }
   });
   const metrics = window.waconnectMetrics;
   const enhanced =
@@ -162,7 +167,8 @@
     let held = true; // waiting for the first code, at most holdForCodeMs
     let shownOn = "hold";
     let detail = null; // the detail page, parsed
-    let done = false;
+    let done = false; // shown, given up, or left
+    let timer = null;
     // The socket first: it is the longest pole (or the create socket, adopted).
     const page = waconnect.sessionPage(data.ws, socket, function (msg) {
       if (held && !codeStillComing(msg)) {
@@ -170,7 +176,12 @@
         release();
       }
     });
-    const timer = setTimeout(release, holdForCodeMs);
+    timer = setTimeout(release, holdForCodeMs);
+    function finish() {
+      done = true;
+      abandonHeldDetail = null;
+      clearTimeout(timer);
+    }
     function release() {
       held = false;
       clearTimeout(timer);
@@ -178,25 +189,23 @@
     }
     function fail() {
       // Could not show it in place: load the detail page the ordinary way.
-      done = true;
-      detailHeld = false;
-      clearTimeout(timer);
+      finish();
       page.stop();
       location.assign(data.url);
     }
     function show() {
       if (held || !detail || done) return;
-      done = true;
-      detailHeld = false;
-      if (!showDetail(detail)) {
-        fail();
-        return;
+      finish();
+      try {
+        if (!showDetail(detail)) throw new Error("no <main> to put it in");
+        if (metrics) {
+          metrics.detailShownAt = waconnect.now();
+          metrics.detailShownOn = shownOn;
+        }
+        page.mount();
+      } catch (err) {
+        fail(); // from the timer or a socket message: no promise catches it here
       }
-      if (metrics) {
-        metrics.detailShownAt = waconnect.now();
-        metrics.detailShownOn = shownOn;
-      }
-      page.mount();
     }
     const html =
       typeof data.html === "string"
@@ -216,7 +225,7 @@
         // /sessions/new/ is handled by session.js (mount): it loads the form afresh.
         document.title = parsed.title;
         history.pushState({ waconnect: "session-detail" }, "", data.url);
-        detailHeld = !done;
+        if (!done) abandonHeldDetail = finish;
         detail = parsed;
         show();
       })

@@ -278,10 +278,13 @@
     year: "numeric", month: "numeric", day: "numeric",
     hour: "numeric", minute: "numeric", second: "numeric", hour12: false,
   });
+  // format() throws on an invalid date, where toLocale*String said "Invalid Date".
   waconnect.formatTime = function (ms) {
-    return timeFormat.format(ms);
+    const date = new Date(ms);
+    return isNaN(date) ? String(date) : timeFormat.format(date);
   };
   waconnect.formatDateTime = function (ms) {
-    return dateTimeFormat.format(ms);
+    const date = new Date(ms);
+    return isNaN(date) ? String(date) : dateTimeFormat.format(date);
   };
 })();

@@ -48,8 +48,14 @@ document.dispatchEvent(new Event("waconnect:qr-ready"));
 // "2@<ref>,<noise key>,<identity key>,<adv secret>", ~150-250 characters; a short
 // one took other paths of the encoder), each parsed into a detached element: the
 // first code's drawing went from 2.2 to 1.1 ms p50 (docs/benchmarks.md, eleventh stop).
-(window.requestIdleCallback || window.setTimeout)(function () {
-  const sample = "2@" + "A1b2C3d4E5f6G7h8".repeat(6) + ",waconnect" + "x".repeat(44) + ",";
-  const box = document.createElement("div");
-  for (let i = 0; i < 6; i++) box.innerHTML = waconnect.qrSvg(sample + i);
-});
+// One code per idle moment, so that a socket message never waits behind all six.
+const whenIdle = window.requestIdleCallback || window.setTimeout;
+const sample = "2@" + "A1b2C3d4E5f6G7h8".repeat(6) + ",waconnect" + "x".repeat(44) + ",";
+const box = document.createElement("div");
+(function warm(left) {
+  if (left === 0) return;
+  whenIdle(function () {
+    box.innerHTML = waconnect.qrSvg(sample + left);
+    warm(left - 1);
+  });
+})(6);

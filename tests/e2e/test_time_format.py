@@ -26,6 +26,10 @@ COMPARE = """() => {
     if (shortText !== time) differ.push([ms, shortText, time]);
     if (fullText !== full) differ.push([ms, fullText, full]);
   }
+  for (const bad of [NaN, Infinity, 9e15]) {  // toLocale*String: "Invalid Date"
+    const texts = [waconnect.formatTime(bad), waconnect.formatDateTime(bad)];
+    if (texts.some((text) => text !== new Date(bad).toLocaleString())) differ.push([bad, texts]);
+  }
   return differ;
 }"""
 
