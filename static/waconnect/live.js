@@ -271,8 +271,9 @@
    *
    * One Intl.DateTimeFormat each, made once: toLocaleTimeString / toLocaleString
    * with options build a new formatter on every call (~0.15 ms each in Chromium;
-   * two per row of the events table, each time it is drawn). The options are those toLocaleString fills
-   * in for "all" (ECMA-402 ToDateTimeOptions), so the text is the same. */
+   * two per row of the events table, each time it is drawn). The options are
+   * those toLocaleString fills in for "all" (ECMA-402 ToDateTimeOptions), so the
+   * text is the same (tests/e2e/test_time_format.py). */
   const timeFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   const dateTimeFormat = new Intl.DateTimeFormat([], {
     year: "numeric", month: "numeric", day: "numeric",
