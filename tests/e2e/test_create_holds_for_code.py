@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
@@ -60,24 +62,36 @@ def test_the_detail_page_goes_in_with_its_first_code(logged_in_page: Page) -> No
     expect(page.locator("#socket-status")).to_have_attribute("data-online", "true")
 
 
-def drop_codes_on_the_create_socket(page: Page) -> list[str]:
-    """Route the create socket through Playwright, dropping every snapshot with a code
-    on its way to the page; returns the dropped snapshots' states."""
-    dropped: list[str] = []
+def route_create_socket(page: Page, edit: Callable[[dict[str, Any]], bool]) -> None:
+    """Route the create socket through Playwright: every message from the server goes
+    through ``edit`` (which may change it in place) and on to the page, unless
+    ``edit`` returns False."""
 
-    def drop_codes(ws: WebSocketRoute) -> None:
+    def route(ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
 
         def to_page(message: str | bytes) -> None:
             data = json.loads(message)
-            if data.get("type") == "snapshot" and data["snapshot"]["state"] == "qr_required":
-                dropped.append(data["snapshot"]["state"])
-                return
-            ws.send(message)
+            if edit(data):
+                ws.send(json.dumps(data))
 
         server.on_message(to_page)
 
-    page.route_web_socket("**/ws/sessions/new/", drop_codes)
+    page.route_web_socket("**/ws/sessions/new/", route)
+
+
+def drop_codes_on_the_create_socket(page: Page) -> list[str]:
+    """Drop every snapshot with a code on its way to the page; returns the dropped
+    snapshots' states."""
+    dropped: list[str] = []
+
+    def drop_codes(data: dict[str, Any]) -> bool:
+        if data.get("type") == "snapshot" and data["snapshot"]["state"] == "qr_required":
+            dropped.append(data["snapshot"]["state"])
+            return False
+        return True
+
+    route_create_socket(page, drop_codes)
     return dropped
 
 
@@ -141,24 +155,17 @@ def test_a_page_that_cannot_mount_is_loaded_the_ordinary_way(logged_in_page: Pag
     promise that used to catch their errors: a failure still loads the page."""
     page = logged_in_page
 
-    def break_the_snapshot(ws: WebSocketRoute) -> None:
-        server = ws.connect_to_server()
+    def break_the_snapshot(data: dict[str, Any]) -> bool:
+        if data.get("type") == "created":
+            data["html"] = re.sub(
+                r'(<script id="session-snapshot" type="application/json">).*?(</script>)',
+                r"\1{not json\2",
+                data["html"],
+                flags=re.S,
+            )
+        return True
 
-        def to_page(message: str | bytes) -> None:
-            data = json.loads(message)
-            if data.get("type") == "created":
-                data["html"] = re.sub(
-                    r'(<script id="session-snapshot" type="application/json">).*?(</script>)',
-                    r"\1{not json\2",
-                    data["html"],
-                    flags=re.S,
-                )
-                message = json.dumps(data)
-            ws.send(message)
-
-        server.on_message(to_page)
-
-    page.route_web_socket("**/ws/sessions/new/", break_the_snapshot)
+    route_create_socket(page, break_the_snapshot)
     open_create_page(page, hold_ms=10_000)
     page.fill("#id_name", unique_name())
     with page.expect_navigation(url=re.compile(r"/sessions/\d+/$")):
