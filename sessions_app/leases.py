@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from ops import metrics
 from sessions_app import compiled_sql
-from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
+from sessions_app.models import PhoneAction, SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
 from webhooks import session_events
 
@@ -39,11 +39,24 @@ QR_CLEARED: dict[str, Any] = {
 
 @dataclasses.dataclass(frozen=True)
 class Lease:
-    """Proof of ownership: carry it into every write about the session."""
+    """Proof of ownership: carry it into every write about the session.
+
+    A lease from :func:`claim` also brings the row as the claim left it
+    (``claimed_row``) and whether the simulated phone had gestures waiting for it
+    (``gestures_waiting``): the new runner's first step decides from them without
+    a read. Neither takes part in comparing leases; any other lease has no row and
+    ``gestures_waiting`` true (unknown: look).
+    """
 
     session_id: int
     owner: str
     epoch: int
+    claimed_row: WaSession | None = dataclasses.field(default=None, compare=False, repr=False)
+    gestures_waiting: bool = dataclasses.field(default=True, compare=False, repr=False)
+
+    def proof(self) -> Lease:
+        """The lease without what its claim brought (a runner keeps this one)."""
+        return Lease(self.session_id, self.owner, self.epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +87,10 @@ def claim(
     owner: str, ttl: float, limit: int, session_ids: Collection[int] | None = None
 ) -> list[Lease]:
     """Take up to ``limit`` sessions that need an owner and have none, in one statement
-    (with ``session_ids``: only among those).
+    (with ``session_ids``: only among those). Each lease brings its row as the
+    claim left it and whether a simulated phone gesture waits for it (the
+    statement's ``RETURNING``): the new runner needs no read of its own on the way
+    from "create" to the QR code.
 
     On PostgreSQL the inner SELECT is ``FOR UPDATE SKIP LOCKED``, so concurrent
     claimers never wait on each other and never take the same row; on SQLite
@@ -90,22 +106,30 @@ def claim(
     among = "" if ids is None else f" AND id IN ({', '.join(['%s'] * len(ids))})"
     lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     expiry_sql, expiry_params = _expiry(ttl)
+    gestures = connection.ops.quote_name(PhoneAction._meta.db_table)
     sql = (
         f"UPDATE {table} SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
         f"lease_expires_at = {expiry_sql} WHERE id IN (SELECT id FROM {table} "
         f"WHERE {where}{among} ORDER BY lease_expires_at ASC, id ASC LIMIT %s{lock}) "
-        f"RETURNING id, lease_epoch"
+        f"RETURNING *, EXISTS (SELECT 1 FROM {gestures} WHERE session_id = {table}.id) "
+        "AS gestures_waiting"
     )
     params = [owner, *expiry_params, *where_params, *(ids or []), limit]
     # In a transaction of its own, not autocommit: a claim whose answer is lost (the
     # connection cut, the call cancelled) is rolled back when the server ends the
     # transaction, instead of leaving a lease that its claimer never learnt of and
-    # renews for good (the chaos test's partition found one without it).
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    # renews for good (the chaos test's partition found one without it). Manager.raw
+    # runs the statement as it is read (inside the transaction) and converts each
+    # column as a SELECT's would be.
+    with transaction.atomic():
+        rows = list(WaSession.objects.raw(sql, params))
     metrics.claims.inc(len(rows))
-    return [Lease(session_id=row[0], owner=owner, epoch=row[1]) for row in rows]
+    return [_claimed(row, owner) for row in rows]
+
+
+def _claimed(row: WaSession, owner: str) -> Lease:
+    waiting = bool(vars(row).pop("gestures_waiting"))
+    return Lease(row.pk, owner, row.lease_epoch, claimed_row=row, gestures_waiting=waiting)
 
 
 def renew(owner: str, ttl: float) -> list[Lease]:

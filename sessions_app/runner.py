@@ -70,7 +70,7 @@ class SessionRunner(LifecycleMixin):
 
     def __init__(self, supervisor: Supervisor, lease: Lease) -> None:
         self.sup = supervisor
-        self.lease = lease
+        self.lease = lease.proof()
         self.session_id = lease.session_id
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.connection_open = False
@@ -81,8 +81,11 @@ class SessionRunner(LifecycleMixin):
         self.started = supervisor.clock()  # after the claim committed
         self.seen: tuple[Any, ...] = ()  # watched columns at the last step
         #: The row as this runner last read it plus what it wrote since (None once a
-        #: write could not be applied to it): a QR rotation is written from it.
-        self.row: WaSession | None = None
+        #: write could not be applied to it): a QR rotation is written from it. At
+        #: first, the row as the claim left it (None for a lease not from a claim).
+        self.row: WaSession | None = lease.claimed_row
+        #: The claim saw simulated phone gestures waiting (True when unknown).
+        self._gestures_waiting = lease.gestures_waiting
         self.exit_reason = "done"
         self._stopping: asyncio.Future[None] | None = None  # the driver stop under way
         #: A driver stop did not finish in time: the connection may still be open,
@@ -153,7 +156,12 @@ class SessionRunner(LifecycleMixin):
 
     async def _run(self) -> None:
         try:
-            await self._step(gestures=True)
+            # The claim brought the row: the first step decides from it, without a
+            # read, unless the simulated phone's gestures are to be taken (that
+            # read takes them). An intent rung while the claim was under way pokes
+            # this runner (Supervisor._run_claimed), and that step reads the row.
+            take = self.sup.driver.simulated and self._gestures_waiting
+            await self._step(gestures=take, reread=take or self.row is None)
             while True:
                 kind, payload = await self.inbox.get()
                 if kind == "event":
@@ -237,7 +245,8 @@ class SessionRunner(LifecycleMixin):
         what it read, plus its own fenced writes; it is the only writer of those
         columns). Intent columns changed meanwhile are never missed that way: every
         intent rings (and the periodic pass pokes a runner whose watched columns
-        moved), and that poke's step reads the row.
+        moved), and that poke's step reads the row. The first step after a claim
+        decides from the row the claim brought (``Lease.claimed_row``).
         """
         while True:
             taken: list[Gesture] = []

@@ -423,7 +423,13 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 )
                 continue
             logger.info("claimed (epoch %d)", lease.epoch, extra={"session": lease.session_id})
-            self.runners[lease.session_id] = SessionRunner(self, lease)
+            # Rung while the claim was under way (a ring finds no runner before this
+            # line, see ring()): that intent may be newer than the row the claim
+            # brought, so the runner reads the row instead.
+            rung_meanwhile = lease.session_id in self._rung
+            self.runners[lease.session_id] = SessionRunner(
+                self, lease.proof() if rung_meanwhile else lease
+            )
         return True
 
     async def _stop_runners(self, runners: list[SessionRunner]) -> list[SessionRunner]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from sessions_app import leases
 from sessions_app.leases import EventRecord
-from sessions_app.models import SessionEvent, SupervisorPresence, WaSession
+from sessions_app.models import PhoneAction, SessionEvent, SupervisorPresence, WaSession
 
 pytestmark = pytest.mark.django_db
 
@@ -36,6 +39,31 @@ def test_claim_by_id_takes_only_the_named_sessions_that_are_claimable(
     assert sorted(lease.session_id for lease in got) == sorted(named)
     assert leases.claim("b", 10, 5, named) == []  # held by "a" now
     assert {x.session_id for x in leases.claim("b", 10, 5)} == {sessions[0].pk, sessions[4].pk}
+
+
+def test_a_claim_brings_each_row_as_it_left_it_and_whether_gestures_wait(
+    sessions: list[WaSession],
+) -> None:
+    """The new runner decides from the claim's row without reading it again: it is
+    the row as a read right after the claim would give it, every column converted
+    (dates included); gestures waiting are said, and taken by that runner's read."""
+    PhoneAction.objects.create(session=sessions[1], gesture="scan")
+    WaSession.objects.filter(pk=sessions[1].pk).update(qr_issued_at=timezone.now())
+    got = {lease.session_id: lease for lease in leases.claim("a", 10, 2)}
+    assert set(got) == {sessions[0].pk, sessions[1].pk}
+    for session_id, lease in got.items():
+        row = WaSession.objects.get(pk=session_id)
+        assert lease.claimed_row is not None
+        assert lease.claimed_row.lease_owner == "a" and lease.claimed_row.lease_epoch == 1
+        for field in WaSession._meta.concrete_fields:
+            assert getattr(lease.claimed_row, field.attname) == getattr(row, field.attname), field
+        assert not hasattr(lease.claimed_row, "gestures_waiting")
+    assert not got[sessions[0].pk].gestures_waiting
+    assert got[sessions[1].pk].gestures_waiting
+    # Compared, kept and logged as the proof alone.
+    proof = leases.Lease(sessions[0].pk, "a", 1)
+    assert got[sessions[0].pk] == proof and got[sessions[0].pk].proof().claimed_row is None
+    assert repr(got[sessions[0].pk]) == repr(proof)
 
 
 def test_renew_returns_exactly_the_leases_still_held(sessions: list[WaSession]) -> None:
@@ -177,10 +205,13 @@ def test_a_claim_whose_answer_is_lost_leaves_no_lease(
     from django.db import OperationalError
     from django.db.backends.utils import CursorWrapper
 
-    def lost(self: CursorWrapper) -> None:
+    def lost(self: CursorWrapper) -> Iterator[Any]:
         raise OperationalError("the connection was cut")
+        yield  # a generator, as CursorWrapper.__iter__ is: fails as the rows are read
 
-    monkeypatch.setattr(CursorWrapper, "fetchall", lost, raising=False)
+    # However the rows are read: fetched, or iterated (Manager.raw).
+    monkeypatch.setattr(CursorWrapper, "fetchall", lambda self: list(lost(self)), raising=False)
+    monkeypatch.setattr(CursorWrapper, "__iter__", lost)
     with pytest.raises(OperationalError):
         leases.claim("a", 10, 5)
     monkeypatch.undo()

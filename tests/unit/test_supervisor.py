@@ -640,12 +640,8 @@ async def test_a_qr_rotation_reads_no_row(
         assert row.version >= third["version"]
 
 
-async def test_from_create_to_the_first_code_the_row_is_read_once(
-    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The runner's first step reads the row; the decisions after its own connect and
-    after WhatsApp's first code use the row it keeps (each read is a hop to the
-    database thread on the way to the QR code: two reads before)."""
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runners' reads of their rows from now on, by function name."""
     reads: list[str] = []
     for name in ("load", "load_taking_gestures"):
         inner = getattr(owner_db, name)
@@ -655,11 +651,76 @@ async def test_from_create_to_the_first_code_the_row_is_read_once(
             return _inner(*args)
 
         monkeypatch.setattr(owner_db, name, counted)
+    return reads
+
+
+async def test_from_create_to_the_first_code_the_row_is_never_read(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's first step decides from the row its claim brought; the decisions
+    after its own connect and after WhatsApp's first code use the row it keeps
+    (each read is a hop to the database thread on the way to the QR code: one read
+    before, two before that)."""
+    reads = count_reads(monkeypatch)
     async with running(world):
         session = await create("first-code", "ada")
         await until(session.pk, state_is("qr_required"))
         # Reads are awaited before the code is written, so none is still to come.
-        assert reads == ["load_taking_gestures"]
+        assert reads == []
+
+
+async def test_gestures_waiting_at_the_claim_are_taken_by_the_first_step(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A simulated phone's gesture made while nobody owned the session is played by
+    the runner that claims it, at once (not at the next periodic pass)."""
+    async with running(world) as sup:
+        session = await paired("gestured", sup)
+    reads = count_reads(monkeypatch)
+    await gesture(session, "logout", "test")  # nobody owns it now: only the row says so
+    async with running(world, dataclasses.replace(FAST, reconcile_interval=60)):
+        await until(session.pk, state_is("logged_out"))
+    assert reads[0] == "load_taking_gestures"
+
+
+async def test_an_intent_rung_while_its_session_was_being_claimed_is_served(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop committed after the claim read the row and rung before the claim's
+    runner existed finds no runner to poke: that runner reads the row first instead
+    of deciding from the claim's (which predates the stop)."""
+    # No periodic pass: it would repair a missed intent on its own.
+    config = dataclasses.replace(FAST, reconcile_interval=60)
+    supervisors: list[Supervisor] = []
+    claimed = asyncio.Event()
+
+    async def stopped_meanwhile(got: list[leases.Lease]) -> None:
+        for lease in got:  # the stop, then its ring, as intents.stop and the doorbell do
+            rows = WaSession.objects.filter(pk=lease.session_id)
+            await sync_to_async(rows.update)(desired_state="stopped")
+            supervisors[0].ring({"session": lease.session_id, "reason": "stopped"})
+            claimed.set()
+
+    claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
+
+    async def claim_then_stop(*args: Any) -> list[leases.Lease]:
+        got = await claim(*args)
+        await stopped_meanwhile(got)
+        return got
+
+    async def census_claim_then_stop(*args: Any) -> Any:
+        taken, share, got = await census_and_claim(*args)
+        await stopped_meanwhile(got or [])
+        return taken, share, got
+
+    async with running(world, config) as sup:
+        supervisors.append(sup)
+        monkeypatch.setattr(owner_db, "claim", claim_then_stop)
+        monkeypatch.setattr(owner_db, "census_and_claim", census_claim_then_stop)
+        session = await create("stopped-while-claimed", "ada")
+        await claimed.wait()  # from here, "settled" means the runner let it go
+        await until(session.pk, settled("stopped"))
+        assert world.max_live[session.pk] == 0, "it connected from the claim's stale row"
 
 
 async def test_an_intent_after_the_kept_row_was_read_is_still_seen(
