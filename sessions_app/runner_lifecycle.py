@@ -218,14 +218,12 @@ class LifecycleMixin:
         if not self.sup.leases_live():
             await writing
         # The push of "connecting" (a Redis round trip or two on the production
-        # shape) follows the write at once, also while the connection opens. The
-        # step waits for the write only (it raises what the write raised), not for
-        # the push: WhatsApp's first code is written as soon as "connecting" is,
-        # and its push may overtake this one; every client keeps the higher
-        # version (session.js, list.js, the API's wait), so the page shows the code
-        # either way. (A runner cancelled meanwhile leaves the write to end on its
-        # own, shielded.)
-        _task_soon(_publish_after(writing))
+        # shape) follows the write at once, also while the connection opens. It
+        # ends before this step does (and raises what the write raised), so the
+        # next snapshot (the code) still follows it. (A runner cancelled meanwhile
+        # leaves both to end on their own, shielded; a later snapshot may then
+        # overtake the push, and every client keeps the higher version.)
+        pushing = _task_soon(_publish_after(writing))
         self.attempt += 1
         attempt = self.attempt
         self.connection_open = True
@@ -238,9 +236,9 @@ class LifecycleMixin:
             logger.warning("driver could not start: %s", exc, extra=self._extra())
             self._deliver(attempt, ConnectError(self.session_id, f"could not start: {exc}"))
         try:
-            await asyncio.shield(writing)
+            await asyncio.shield(pushing)
         except asyncio.CancelledError:
-            writing.add_done_callback(self._log_unseen_failure)
+            pushing.add_done_callback(self._log_unseen_failure)
             raise
 
     def _log_unseen_failure(self, task: asyncio.Future[Any]) -> None:

@@ -113,36 +113,6 @@ async def test_a_runner_handed_over_mid_write_still_pushes_what_it_wrote(
                     break
 
 
-async def test_the_first_code_does_not_wait_for_the_push_of_connecting(
-    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The step that connects waits for the write of "connecting", not for its push
-    (a Redis round trip or two): WhatsApp's code is written and pushed meanwhile,
-    and the push of "connecting", when it comes, carries a lower version (every
-    client keeps the higher one)."""
-    publish = doorbell.publish
-    go = asyncio.Event()
-
-    async def connecting_held(snapshot: dict[str, Any], row: Any) -> None:
-        if snapshot["state"] == "connecting":
-            await go.wait()
-        await publish(snapshot, row)
-
-    monkeypatch.setattr(doorbell, "publish", connecting_held)
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(doorbell.LIST_GROUP, channel)  # before the create: nothing missed
-    async with running(world):
-        await create("code first", "ada")
-        async with asyncio.timeout(5):
-            code = (await layer.receive(channel))["row"]
-        assert code["state"] == "qr_required"
-        go.set()
-        async with asyncio.timeout(5):
-            late = (await layer.receive(channel))["row"]
-        assert late["state"] == "connecting" and late["version"] < code["version"]
-
-
 async def test_a_supervisor_unsure_of_its_leases_writes_before_it_connects(
     world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
