@@ -3,15 +3,17 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_supervisor_path.py      # --samples 50
+    .venv/bin/python benchmarks/bench_supervisor_path.py --postgres
 
 ``intents.create_session`` (in a thread, as a request or socket calls it) rings the
-real supervisor (SQLite in a temporary directory, the in-memory channel layer, the
-simulated WhatsApp issuing its first code at once); the time of every step on the
-way to the QR code's push is taken from wrappers around the supervisor's database
-calls (``sessions_app.owner_db``), the ring, the driver and ``doorbell.publish``,
-all relative to the create call, ms. One create at a time, 0.1 s apart. The floor
-of this part of create → QR is the sum of the database calls' own work (they are
-in one thread, in order) plus the QR code's SVG; the rest is waiting for a core.
+real supervisor (SQLite in a temporary directory and the in-memory channel layer,
+or with ``--postgres`` a PostgreSQL database of its own and Redis, the production
+shape's stores; the simulated WhatsApp issuing its first code at once); the time
+of every step on the way to the QR code's push is taken from wrappers around the
+supervisor's database calls (``sessions_app.owner_db``), the ring, the driver and
+``doorbell.publish``, all relative to the create call, ms. One create at a time,
+0.1 s apart. The floor of this part of create → QR is the sum of the database
+calls' own work plus the pushes; the rest is waiting for a core.
 Not a test.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,19 +43,24 @@ def mark(name: str) -> None:
     marks.append((name, time.perf_counter()))
 
 
-def setup_django() -> None:
+def setup_django(database_url: str | None, redis_url: str | None) -> None:
+    """SQLite and the in-memory layer, or the database and Redis given (migrated)."""
     os.environ.update(
         WACONNECT_DATA_DIR=tempfile.mkdtemp(prefix="waconnect-bench-path-"),
         DJANGO_SETTINGS_MODULE="waconnect.settings",
         LOG_LEVEL="WARNING",
     )
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
+    for name, url in (("DATABASE_URL", database_url), ("REDIS_URL", redis_url)):
+        if url is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = url
     import django
     from django.core.management import call_command
 
     django.setup()
-    call_command("migrate", verbosity=0)
+    if database_url is None:  # bench_database has migrated its own
+        call_command("migrate", verbosity=0)
 
 
 def instrument() -> None:
@@ -64,11 +72,15 @@ def instrument() -> None:
         inner: Callable[..., Any] = getattr(module, name)
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            mark(f"{name} >")
+            label = name
+            if name == "write":  # "connecting", then the code: "write 1", "write 2"
+                started = [m for m, _ in marks if m.startswith("write") and m.endswith(">")]
+                label = f"write {len(started) + 1}"
+            mark(f"{label} >")
             try:
                 return await inner(*args, **kwargs)
             finally:
-                mark(f"{name} <")
+                mark(f"{label} <")
 
         setattr(module, name, timed)
 
@@ -144,11 +156,25 @@ async def run(samples: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="PostgreSQL (a database of its own, dropped after) and Redis, not SQLite",
+    )
     args = parser.parse_args()
     print(f"load average before: {load_average()}", flush=True)
-    setup_django()
-    instrument()
-    steps = asyncio.run(run(args.samples))
+    with contextlib.ExitStack() as stack:
+        if args.postgres:
+            from benchmarks import clusterenv
+
+            database_url = stack.enter_context(clusterenv.bench_database("waconnect_bench_path"))
+            stack.callback(clusterenv.close_django_connections)
+            clusterenv.flush_redis()
+            setup_django(database_url, clusterenv.REDIS_URL)
+        else:
+            setup_django(None, None)
+        instrument()
+        steps = asyncio.run(run(args.samples))
     print(f"load average after: {load_average()}")
     rows = sorted(steps.items(), key=lambda item: summary(item[1])["p50"])
     print(table([(name, summary(v)) for name, v in rows], label="ms after the create call"))
