@@ -38,6 +38,8 @@ class DoorbellListenerMixin:
     _stop: asyncio.Event
     _wake: asyncio.Event
     _rung: set[int]
+    _rung_while_claiming: set[int]
+    _claiming: int
     _census_due: bool
 
     def _extra(self) -> dict[str, Any]:
@@ -90,6 +92,8 @@ class DoorbellListenerMixin:
             return
         if isinstance(session_id, int):
             self._rung.add(session_id)
+            if self._claiming:
+                self._rung_while_claiming.add(session_id)
         else:
             self._census_due = True
         self._wake.set()

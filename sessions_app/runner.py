@@ -99,7 +99,7 @@ class SessionRunner(LifecycleMixin):
         self._retry_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         #: What goes over the connection: messages (sent in a task of its own).
-        self.messages = MessagePump(lease, supervisor.driver, messaging_config())
+        self.messages = MessagePump(self.lease, supervisor.driver, messaging_config())
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"waconnect-session-{self.session_id}"
         )
@@ -158,8 +158,8 @@ class SessionRunner(LifecycleMixin):
         try:
             # The claim brought the row: the first step decides from it, without a
             # read, unless the simulated phone's gestures are to be taken (that
-            # read takes them). An intent rung while the claim was under way pokes
-            # this runner (Supervisor._run_claimed), and that step reads the row.
+            # read takes them). A runner whose session was rung while the claim
+            # was under way got no row (Supervisor._run_claimed): it reads first.
             take = self.sup.driver.simulated and self._gestures_waiting
             await self._step(gestures=take, reread=take or self.row is None)
             while True:

@@ -101,6 +101,9 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
         #: Rung sessions we do not run, and whether the next pass needs a census
         #: anyway (any other wake-up); see reconcile.
         self._rung: set[int] = set()
+        #: Sessions rung, with no runner, while a claim pass was under way (cleared
+        #: when none is): see _run_claimed.
+        self._rung_while_claiming: set[int] = set()
         self._census_due = True
         #: The last census and when it was taken (our clock).
         self._census: tuple[Census, float] | None = None
@@ -331,6 +334,8 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
             return await self._reconcile(periodic, census)
         finally:
             self._claiming -= 1
+            if not self._claiming:
+                self._rung_while_claiming.clear()
 
     async def _reconcile(self, periodic: bool, census: bool) -> int:
         if periodic:
@@ -423,10 +428,10 @@ class Supervisor(DoorbellListenerMixin, LeaseKeepingMixin):
                 )
                 continue
             logger.info("claimed (epoch %d)", lease.epoch, extra={"session": lease.session_id})
-            # Rung while the claim was under way (a ring finds no runner before this
-            # line, see ring()): that intent may be newer than the row the claim
-            # brought, so the runner reads the row instead.
-            rung_meanwhile = lease.session_id in self._rung
+            # Rung while a claim pass was under way (a ring finds no runner before
+            # this line, see ring()): that intent may be newer than the row the
+            # claim brought, so the runner reads the row instead.
+            rung_meanwhile = lease.session_id in self._rung_while_claiming
             self.runners[lease.session_id] = SessionRunner(
                 self, lease.proof() if rung_meanwhile else lease
             )
