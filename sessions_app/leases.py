@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ops import metrics
-from sessions_app import compiled_sql, fenced_pg, snapshots
+from sessions_app import compiled_sql
 from sessions_app.models import PhoneAction, SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
 from webhooks import session_events
@@ -163,22 +163,7 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None = N
     Returns False when the lease was lost (or the session deleted): nothing was
     written, and the caller must stop the connection.
     """
-    return fenced_write(lease, fields, event, with_events=False) is not None
-
-
-def fenced_write(
-    lease: Lease, fields: Mapping[str, Any], event: EventRecord | None, *, with_events: bool
-) -> list[SessionEvent] | None:
-    """:func:`write`, then the session's latest events for its snapshot
-    (:func:`sessions_app.snapshots.latest_events`; ``[]`` unless ``with_events``):
-    None when the lease was lost. On PostgreSQL the statements are answered in one
-    round trip (:mod:`sessions_app.fenced_pg`); elsewhere one by one, the events
-    read after the commit."""
-    if connection.vendor == "postgresql":
-        return fenced_pg.write(lease, fields, event, with_events=with_events)
-    if not _fenced_update(lease, fields, event):
-        return None
-    return snapshots.latest_events(lease.session_id) if with_events else []
+    return _fenced_update(lease, fields, event)
 
 
 def release(

@@ -64,9 +64,7 @@ def write(
     reading the row again; the event log is sent only when it changed. This
     keeps a QR rotation to two statements on the path to the browser.
     """
-    with_events = event is not None or row is None
-    events = leases.fenced_write(lease, fields, event, with_events=with_events)
-    if events is None:
+    if not leases.write(lease, fields, event):
         return None
     session = row if row is not None else leases.load(lease.session_id)
     if session is None:
@@ -76,8 +74,8 @@ def write(
             if not hasattr(value, "resolve_expression"):  # SQL expressions stay unread
                 setattr(row, name, value)
         row.version += 1
-    snapshot = snapshots.snapshot(session, with_events=with_events, events=events)
-    return snapshot, snapshots.row(session)
+    with_events = event is not None or row is None
+    return snapshots.snapshot(session, with_events=with_events), snapshots.row(session)
 
 
 @supervisor_db

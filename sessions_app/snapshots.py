@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import segno
@@ -87,30 +86,12 @@ def latest_events(session_id: int) -> list[SessionEvent]:
     """The session's :data:`EVENTS_SHOWN` newest events, newest first: one plain SELECT
     (every state change's snapshot reads them on its way to the browser; the ORM's
     compiling took twice the query's time)."""
-    return list(SessionEvent.objects.raw(*latest_events_query(session_id)))
-
-
-def latest_events_query(session_id: int) -> tuple[str, list[Any]]:
-    """:func:`latest_events`' SELECT and its parameters: every column of
-    ``SessionEvent``, in its fields' order (see :func:`events_from_rows`)."""
     table = connection.ops.quote_name(SessionEvent._meta.db_table)
-    columns = ", ".join(
-        connection.ops.quote_name(field.column) for field in SessionEvent._meta.concrete_fields
-    )
-    sql = f"SELECT {columns} FROM {table} WHERE session_id = %s ORDER BY at DESC, id DESC LIMIT %s"
-    return sql, [session_id, EVENTS_SHOWN]
+    sql = f"SELECT * FROM {table} WHERE session_id = %s ORDER BY at DESC, id DESC LIMIT %s"
+    return list(SessionEvent.objects.raw(sql, [session_id, EVENTS_SHOWN]))
 
 
-def events_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[SessionEvent]:
-    """:func:`latest_events_query`'s rows, read by a cursor, as the events
-    :func:`latest_events` gives (PostgreSQL: no column of an event needs converting)."""
-    names = [field.attname for field in SessionEvent._meta.concrete_fields]
-    return [SessionEvent.from_db(connection.alias, names, list(values)) for values in rows]
-
-
-def snapshot(
-    session: WaSession, *, with_events: bool = True, events: list[SessionEvent] | None = None
-) -> dict[str, Any]:
+def snapshot(session: WaSession, *, with_events: bool = True) -> dict[str, Any]:
     """Everything the detail page shows. The QR code as its text (``qr_code``, empty
     when none is shown): the page draws it (session.js), so no SVG is made on the
     way from WhatsApp to the browser (segno took ~5 ms of CPU a code there). A
@@ -130,6 +111,5 @@ def snapshot(
         "lease_owner": session.lease_owner,
     }
     if with_events:
-        shown = latest_events(session.pk) if events is None else events
-        data["events"] = [event_dict(e) for e in shown]
+        data["events"] = [event_dict(e) for e in latest_events(session.pk)]
     return data

@@ -64,12 +64,6 @@ def session_endpoints(session_id: int) -> list[Endpoint]:
     a QR code, and the ORM's compiling of the join took 14 times the query's own
     time (0.47 ms against 0.03 ms on a 2-core machine, docs/benchmarks.md).
     """
-    return list(Endpoint.objects.raw(*session_endpoints_query(session_id)))
-
-
-def session_endpoints_query(session_id: int) -> tuple[str, list[Any]]:
-    """:func:`session_endpoints`' SELECT and its parameters: ``id, event_types`` rows
-    (``event_types`` as the database gives it; see :func:`endpoints_from_rows`)."""
     quote = connection.ops.quote_name
     link = Endpoint.sessions.through._meta
     endpoints, links = quote(Endpoint._meta.db_table), quote(link.db_table)
@@ -80,21 +74,7 @@ def session_endpoints_query(session_id: int) -> tuple[str, list[Any]]:
         f"OR EXISTS (SELECT 1 FROM {links} l WHERE l.{endpoint_id} = e.id "
         f"AND l.{linked_session} = %s)) ORDER BY e.id"
     )
-    return sql, [session_id]
-
-
-def endpoints_from_rows(rows: Sequence[tuple[Any, Any]]) -> list[Endpoint]:
-    """:func:`session_endpoints_query`'s rows, read by a cursor, as the endpoints
-    :func:`session_endpoints` gives (``event_types`` converted as the ORM does)."""
-    field = Endpoint._meta.get_field("event_types")
-    return [
-        Endpoint.from_db(
-            connection.alias,
-            ["id", "event_types"],
-            [pk, field.from_db_value(types, None, connection)],
-        )
-        for pk, types in rows
-    ]
+    return list(Endpoint.objects.raw(sql, [session_id]))
 
 
 def matching_endpoints(

@@ -51,14 +51,6 @@ def status_changed(
     )
 
 
-def emits(fields: Mapping[str, Any], kind: str | None, state: str) -> bool:
-    """Whether a fenced write of ``fields`` (with an event-log line of ``kind`` and
-    ``to_state`` ``state``) has events for the webhooks: a state change or a new QR
-    code. Only then does :func:`fenced_write` look the endpoints up."""
-    qr = fields.get("qr_code")
-    return (kind == "state" and bool(state)) or (isinstance(qr, str) and bool(qr))
-
-
 def fenced_write(
     session_id: int,
     fields: Mapping[str, Any],
@@ -68,19 +60,15 @@ def fenced_write(
     cause: str,
     actor: str,
     epoch: int,
-    candidates: Sequence[Endpoint] | None = None,
 ) -> None:
     """The events of one fenced write: its state change (a ``state`` event-log line)
-    and a new QR code, in that order; the endpoints looked up once for both (or
-    ``candidates``, :func:`outbox.session_endpoints`' answer read in the same
-    transaction: a caller that asked :func:`emits` first)."""
-    if not emits(fields, kind, state):
-        return
+    and a new QR code, in that order; the endpoints looked up once for both."""
     changed = kind == "state" and bool(state)
     qr = fields.get("qr_code")
     has_qr = isinstance(qr, str) and bool(qr)
-    if candidates is None:
-        candidates = outbox.session_endpoints(session_id)
+    if not (changed or has_qr):
+        return
+    candidates = outbox.session_endpoints(session_id)
     if not candidates:
         return
     if changed:
