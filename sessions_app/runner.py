@@ -159,9 +159,12 @@ class SessionRunner(LifecycleMixin):
             # The claim brought the row: the first step decides from it, without a
             # read, unless the simulated phone's gestures are to be taken (that
             # read takes them). A runner whose session was rung while the claim
-            # was under way got no row (Supervisor._run_claimed): it reads first.
+            # was under way got no row (Supervisor._run_claimed), and one poked
+            # since it was registered has that ring in its inbox: either reads
+            # first, as every runner's first step did before the claim's row.
             take = self.sup.driver.simulated and self._gestures_waiting
-            await self._step(gestures=take, reread=take or self.row is None)
+            rung = not self.inbox.empty()
+            await self._step(gestures=take, reread=take or rung or self.row is None)
             while True:
                 kind, payload = await self.inbox.get()
                 if kind == "event":

@@ -725,6 +725,47 @@ async def test_an_intent_rung_while_its_session_was_being_claimed_is_served(
         assert world.max_live[session.pk] == 0, "it connected from the claim's stale row"
 
 
+async def test_an_intent_rung_before_the_new_runner_first_steps_is_seen_by_that_step(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop committed after the claim and rung once the runner exists, but before
+    its first step ran, pokes it: that first step reads the row instead of deciding
+    from the claim's, so no connection is opened for a session asked to stop."""
+    config = dataclasses.replace(FAST, reconcile_interval=60)  # no periodic pass
+    supervisors: list[Supervisor] = []
+    claimed = asyncio.Event()
+    claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
+
+    async def stop_then_ring_after(got: list[leases.Lease]) -> None:
+        for lease in got:
+            rows = WaSession.objects.filter(pk=lease.session_id)
+            await sync_to_async(rows.update)(desired_state="stopped")
+            ring = {"session": lease.session_id, "reason": "stopped"}
+            # Runs once the claim's caller has registered the runner (it does so
+            # without yielding), ahead of the runner's first step.
+            asyncio.get_running_loop().call_soon(supervisors[0].ring, ring)
+            claimed.set()
+
+    async def claim_then_stop(*args: Any) -> list[leases.Lease]:
+        got = await claim(*args)
+        await stop_then_ring_after(got)
+        return got
+
+    async def census_claim_then_stop(*args: Any) -> Any:
+        taken, share, got = await census_and_claim(*args)
+        await stop_then_ring_after(got or [])
+        return taken, share, got
+
+    async with running(world, config) as sup:
+        supervisors.append(sup)
+        monkeypatch.setattr(owner_db, "claim", claim_then_stop)
+        monkeypatch.setattr(owner_db, "census_and_claim", census_claim_then_stop)
+        session = await create("stopped-as-it-starts", "ada")
+        await claimed.wait()
+        await until(session.pk, settled("stopped"))
+        assert world.max_live[session.pk] == 0, "it connected from the claim's stale row"
+
+
 async def test_an_intent_after_the_kept_row_was_read_is_still_seen(
     world: SimulatedWhatsApp,
 ) -> None:
