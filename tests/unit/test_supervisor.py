@@ -685,85 +685,64 @@ async def test_gestures_waiting_at_the_claim_are_taken_by_the_first_step(
     assert reads[0] == "load_taking_gestures"
 
 
-async def test_an_intent_rung_while_its_session_was_being_claimed_is_served(
-    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+async def stop_right_after_the_claim(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch, *, ring_later: bool
 ) -> None:
-    """A stop committed after the claim read the row and rung before the claim's
-    runner existed finds no runner to poke: that runner reads the row first instead
-    of deciding from the claim's (which predates the stop)."""
-    # No periodic pass: it would repair a missed intent on its own.
-    config = dataclasses.replace(FAST, reconcile_interval=60)
+    """Create a session; once the claim's statement has run, stop the session (as
+    ``intents.stop`` writes it) and ring the supervisor, as the doorbell would: at
+    once (the claim still under way: no runner to poke) or, with ``ring_later``,
+    just after the claim's caller registered the runner (it does so without
+    yielding), ahead of that runner's first step. Either way the stop is newer than
+    the claim's row: it must be served without a connection ever opened."""
+    config = dataclasses.replace(FAST, reconcile_interval=60)  # no periodic repair
     supervisors: list[Supervisor] = []
-    claimed = asyncio.Event()
+    stopped = asyncio.Event()
+    claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
 
-    async def stopped_meanwhile(got: list[leases.Lease]) -> None:
-        for lease in got:  # the stop, then its ring, as intents.stop and the doorbell do
+    async def stop_and_ring(got: list[leases.Lease]) -> None:
+        for lease in got:
             rows = WaSession.objects.filter(pk=lease.session_id)
             await sync_to_async(rows.update)(desired_state="stopped")
-            supervisors[0].ring({"session": lease.session_id, "reason": "stopped"})
-            claimed.set()
-
-    claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
+            ring = {"session": lease.session_id, "reason": "stopped"}
+            if ring_later:
+                asyncio.get_running_loop().call_soon(supervisors[0].ring, ring)
+            else:
+                supervisors[0].ring(ring)
+            stopped.set()
 
     async def claim_then_stop(*args: Any) -> list[leases.Lease]:
         got = await claim(*args)
-        await stopped_meanwhile(got)
+        await stop_and_ring(got)
         return got
 
     async def census_claim_then_stop(*args: Any) -> Any:
         taken, share, got = await census_and_claim(*args)
-        await stopped_meanwhile(got or [])
+        await stop_and_ring(got or [])
         return taken, share, got
 
     async with running(world, config) as sup:
         supervisors.append(sup)
         monkeypatch.setattr(owner_db, "claim", claim_then_stop)
         monkeypatch.setattr(owner_db, "census_and_claim", census_claim_then_stop)
-        session = await create("stopped-while-claimed", "ada")
-        await claimed.wait()  # from here, "settled" means the runner let it go
+        session = await create("stopped as claimed", "ada")
+        await stopped.wait()  # from here, "settled" means the runner let it go
         await until(session.pk, settled("stopped"))
         assert world.max_live[session.pk] == 0, "it connected from the claim's stale row"
+
+
+async def test_an_intent_rung_while_its_session_was_being_claimed_is_served(
+    world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring finds no runner to poke (Supervisor._run_claimed gives the runner
+    no row: it reads first)."""
+    await stop_right_after_the_claim(world, monkeypatch, ring_later=False)
 
 
 async def test_an_intent_rung_before_the_new_runner_first_steps_is_seen_by_that_step(
     world: SimulatedWhatsApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop committed after the claim and rung once the runner exists, but before
-    its first step ran, pokes it: that first step reads the row instead of deciding
-    from the claim's, so no connection is opened for a session asked to stop."""
-    config = dataclasses.replace(FAST, reconcile_interval=60)  # no periodic pass
-    supervisors: list[Supervisor] = []
-    claimed = asyncio.Event()
-    claim, census_and_claim = owner_db.claim, owner_db.census_and_claim
-
-    async def stop_then_ring_after(got: list[leases.Lease]) -> None:
-        for lease in got:
-            rows = WaSession.objects.filter(pk=lease.session_id)
-            await sync_to_async(rows.update)(desired_state="stopped")
-            ring = {"session": lease.session_id, "reason": "stopped"}
-            # Runs once the claim's caller has registered the runner (it does so
-            # without yielding), ahead of the runner's first step.
-            asyncio.get_running_loop().call_soon(supervisors[0].ring, ring)
-            claimed.set()
-
-    async def claim_then_stop(*args: Any) -> list[leases.Lease]:
-        got = await claim(*args)
-        await stop_then_ring_after(got)
-        return got
-
-    async def census_claim_then_stop(*args: Any) -> Any:
-        taken, share, got = await census_and_claim(*args)
-        await stop_then_ring_after(got or [])
-        return taken, share, got
-
-    async with running(world, config) as sup:
-        supervisors.append(sup)
-        monkeypatch.setattr(owner_db, "claim", claim_then_stop)
-        monkeypatch.setattr(owner_db, "census_and_claim", census_claim_then_stop)
-        session = await create("stopped-as-it-starts", "ada")
-        await claimed.wait()
-        await until(session.pk, settled("stopped"))
-        assert world.max_live[session.pk] == 0, "it connected from the claim's stale row"
+    """The ring pokes the new runner before its first step: that step reads first."""
+    await stop_right_after_the_claim(world, monkeypatch, ring_later=True)
 
 
 async def test_an_intent_after_the_kept_row_was_read_is_still_seen(
