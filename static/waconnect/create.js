@@ -168,7 +168,6 @@
     let shownOn = "hold";
     let detail = null; // the detail page, parsed
     let done = false; // shown, given up, or left
-    let timer = null;
     // The socket first: it is the longest pole (or the create socket, adopted).
     const page = waconnect.sessionPage(data.ws, socket, function (msg) {
       if (held && !codeStillComing(msg)) {
@@ -176,7 +175,8 @@
         release();
       }
     });
-    timer = setTimeout(release, holdForCodeMs);
+    // (onQueued runs from the socket's messages, never inside sessionPage itself.)
+    const timer = setTimeout(release, holdForCodeMs);
     function finish() {
       done = true;
       abandonHeldDetail = null;

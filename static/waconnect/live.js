@@ -280,12 +280,12 @@
     hour: "numeric", minute: "numeric", second: "numeric", hour12: false,
   });
   // format() throws on an invalid date, where toLocale*String said "Invalid Date".
-  waconnect.formatTime = function (ms) {
-    const date = new Date(ms);
-    return isNaN(date) ? String(date) : timeFormat.format(date);
-  };
-  waconnect.formatDateTime = function (ms) {
-    const date = new Date(ms);
-    return isNaN(date) ? String(date) : dateTimeFormat.format(date);
-  };
+  function formatWith(format) {
+    return function (ms) {
+      const date = new Date(ms);
+      return isNaN(date) ? String(date) : format.format(date);
+    };
+  }
+  waconnect.formatTime = formatWith(timeFormat);
+  waconnect.formatDateTime = formatWith(dateTimeFormat);
 })();
