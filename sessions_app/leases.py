@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ops import metrics
-from sessions_app import compiled_sql
+from sessions_app import compiled_sql, fenced_sql
 from sessions_app.models import PhoneAction, SessionEvent, SupervisorPresence, WaSession
 from sessions_app.states import LIVE_STATES, State, Trigger, is_allowed, transition
 from webhooks import session_events
@@ -177,6 +177,11 @@ def release(
 
 
 def _fenced_update(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None) -> bool:
+    if fenced_sql.applies():  # PostgreSQL: one statement, unless a webhook listens
+        written = fenced_sql.write(lease, fields, event)
+        if written is not None:
+            return written
+    listened = None
     with transaction.atomic():
         updated = _fenced(lease).update(**fields, version=F("version") + 1)
         if updated and event is not None:
@@ -190,7 +195,7 @@ def _fenced_update(lease: Lease, fields: Mapping[str, Any], event: EventRecord |
                 epoch=lease.epoch,
             )
         if updated:  # webhooks: in this transaction (the outbox)
-            session_events.fenced_write(
+            listened = session_events.fenced_write(
                 lease.session_id,
                 fields,
                 event.kind if event else None,
@@ -200,6 +205,7 @@ def _fenced_update(lease: Lease, fields: Mapping[str, Any], event: EventRecord |
                 f"supervisor:{lease.owner}",
                 lease.epoch,
             )
+    fenced_sql.heard(lease.session_id, listened)
     return bool(updated)
 
 
@@ -213,6 +219,7 @@ def delete(lease: Lease) -> bool:
             lease.session_id, row[0], row[1], f"supervisor:{lease.owner}", lease.epoch
         )
         deleted, _ = _fenced(lease).delete()
+    fenced_sql.heard(lease.session_id, False)  # nothing of it to remember
     return bool(deleted)
 
 

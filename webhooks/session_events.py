@@ -60,17 +60,21 @@ def fenced_write(
     cause: str,
     actor: str,
     epoch: int,
-) -> None:
+) -> bool | None:
     """The events of one fenced write: its state change (a ``state`` event-log line)
-    and a new QR code, in that order; the endpoints looked up once for both."""
+    and a new QR code, in that order; the endpoints looked up once for both.
+
+    Returns whether an endpoint listens to the session, or None when the write
+    emits nothing (no lookup made).
+    """
+    if not emits(fields, kind, state):
+        return None
     changed = kind == "state" and bool(state)
     qr = fields.get("qr_code")
     has_qr = isinstance(qr, str) and bool(qr)
-    if not (changed or has_qr):
-        return
     candidates = outbox.session_endpoints(session_id)
     if not candidates:
-        return
+        return False
     if changed:
         status_changed(
             session_id,
@@ -93,6 +97,14 @@ def fenced_write(
             },
             candidates=candidates,
         )
+    return True
+
+
+def emits(fields: Mapping[str, Any], kind: str | None, state: str) -> bool:
+    """Whether a fenced write of ``fields`` with an event-log line of ``kind`` (to
+    ``state``) has events to emit: a state change, or a new QR code."""
+    qr = fields.get("qr_code")
+    return (kind == "state" and bool(state)) or (isinstance(qr, str) and bool(qr))
 
 
 def deleted(session_id: int, name: str, state: str, actor: str, epoch: int) -> None:
