@@ -18,13 +18,24 @@ the write has events to emit: an event must commit with the write it reports, in
 the outbox's rows, which the transactional path builds
 (:mod:`webhooks.session_events`). When one listens the statement changes nothing
 and says so; the caller takes the transaction. Sessions found listened are kept
-in a hint (:data:`_listened`) so that their next writes go to the transaction
-at once; the hint decides only which path is tried first, never what is
-written.
+in a hint (:data:`_listened`) so that their next writes with events go to the
+transaction at once; the hint decides only which path is tried first, never what
+is written. Inside a caller's transaction the transactional path is taken too
+(its savepoint keeps a failed write from aborting the caller's transaction).
 
-The event-log line's time is the database's ``clock_timestamp()`` taken after
-the ``UPDATE`` locked the row (a time taken before the statement would sort the
-line before one an intent committed while this write waited for the lock).
+The event-log line's time is this host's clock, as every other line's (the
+transactional path's, the intents', a hand-over's), read as the statement is
+sent: one clock for the log on a host, where the database's would be another.
+A write that waited for the row's lock behind an intent may sort before that
+intent's line; the two were concurrent, and each line's states still chain.
+
+What the guard sees: the endpoints as they were when the statement began (an
+uncorrelated subquery runs on the statement's snapshot, and PostgreSQL's recheck
+after a lock wait re-reads only the row). An endpoint enabled or linked while
+the write waited for the row's lock does not get that write's events; the
+transactional path had the same window between its endpoints' ``SELECT`` and
+its ``COMMIT``, and an endpoint hears the writes that begin after it is enabled.
+
 Written as SQL because it is the product's own hot path (the lease's fencing),
 not something a library does.
 """
@@ -36,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models.sql.subqueries import UpdateQuery
+from django.utils import timezone
 
 from sessions_app.models import SessionEvent, WaSession
 from webhooks import outbox, session_events
@@ -49,8 +61,10 @@ _listened: set[int] = set()
 
 
 def applies() -> bool:
-    """Whether this thread's database can take the one-statement write."""
-    return connection.vendor == "postgresql"
+    """Whether this thread's database can take the one-statement write: PostgreSQL,
+    outside a transaction (inside one, a failed statement would abort the caller's
+    transaction, where the transactional path's savepoint does not)."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
 def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None) -> bool | None:
@@ -62,11 +76,11 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None) ->
     session: nothing was written, the caller writes in a transaction (and tells
     :func:`heard` what it found).
     """
-    if lease.session_id in _listened:
-        return None
     emitting = session_events.emits(
         fields, event.kind if event else None, event.to_state if event else ""
     )
+    if emitting and lease.session_id in _listened:
+        return None
     set_sql, set_params = _set_clause(fields)
     statement = _statement(set_sql, event is not None, emitting)
     params = [*set_params, lease.session_id, lease.owner, lease.epoch]
@@ -80,6 +94,7 @@ def write(lease: Lease, fields: Mapping[str, Any], event: EventRecord | None) ->
             event.to_state,
             f"supervisor:{lease.owner}",
             lease.epoch,
+            timezone.now(),
         ]
     if emitting:
         params.append(lease.session_id)
@@ -110,7 +125,7 @@ _statements: dict[tuple[str, str, bool, bool], str] = {}
 def _statement(set_sql: str, with_line: bool, emitting: bool) -> str:
     """The statement for one shape of write, made once per shape. Its parameters:
     the SET clause's, the lease (id, owner, epoch), the session's id again when
-    ``emitting``, the line's six (kind, message, from, to, actor, epoch) when
+    ``emitting``, the line's seven (kind, message, from, to, actor, epoch, at) when
     ``with_line``, and the session's id once more when ``emitting``."""
     key = (connection.alias, set_sql, with_line, emitting)
     kept = _statements.get(key)
@@ -167,14 +182,11 @@ def _compiled_set_clause(fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
 def _insert_line() -> str:
     """``INSERT … SELECT`` of one event-log line per row of ``fenced`` (its id), the
-    columns after ``at`` as parameters: kind, message, from, to, actor, epoch."""
+    other columns as parameters: kind, message, from, to, actor, epoch, at."""
     quote = connection.ops.quote_name
     meta = SessionEvent._meta
     columns = ", ".join(
         quote(meta.get_field(name).column)
-        for name in ("session", "at", "kind", "message", "from_state", "to_state", "actor", "epoch")
+        for name in ("session", "kind", "message", "from_state", "to_state", "actor", "epoch", "at")
     )
-    return (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "
-        "SELECT id, clock_timestamp(), %s, %s, %s, %s, %s, %s"
-    )
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) SELECT id, %s, %s, %s, %s, %s, %s, %s"

@@ -4,12 +4,11 @@ endpoint listens, the outbox's transaction when one does (sessions_app.fenced_sq
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -92,7 +91,9 @@ def test_with_an_endpoint_listening_the_events_go_to_the_outbox() -> None:
         url="http://127.0.0.1:9/hook", event_types=["session.status", "session.qr"]
     )
 
-    assert leases.write(lease, {"state": "connecting"}, CONNECTING)
+    written, sent = statements(lambda: leases.write(lease, {"state": "connecting"}, CONNECTING))
+    assert written is True
+    assert sent[0].startswith("WITH fenced"), "the one statement is tried first"
     (status,) = Event.objects.all()
     assert status.type == "session.status" and status.payload["data"]["state"] == "connecting"
     assert Delivery.objects.count() == 1
@@ -132,61 +133,27 @@ def test_once_no_endpoint_listens_the_writes_are_one_statement_again() -> None:
     assert Event.objects.count() == 1, "only the write heard while the endpoint was enabled"
 
 
-def test_the_line_sorts_after_one_committed_while_the_write_waited_for_the_row() -> None:
-    """The line's time is taken once the row is locked: an intent that held the row
-    (and wrote its own line) while the write waited comes first in the log."""
+def test_the_line_has_this_hosts_time_as_every_other_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One clock for the event log on a host (the intents', a hand-over's and the
+    transactional path's lines take timezone.now()), not the database's."""
     lease = claimed()
-    holding, release = threading.Event(), threading.Event()
+    at = dt.datetime(2026, 12, 3, 1, 2, 3, 456789, tzinfo=dt.UTC)
+    monkeypatch.setattr(fenced_sql.timezone, "now", lambda: at)
 
-    def intent() -> None:
-        try:
-            with transaction.atomic():
-                WaSession.objects.filter(pk=lease.session_id).update(desired_state="stopped")
-                SessionEvent.objects.create(
-                    session_id=lease.session_id, kind="intent", message="asked to stop", actor="ada"
-                )
-                holding.set()
-                release.wait(20)
-        finally:
-            connections.close_all()
+    written, sent = statements(lambda: leases.write(lease, {"state": "connecting"}, CONNECTING))
 
-    holder = threading.Thread(target=intent)
-    holder.start()
-    assert holding.wait(20)
-    writer = threading.Thread(target=lambda: _write_then_close(lease))
-    writer.start()
-    _wait_until_a_backend_waits_for_a_lock()
-    release.set()
-    holder.join(20)
-    writer.join(20)
-
-    assert list(
-        SessionEvent.objects.filter(session_id=lease.session_id)
-        .order_by("at", "id")
-        .values_list("kind", flat=True)
-    ) == ["intent", "state"]
+    assert written is True and len(sent) == 1
+    assert SessionEvent.objects.get(session_id=lease.session_id).at == at
 
 
-def _write_then_close(lease: Lease) -> None:
-    try:
-        assert leases.write(lease, {"state": "connecting"}, CONNECTING)
-    finally:
-        connections.close_all()
-
-
-def _wait_until_a_backend_waits_for_a_lock(timeout: float = 20.0) -> None:
-    """Until another backend of this database waits on a lock (the writer, blocked by
-    the intent's row lock); polls ``pg_stat_activity``, which has no event to await."""
-    deadline = timezone.now().timestamp() + timeout
-    with connection.cursor() as cursor:
-        while timezone.now().timestamp() < deadline:
-            cursor.execute(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0]:
-                return
-    raise AssertionError("the write never waited for the row's lock")
+def test_inside_a_transaction_a_failed_write_leaves_it_usable() -> None:
+    """Inside a caller's transaction the write takes the transactional path, whose
+    savepoint keeps a failed statement from aborting the caller's transaction."""
+    lease = claimed()
+    with transaction.atomic():
+        with pytest.raises(DataError):
+            leases.write(lease, {"push_name": "x" * 200}, CONNECTING)
+        assert WaSession.objects.filter(pk=lease.session_id).exists()
 
 
 def test_values_are_converted_as_django_converts_them() -> None:
@@ -194,6 +161,7 @@ def test_values_are_converted_as_django_converts_them() -> None:
     times, JSON, NULLs and an SQL expression (which goes through the compiler)."""
     lease = claimed()
     at = dt.datetime(2026, 12, 3, 1, 2, 3, 456789, tzinfo=dt.UTC)
+    WaSession.objects.filter(pk=lease.session_id).update(qr_expires_at=at, last_error="old")
     fields = {
         "qr_issued_at": at,
         "qr_expires_at": None,
