@@ -122,7 +122,7 @@ class SessionDetailView(ViewerRequiredMixin, DetailView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         # One query for the events: the table and the snapshot show the same ones.
-        context["events"] = events = list(self.object.events.all()[: snapshots.EVENTS_SHOWN])
+        context["events"] = events = snapshots.latest_events(self.object.pk)
         context["snapshot"] = snapshot = snapshots.snapshot(self.object, with_events=False) | {
             "events": [snapshots.event_dict(e) for e in events]
         }
