@@ -67,11 +67,9 @@ def fenced_write(
     Returns whether an endpoint listens to the session, or None when the write
     emits nothing (no lookup made).
     """
-    if not emits(fields, kind, state):
+    changed, qr = _changed(kind, state), _new_qr(fields)
+    if not (changed or qr):
         return None
-    changed = kind == "state" and bool(state)
-    qr = fields.get("qr_code")
-    has_qr = isinstance(qr, str) and bool(qr)
     candidates = outbox.session_endpoints(session_id)
     if not candidates:
         return False
@@ -86,7 +84,7 @@ def fenced_write(
             fields.get("state_changed_at"),
             candidates,
         )
-    if has_qr:
+    if qr:
         outbox.emit(
             "session.qr",
             session_id,
@@ -103,8 +101,17 @@ def fenced_write(
 def emits(fields: Mapping[str, Any], kind: str | None, state: str) -> bool:
     """Whether a fenced write of ``fields`` with an event-log line of ``kind`` (to
     ``state``) has events to emit: a state change, or a new QR code."""
+    return _changed(kind, state) or bool(_new_qr(fields))
+
+
+def _changed(kind: str | None, state: str) -> bool:
+    return kind == "state" and bool(state)
+
+
+def _new_qr(fields: Mapping[str, Any]) -> str:
+    """The write's new QR code, or "" when it shows none."""
     qr = fields.get("qr_code")
-    return (kind == "state" and bool(state)) or (isinstance(qr, str) and bool(qr))
+    return qr if isinstance(qr, str) else ""
 
 
 def deleted(session_id: int, name: str, state: str, actor: str, epoch: int) -> None:
